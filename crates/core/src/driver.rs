@@ -1,0 +1,513 @@
+//! The async driver: runs a [`Replica`] on tokio.
+//!
+//! One task owns the replica and the state machine. It ticks on a timer, takes every
+//! command and peer message that is already waiting (so proposals that arrive together
+//! share one Ready and one fsync), handles the Ready, applies committed entries and
+//! answers each proposer when its own entry is applied.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use raft::eraftpb::{ConfChangeV2, ConfState, Message};
+use raft::StateRole;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::error::{Error, ProposeError};
+use crate::replica::{CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig};
+use crate::state_machine::StateMachine;
+use crate::storage::LogStore;
+use crate::transport::Transport;
+
+/// Tunables of the driver.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Wall-clock length of one raft tick.
+    pub tick_interval: Duration,
+    /// How long a proposer waits for its entry to apply.
+    pub proposal_timeout: Duration,
+    /// Most commands or messages taken into one Ready.
+    pub max_batch: usize,
+    /// Capacity of the queue of incoming peer messages; more are dropped.
+    pub inbox_capacity: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            tick_interval: Duration::from_millis(100),
+            proposal_timeout: Duration::from_secs(10),
+            max_batch: 4096,
+            inbox_capacity: 8192,
+        }
+    }
+}
+
+/// A snapshot of the node's raft state, published after every Ready.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeStatus {
+    /// This node's raft id.
+    pub id: u64,
+    /// Leader, follower, candidate or pre-candidate.
+    pub role: Role,
+    /// Known leader (0 when none).
+    pub leader_id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Highest committed index.
+    pub commit: u64,
+    /// Highest applied index.
+    pub applied: u64,
+    /// Last index in the local log.
+    pub last_index: u64,
+    /// Current membership.
+    pub conf_state: ConfState,
+}
+
+/// The raft role, as a plain value that can be compared and printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    #[default]
+    Follower,
+    /// Pre-vote phase of an election.
+    PreCandidate,
+    /// Campaigning.
+    Candidate,
+    /// Leads the cluster.
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Self {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        })
+    }
+}
+
+enum Command<R> {
+    Propose {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<R, ProposeError>>,
+    },
+    ConfChange {
+        change: ConfChangeV2,
+        reply: oneshot::Sender<Result<ConfState, ProposeError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, ProposeError>>,
+    },
+    TransferLeader(u64),
+    Campaign,
+    ReportUnreachable(u64),
+}
+
+/// A cheap, cloneable handle to a running node.
+pub struct NodeHandle<R> {
+    commands: mpsc::Sender<Command<R>>,
+    inbox: mpsc::Sender<Message>,
+    status: watch::Receiver<NodeStatus>,
+    proposal_timeout: Duration,
+}
+
+impl<R> Clone for NodeHandle<R> {
+    fn clone(&self) -> Self {
+        Self {
+            commands: self.commands.clone(),
+            inbox: self.inbox.clone(),
+            status: self.status.clone(),
+            proposal_timeout: self.proposal_timeout,
+        }
+    }
+}
+
+impl<R: Send + 'static> NodeHandle<R> {
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ProposeError>>) -> Command<R>,
+    ) -> Result<T, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        match tokio::time::timeout(self.proposal_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ProposeError::Stopped),
+            Err(_) => Err(ProposeError::Timeout),
+        }
+    }
+
+    /// Proposes a command and waits until it is applied here, returning the state
+    /// machine's response.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<R, ProposeError> {
+        self.request(|reply| Command::Propose { data, reply }).await
+    }
+
+    /// Proposes a membership change and waits until it is applied; returns the new
+    /// membership.
+    pub async fn change_membership(&self, change: ConfChangeV2) -> Result<ConfState, ProposeError> {
+        self.request(|reply| Command::ConfChange { change, reply })
+            .await
+    }
+
+    /// Linearizable read barrier (ReadIndex): returns once this node's state machine
+    /// has applied everything committed before the call. Read local state after it.
+    pub async fn read_barrier(&self) -> Result<u64, ProposeError> {
+        self.request(|reply| Command::ReadIndex { reply }).await
+    }
+
+    /// Asks the leader (this node) to transfer leadership to `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        self.commands
+            .send(Command::TransferLeader(to))
+            .await
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    /// Starts an election on this node now.
+    pub async fn campaign(&self) -> Result<(), ProposeError> {
+        self.commands
+            .send(Command::Campaign)
+            .await
+            .map_err(|_| ProposeError::Stopped)
+    }
+
+    /// Tells raft that `peer` could not be reached.
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.commands.try_send(Command::ReportUnreachable(peer));
+    }
+
+    /// Delivers a message from a peer. Never blocks: when the inbox is full the message
+    /// is dropped (raft retransmits) and `false` is returned.
+    pub fn step(&self, msg: Message) -> bool {
+        self.inbox.try_send(msg).is_ok()
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+}
+
+/// Starts a node: opens the replica on `store`, restores `state_machine` from the
+/// store's snapshot, and spawns the driver task on the current tokio runtime. The task
+/// runs until `shutdown` completes or a storage error stops it.
+pub async fn start<S, M, T>(
+    config: ReplicaConfig,
+    driver: DriverConfig,
+    store: S,
+    mut state_machine: M,
+    transport: T,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(NodeHandle<M::Response>, JoinHandle<Result<(), Error>>), Error>
+where
+    S: LogStore,
+    M: StateMachine,
+    T: Transport,
+{
+    let (replica, snapshot) = Replica::open(config, store)?;
+    if let Some(snap) = &snapshot {
+        state_machine.restore(snap).await.map_err(Error::Restore)?;
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(driver.max_batch.max(1));
+    let (msg_tx, msg_rx) = mpsc::channel(driver.inbox_capacity.max(1));
+    let (status_tx, status_rx) = watch::channel(NodeStatus::default());
+    let handle = NodeHandle {
+        commands: cmd_tx,
+        inbox: msg_tx,
+        status: status_rx,
+        proposal_timeout: driver.proposal_timeout,
+    };
+    let span = tracing::info_span!("raft", node_id = replica.id());
+    let mut task = Driver {
+        replica,
+        state_machine,
+        transport,
+        config: driver,
+        commands: cmd_rx,
+        inbox: msg_rx,
+        status: status_tx,
+        proposals: VecDeque::new(),
+        conf_changes: VecDeque::new(),
+        reads: HashMap::new(),
+        ready_reads: Vec::new(),
+        next_read: 0,
+    };
+    task.publish_status();
+    let join = tokio::spawn(async move { task.run(shutdown).await }.instrument(span));
+    Ok((handle, join))
+}
+
+struct Pending<T> {
+    at: LogPosition,
+    reply: oneshot::Sender<Result<T, ProposeError>>,
+}
+
+struct Driver<S: LogStore, M: StateMachine, T> {
+    replica: Replica<S>,
+    state_machine: M,
+    transport: T,
+    config: DriverConfig,
+    commands: mpsc::Receiver<Command<M::Response>>,
+    inbox: mpsc::Receiver<Message>,
+    status: watch::Sender<NodeStatus>,
+    proposals: VecDeque<Pending<M::Response>>,
+    conf_changes: VecDeque<Pending<ConfState>>,
+    /// Read requests sent to raft, by context.
+    reads: HashMap<u64, oneshot::Sender<Result<u64, ProposeError>>>,
+    /// Reads with a known read index, waiting for apply to reach it.
+    ready_reads: Vec<(u64, oneshot::Sender<Result<u64, ProposeError>>)>,
+    next_read: u64,
+}
+
+/// Runs a blocking storage call without stalling other tasks on a multi-threaded
+/// runtime (fsync can take milliseconds).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
+    async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let mut ticker = tokio::time::interval(self.config.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => {
+                    self.replica.tick();
+                }
+                Some(cmd) = self.commands.recv() => {
+                    self.on_command(cmd);
+                    for _ in 1..self.config.max_batch {
+                        match self.commands.try_recv() {
+                            Ok(cmd) => self.on_command(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(msg) = self.inbox.recv() => {
+                    self.on_message(msg);
+                    for _ in 1..self.config.max_batch {
+                        match self.inbox.try_recv() {
+                            Ok(msg) => self.on_message(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.process_ready().await?;
+        }
+        tracing::info!("raft node stopping");
+        self.fail_all(ProposeError::Stopped);
+        Ok(())
+    }
+
+    fn on_message(&mut self, msg: Message) {
+        if let Err(e) = self.replica.step(msg) {
+            tracing::debug!(error = %e, "peer message rejected");
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command<M::Response>) {
+        match cmd {
+            Command::Propose { data, reply } => match self.replica.propose(Vec::new(), data) {
+                Ok(at) => self.proposals.push_back(Pending { at, reply }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::ConfChange { change, reply } => {
+                match self.replica.propose_conf_change(change) {
+                    Ok(at) => self.conf_changes.push_back(Pending { at, reply }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::ReadIndex { reply } => {
+                self.next_read += 1;
+                let ctx = self.next_read;
+                self.reads.insert(ctx, reply);
+                self.replica.read_index(ctx.to_be_bytes().to_vec());
+            }
+            Command::TransferLeader(to) => self.replica.transfer_leader(to),
+            Command::Campaign => {
+                if let Err(e) = self.replica.campaign() {
+                    tracing::warn!(error = %e, "campaign failed");
+                }
+            }
+            Command::ReportUnreachable(id) => self.replica.report_unreachable(id),
+        }
+    }
+
+    async fn process_ready(&mut self) -> Result<(), Error> {
+        while self.replica.has_ready() {
+            let transport = &self.transport;
+            let replica = &mut self.replica;
+            let out = blocking(|| replica.handle_ready(&mut |msgs| transport.send(msgs)))?;
+            self.on_ready(out).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_ready(&mut self, out: ReadyOutput) -> Result<(), Error> {
+        if !out.messages.is_empty() {
+            self.transport.send(out.messages);
+        }
+        if let Some(change) = out.role_change {
+            tracing::info!(role = %Role::from(change.role), leader = change.leader_id, term = change.term, "raft role changed");
+            // Reads issued in an old term may never be answered.
+            for (_, reply) in self.reads.drain() {
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
+        }
+        if let Some(snapshot) = out.snapshot {
+            let index = snapshot.get_metadata().index;
+            tracing::info!(index, "restoring state machine from leader snapshot");
+            self.state_machine
+                .restore(&snapshot)
+                .await
+                .map_err(Error::Restore)?;
+            // Proposals at or below the snapshot were either committed before (then the
+            // proposer saw it) or overwritten; their outcome is unknown here.
+            drop_through(&mut self.proposals, index);
+            drop_through(&mut self.conf_changes, index);
+        }
+        let mut last_applied = None;
+        for entry in &out.committed {
+            let response = self.state_machine.apply(entry).await;
+            last_applied = Some(entry.index);
+            match &entry.kind {
+                CommittedKind::Normal { .. } => {
+                    resolve(&mut self.proposals, entry.index, entry.term, response)
+                }
+                CommittedKind::ConfChange { conf_state, .. } => resolve(
+                    &mut self.conf_changes,
+                    entry.index,
+                    entry.term,
+                    conf_state.clone(),
+                ),
+                CommittedKind::Empty => {}
+            }
+            drop_through(&mut self.proposals, entry.index);
+            drop_through(&mut self.conf_changes, entry.index);
+        }
+        if let Some(index) = last_applied {
+            self.replica.advance_apply(index);
+        }
+        if self.replica.should_snapshot() {
+            let data = self.state_machine.snapshot();
+            let replica = &mut self.replica;
+            blocking(|| replica.save_snapshot(data))?;
+        }
+        for rs in out.read_states {
+            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(reply) = self.reads.remove(&u64::from_be_bytes(ctx)) {
+                self.ready_reads.push((rs.index, reply));
+            }
+        }
+        let applied = self.replica.applied_index();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.ready_reads = waiting;
+        for (_, reply) in due {
+            let _ = reply.send(Ok(applied));
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let role = self.replica.role();
+        let status = NodeStatus {
+            id: self.replica.id(),
+            role: role.role.into(),
+            leader_id: role.leader_id,
+            term: role.term,
+            commit: self.replica.commit_index(),
+            applied: self.replica.applied_index(),
+            last_index: self.replica.last_index(),
+            conf_state: self.replica.conf_state().clone(),
+        };
+        self.status.send_if_modified(|old| {
+            if *old != status {
+                *old = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn fail_all(&mut self, err: ProposeError) {
+        for p in self.proposals.drain(..) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        for p in self.conf_changes.drain(..) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        for (_, reply) in self.reads.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, reply) in self.ready_reads.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+/// Answers the proposal at `index` if the applied entry is the one it proposed.
+fn resolve<T>(pending: &mut VecDeque<Pending<T>>, index: u64, term: u64, value: T) {
+    drop_through(pending, index.saturating_sub(1));
+    if pending.front().is_some_and(|p| p.at.index == index) {
+        if let Some(p) = pending.pop_front() {
+            let result = if p.at.term == term {
+                Ok(value)
+            } else {
+                Err(ProposeError::Dropped)
+            };
+            let _ = p.reply.send(result);
+        }
+    }
+}
+
+/// Fails every pending proposal at or below `index`: another entry took its place.
+fn drop_through<T>(pending: &mut VecDeque<Pending<T>>, index: u64) {
+    while pending.front().is_some_and(|p| p.at.index <= index) {
+        if let Some(p) = pending.pop_front() {
+            let _ = p.reply.send(Err(ProposeError::Dropped));
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! craft-core drives tikv's [`raft::RawNode`] correctly, so services only supply a
+//! state machine, a log store and a transport.
+//!
+//! It owns the Ready loop and nothing else: it knows nothing of gRPC, RocksDB or
+//! CITA-Cloud, and must not depend on tonic, rocksdb or any craft crate.
+//!
+//! Two layers:
+//! - [`Replica`]: deterministic and sans-IO. `tick`, `step`, `propose` change raft
+//!   state; [`Replica::handle_ready`] persists what raft asks for through the
+//!   [`LogStore`] and returns what to send and to apply. Simulation tests drive many
+//!   replicas with logical time.
+//! - [`start`]: an async driver on tokio that ticks on a timer, batches everything that
+//!   arrives together into one Ready (one fsync), applies committed entries to a
+//!   [`StateMachine`] and answers each proposer through a [`NodeHandle`].
+//!
+//! ```
+//! use craft_core::{MemLogStore, LogStore, Replica, ReplicaConfig, make_snapshot, voters};
+//!
+//! // A single-voter cluster: bootstrap the store, open, campaign, propose.
+//! let store = MemLogStore::new();
+//! store.bootstrap(make_snapshot(1, 1, voters([1]), Vec::new())).unwrap();
+//! let (mut replica, _snapshot) = Replica::open(ReplicaConfig::new(1), store).unwrap();
+//! replica.campaign().unwrap();
+//! let mut applied = Vec::new();
+//! while replica.has_ready() {
+//!     let out = replica.handle_ready(&mut |_msgs| {}).unwrap();
+//!     applied.extend(out.committed);
+//! }
+//! let at = replica.propose(Vec::new(), b"hello".to_vec()).unwrap();
+//! while replica.has_ready() {
+//!     let out = replica.handle_ready(&mut |_msgs| {}).unwrap();
+//!     applied.extend(out.committed);
+//! }
+//! assert_eq!(applied.last().map(|c| c.index), Some(at.index));
+//! ```
+
+mod driver;
+mod error;
+pub mod logging;
+mod replica;
+mod state_machine;
+mod storage;
+mod transport;
+
+pub use driver::{start, DriverConfig, NodeHandle, NodeStatus, Role};
+pub use error::{Error, ProposeError};
+pub use replica::{
+    Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig, RoleChange,
+};
+pub use state_machine::StateMachine;
+pub use storage::{make_snapshot, voters, LogStore, LogWrite, MemLogStore};
+pub use transport::Transport;
+
+/// The `raft` crate this engine is built on, re-exported so users name the same types.
+pub use raft;

@@ -1,0 +1,510 @@
+//! The deterministic, sans-IO layer: one raft replica driven by explicit calls.
+//!
+//! A [`Replica`] owns a [`raft::RawNode`] and its [`LogStore`]. Callers feed it time
+//! ([`Replica::tick`]), peer messages ([`Replica::step`]) and requests
+//! ([`Replica::propose`], ...), then call [`Replica::handle_ready`], which persists what
+//! raft asks for and hands back what to send and what to apply, in the order the `raft`
+//! crate documents. Nothing here reads a clock, spawns a task or touches the network,
+//! so a test harness can run many replicas step by step and replay a run exactly.
+
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
+};
+use raft_proto::ConfChangeI;
+use raft::{RawNode, ReadState, StateRole};
+use protobuf::Message as _;
+
+use crate::error::{Error, ProposeError};
+use crate::storage::{make_snapshot, LogStore, LogWrite};
+
+/// Tunables of one replica. Times are in ticks.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This replica's raft id; never 0.
+    pub id: u64,
+    /// Ticks without a leader before a follower campaigns.
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_tick: usize,
+    /// Leader steps down when it has not heard from a quorum for an election timeout.
+    pub check_quorum: bool,
+    /// Pre-vote avoids disrupting a healthy leader after a partition heals.
+    pub pre_vote: bool,
+    /// Largest append message in bytes.
+    pub max_size_per_msg: u64,
+    /// Appends in flight per follower.
+    pub max_inflight_msgs: usize,
+    /// Take a state-machine snapshot after this many applied entries (at least 1).
+    pub snapshot_interval: u64,
+    /// Entries kept in the log behind the latest snapshot, so a briefly lagging
+    /// follower catches up from the log rather than a snapshot.
+    pub log_retain: u64,
+}
+
+impl ReplicaConfig {
+    /// Defaults that suit a small cluster with a 100 ms tick.
+    pub fn new(id: u64) -> Self {
+        Self {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 3,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            snapshot_interval: 1000,
+            log_retain: 1000,
+        }
+    }
+
+    fn raft_config(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.id,
+            election_tick: self.election_tick,
+            heartbeat_tick: self.heartbeat_tick,
+            applied,
+            check_quorum: self.check_quorum,
+            pre_vote: self.pre_vote,
+            max_size_per_msg: self.max_size_per_msg,
+            max_inflight_msgs: self.max_inflight_msgs,
+            ..Default::default()
+        }
+    }
+}
+
+/// What a committed entry carries, once decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommittedKind {
+    /// A leader's empty entry at the start of its term.
+    Empty,
+    /// An application command.
+    Normal {
+        /// The command as proposed.
+        data: Vec<u8>,
+        /// The context given at proposal.
+        context: Vec<u8>,
+    },
+    /// A membership change, already applied to raft; `conf_state` is the result.
+    ConfChange {
+        /// The change as proposed (v1 changes are converted).
+        change: ConfChangeV2,
+        /// Membership after the change.
+        conf_state: ConfState,
+    },
+}
+
+/// A committed entry to apply to the state machine, in index order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// Log index.
+    pub index: u64,
+    /// Term the entry was proposed in.
+    pub term: u64,
+    /// Its content.
+    pub kind: CommittedKind,
+}
+
+/// A change of role, leader or term seen while handling a Ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleChange {
+    /// The new role.
+    pub role: StateRole,
+    /// The leader as this replica knows it (0 when unknown).
+    pub leader_id: u64,
+    /// The current term.
+    pub term: u64,
+}
+
+/// What one [`Replica::handle_ready`] call leaves for the caller, to do in field order.
+#[derive(Debug, Default)]
+pub struct ReadyOutput {
+    /// Messages to send now; their persistence requirements are already met.
+    pub messages: Vec<Message>,
+    /// A snapshot from the leader, already persisted: restore the state machine from it
+    /// before applying `committed`.
+    pub snapshot: Option<Snapshot>,
+    /// Committed entries to apply, in order. Call [`Replica::advance_apply`] once done.
+    pub committed: Vec<Committed>,
+    /// Answers to [`Replica::read_index`]: a read is linearizable once the state machine
+    /// has applied `index`.
+    pub read_states: Vec<ReadState>,
+    /// Set when the role, leader or term changed.
+    pub role_change: Option<RoleChange>,
+}
+
+/// Where a proposal landed in the log. It is committed as proposed if the entry applied
+/// at `index` has this `term`; any other entry there means it was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    /// Log index of the new entry.
+    pub index: u64,
+    /// Term it was proposed in.
+    pub term: u64,
+}
+
+/// One raft replica: a [`RawNode`] plus the bookkeeping the Ready loop needs.
+pub struct Replica<S: LogStore> {
+    raw: RawNode<S>,
+    cfg: ReplicaConfig,
+    /// Membership as of the last entry handed out in `committed`.
+    conf_state: ConfState,
+    /// Highest index handed out for applying.
+    handed_out: u64,
+    /// Highest index the caller reported applied.
+    applied: u64,
+    /// Index of the latest snapshot saved to the store.
+    snapshot_index: u64,
+    last_role: RoleChange,
+}
+
+impl<S: LogStore> std::fmt::Debug for Replica<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.cfg.id)
+            .field("role", &self.last_role)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: LogStore> Replica<S> {
+    /// Opens a replica on `store`. A store that was never bootstrapped must be given an
+    /// initial snapshot with [`LogStore::bootstrap`] first, or receive one from a leader
+    /// (a new member joining an existing cluster starts empty).
+    ///
+    /// Returns the replica and the snapshot the state machine must be restored from
+    /// (`None` when the store has none). Committed entries after it are replayed by the
+    /// first [`Replica::handle_ready`] calls.
+    pub fn open(cfg: ReplicaConfig, store: S) -> Result<(Self, Option<Snapshot>), Error> {
+        let snapshot = store.latest_snapshot()?;
+        let applied = snapshot.get_metadata().index;
+        let conf_state = snapshot.get_metadata().get_conf_state().clone();
+        let logger = crate::logging::raft_logger(cfg.id);
+        let raft_cfg = cfg.raft_config(applied);
+        raft_cfg.validate()?;
+        let raw = RawNode::new(&raft_cfg, store, &logger)?;
+        let last_role = RoleChange {
+            role: raw.raft.state,
+            leader_id: raw.raft.leader_id,
+            term: raw.raft.term,
+        };
+        let replica = Self {
+            raw,
+            cfg,
+            conf_state,
+            handed_out: applied,
+            applied,
+            snapshot_index: applied,
+            last_role,
+        };
+        Ok((replica, (applied > 0).then_some(snapshot)))
+    }
+
+    /// This replica's raft id.
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.cfg
+    }
+
+    /// Current role, leader and term.
+    pub fn role(&self) -> RoleChange {
+        RoleChange {
+            role: self.raw.raft.state,
+            leader_id: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+        }
+    }
+
+    /// Whether this replica is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Highest committed index known here.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Highest index the caller reported applied.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// Last index in the log.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// Membership as of the last handed-out committed entry.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Whether `id` is a voter in the current configuration (either half when joint).
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.conf_state.voters.contains(&id) || self.conf_state.voters_outgoing.contains(&id)
+    }
+
+    /// The storage, for reading.
+    pub fn store(&self) -> &S {
+        self.raw.store()
+    }
+
+    /// The underlying raw node, for inspection by tests and tools.
+    pub fn raw(&self) -> &RawNode<S> {
+        &self.raw
+    }
+
+    /// Advances logical time by one tick. Returns whether there may be a Ready.
+    pub fn tick(&mut self) -> bool {
+        self.raw.tick()
+    }
+
+    /// Starts an election now.
+    pub fn campaign(&mut self) -> Result<(), Error> {
+        Ok(self.raw.campaign()?)
+    }
+
+    /// Feeds a message from a peer. Messages for another replica, or local-only message
+    /// types, are rejected so a misrouted or forged message never reaches raft.
+    pub fn step(&mut self, msg: Message) -> Result<(), Error> {
+        if msg.to != self.cfg.id {
+            return Err(Error::Misrouted {
+                to: msg.to,
+                id: self.cfg.id,
+            });
+        }
+        if raft::raw_node::is_local_msg(msg.get_msg_type()) {
+            return Err(Error::LocalMessage(msg.get_msg_type()));
+        }
+        match self.raw.step(msg) {
+            // Messages from peers raft does not know (e.g. removed ones) are routine.
+            Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Proposes a command. On success the entry is in the leader's log (not yet
+    /// committed) at the returned position.
+    pub fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<LogPosition, ProposeError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        match self.raw.propose(context, data) {
+            Ok(()) => Ok(self.last_position()),
+            Err(raft::Error::ProposalDropped) => Err(ProposeError::Dropped),
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Proposes a membership change (joint consensus for several changes at once).
+    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<LogPosition, ProposeError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        match self.raw.propose_conf_change(Vec::new(), change) {
+            Ok(()) => Ok(self.last_position()),
+            Err(raft::Error::ProposalDropped) => Err(ProposeError::Dropped),
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// Starts a linearizable read. The answer arrives as a [`ReadState`] carrying `ctx`
+    /// in a later [`ReadyOutput::read_states`].
+    pub fn read_index(&mut self, ctx: Vec<u8>) {
+        self.raw.read_index(ctx);
+    }
+
+    /// Tells raft a peer could not be reached, so it probes instead of streaming.
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+
+    /// Whether [`Replica::handle_ready`] has work.
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    fn not_leader(&self) -> ProposeError {
+        let leader = self.raw.raft.leader_id;
+        ProposeError::NotLeader {
+            leader: (leader != 0).then_some(leader),
+        }
+    }
+
+    fn last_position(&self) -> LogPosition {
+        LogPosition {
+            index: self.raw.raft.raft_log.last_index(),
+            term: self.raw.raft.term,
+        }
+    }
+
+    /// Processes one Ready. `send_now` receives the messages a leader may send before
+    /// its own write is durable (raft thesis 10.2.1), so replication overlaps the
+    /// leader's fsync; everything else comes back in [`ReadyOutput`], after persistence.
+    pub fn handle_ready(
+        &mut self,
+        send_now: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<ReadyOutput, Error> {
+        let mut out = ReadyOutput::default();
+        if !self.raw.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.raw.ready();
+
+        let immediate = ready.take_messages();
+        if !immediate.is_empty() {
+            send_now(immediate);
+        }
+
+        let snapshot = ready.snapshot().clone();
+        let has_snapshot = snapshot.get_metadata().index > 0;
+        let committed = ready.take_committed_entries();
+        out.read_states = ready.take_read_states();
+
+        let write = LogWrite {
+            snapshot: has_snapshot.then(|| snapshot.clone()),
+            entries: ready.take_entries(),
+            hard_state: ready.hs().cloned(),
+            must_sync: ready.must_sync(),
+        };
+        if !write.is_empty() {
+            self.raw.store().write(write)?;
+        }
+        if has_snapshot {
+            let meta = snapshot.get_metadata();
+            self.conf_state = meta.get_conf_state().clone();
+            self.handed_out = meta.index;
+            self.applied = meta.index;
+            self.snapshot_index = meta.index;
+            out.snapshot = Some(snapshot);
+        }
+        self.hand_out(committed, &mut out.committed)?;
+        out.messages = ready.take_persisted_messages();
+
+        let mut light = self.raw.advance_append(ready);
+        if let Some(commit) = light.commit_index() {
+            // The commit index is not required to be durable (raft recomputes it), but
+            // keeping it lets a restart replay committed entries at once.
+            let mut hs = self.raw.raft.hard_state();
+            hs.commit = commit;
+            self.raw.store().write(LogWrite {
+                hard_state: Some(hs),
+                ..Default::default()
+            })?;
+        }
+        out.messages.extend(light.take_messages());
+        self.hand_out(light.take_committed_entries(), &mut out.committed)?;
+
+        let now = self.role();
+        if now != self.last_role {
+            self.last_role = now;
+            out.role_change = Some(now);
+        }
+        Ok(out)
+    }
+
+    fn hand_out(&mut self, entries: Vec<Entry>, out: &mut Vec<Committed>) -> Result<(), Error> {
+        for mut entry in entries {
+            let kind = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => CommittedKind::Empty,
+                EntryType::EntryNormal => CommittedKind::Normal {
+                    data: entry.take_data().to_vec(),
+                    context: entry.take_context().to_vec(),
+                },
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    cc.merge_from_bytes(&entry.data).map_err(|e| Error::Corrupt {
+                        index: entry.index,
+                        reason: e.to_string(),
+                    })?;
+                    self.apply_conf_change(entry.index, cc.into_v2())
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    cc.merge_from_bytes(&entry.data).map_err(|e| Error::Corrupt {
+                        index: entry.index,
+                        reason: e.to_string(),
+                    })?;
+                    self.apply_conf_change(entry.index, cc)
+                }
+            };
+            self.handed_out = entry.index;
+            out.push(Committed {
+                index: entry.index,
+                term: entry.term,
+                kind,
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, index: u64, change: ConfChangeV2) -> CommittedKind {
+        match self.raw.apply_conf_change(&change) {
+            Ok(cs) => {
+                tracing::info!(raft_id = self.cfg.id, index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+                self.conf_state = cs.clone();
+                CommittedKind::ConfChange {
+                    change,
+                    conf_state: cs,
+                }
+            }
+            Err(e) => {
+                // A committed change raft refuses (e.g. leaving a joint state twice) is a
+                // no-op on every replica alike, so skipping it keeps them in step.
+                tracing::warn!(raft_id = self.cfg.id, index, error = %e, "conf change rejected");
+                CommittedKind::ConfChange {
+                    change,
+                    conf_state: self.conf_state.clone(),
+                }
+            }
+        }
+    }
+
+    /// Records that the state machine applied everything up to `index`.
+    pub fn advance_apply(&mut self, index: u64) {
+        let index = index.min(self.handed_out);
+        if index > self.applied {
+            self.applied = index;
+            self.raw.advance_apply_to(index);
+        }
+    }
+
+    /// Whether enough entries were applied since the last snapshot to take a new one.
+    /// Only true when everything handed out is applied, so the snapshot's conf state
+    /// matches its index.
+    pub fn should_snapshot(&self) -> bool {
+        self.applied == self.handed_out
+            && self.applied >= self.snapshot_index + self.cfg.snapshot_interval.max(1)
+    }
+
+    /// Saves `data` (the state machine's snapshot at [`Replica::applied_index`]) and
+    /// compacts the log behind it, keeping `log_retain` entries.
+    pub fn save_snapshot(&mut self, data: Vec<u8>) -> Result<(), Error> {
+        if self.applied != self.handed_out {
+            return Err(Error::SnapshotBehind {
+                applied: self.applied,
+                handed_out: self.handed_out,
+            });
+        }
+        let index = self.applied;
+        if index <= self.snapshot_index {
+            return Ok(());
+        }
+        let term = self.raw.raft.raft_log.term(index)?;
+        let snapshot = make_snapshot(index, term, self.conf_state.clone(), data);
+        let compact_to = index.saturating_sub(self.cfg.log_retain);
+        self.raw.store().save_snapshot(snapshot, compact_to)?;
+        self.snapshot_index = index;
+        Ok(())
+    }
+}

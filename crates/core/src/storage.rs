@@ -1,0 +1,265 @@
+//! What the replica needs from durable storage, and an in-memory implementation of it.
+//!
+//! The read side is [`raft::Storage`]; the write side is [`LogStore`]. Implementations
+//! live in their own crates (`craft-storage` for RocksDB); [`MemLogStore`] here serves
+//! tests, simulations and examples that need no durability.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+/// One Ready's worth of state to persist, written atomically.
+#[derive(Debug, Default, Clone)]
+pub struct LogWrite {
+    /// A snapshot received from the leader: replaces the whole log.
+    pub snapshot: Option<Snapshot>,
+    /// New entries; an entry whose index is already present truncates the log there first.
+    pub entries: Vec<Entry>,
+    /// The new hard state, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Whether the write must reach stable storage before it returns. Raft requires this
+    /// whenever entries, a snapshot, the term or the vote change.
+    pub must_sync: bool,
+}
+
+impl LogWrite {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+    }
+}
+
+/// The write side of a raft log store.
+///
+/// Methods take `&self` because [`raft::RawNode`] owns its storage and only lends it
+/// out shared; implementations synchronise internally.
+///
+/// Invariants every implementation keeps (the shared storage suite checks them):
+/// - [`LogStore::write`] is atomic: after a crash either all of it is there or none.
+/// - When `must_sync` is set, `write` returns only once the data is on stable storage.
+/// - [`raft::Storage::first_index`] is one past the last compacted index, and
+///   [`raft::Storage::term`] answers for that compacted index too.
+/// - [`raft::Storage::initial_state`] reports the conf state of the latest snapshot;
+///   entries after it are replayed by the replica on start.
+pub trait LogStore: raft::Storage + Send + 'static {
+    /// Persists one Ready atomically; durably when `write.must_sync`.
+    fn write(&self, write: LogWrite) -> raft::Result<()>;
+
+    /// Saves a snapshot of the local state machine and drops the log up to and
+    /// including `compact_to` (which is at most the snapshot's index). Need not sync:
+    /// losing it on power failure only means replaying more of the log.
+    fn save_snapshot(&self, snapshot: Snapshot, compact_to: u64) -> raft::Result<()>;
+
+    /// The latest snapshot (metadata and data), or an empty one when there is none.
+    fn latest_snapshot(&self) -> raft::Result<Snapshot>;
+
+    /// Whether the store holds no raft state at all (never bootstrapped, never received
+    /// a snapshot).
+    fn is_empty(&self) -> raft::Result<bool> {
+        Ok(self.initial_state()?.hard_state == HardState::default()
+            && self.latest_snapshot()?.get_metadata().index == 0
+            && self.last_index()? == 0)
+    }
+
+    /// Installs the initial snapshot of a new cluster member (bootstrap). Equivalent to
+    /// receiving `snapshot` from a leader.
+    fn bootstrap(&self, snapshot: Snapshot) -> raft::Result<()> {
+        let mut hs = HardState::default();
+        hs.term = snapshot.get_metadata().term;
+        hs.commit = snapshot.get_metadata().index;
+        self.write(LogWrite {
+            snapshot: Some(snapshot),
+            entries: Vec::new(),
+            hard_state: Some(hs),
+            must_sync: true,
+        })
+    }
+}
+
+/// Builds a snapshot from its parts.
+pub fn make_snapshot(index: u64, term: u64, conf_state: ConfState, data: Vec<u8>) -> Snapshot {
+    let mut snap = Snapshot::default();
+    snap.mut_metadata().index = index;
+    snap.mut_metadata().term = term;
+    snap.mut_metadata().set_conf_state(conf_state);
+    snap.data = data.into();
+    snap
+}
+
+/// Builds a conf state with the given voters.
+pub fn voters(ids: impl IntoIterator<Item = u64>) -> ConfState {
+    let mut cs = ConfState::default();
+    cs.voters = ids.into_iter().collect();
+    cs
+}
+
+#[derive(Debug, Default)]
+struct MemCore {
+    hard_state: HardState,
+    snapshot: Snapshot,
+    /// Index and term of the last entry dropped from the log.
+    truncated: (u64, u64),
+    /// `entries[i].index == truncated.0 + 1 + i`.
+    entries: Vec<Entry>,
+}
+
+impl MemCore {
+    fn first_index(&self) -> u64 {
+        self.truncated.0 + 1
+    }
+
+    fn last_index(&self) -> u64 {
+        self.truncated.0 + self.entries.len() as u64
+    }
+}
+
+/// An in-memory [`LogStore`]: fast, deterministic, and gone with the process.
+///
+/// Clones share the same log, so a test can keep a handle to a node's "disk" and
+/// restart the node from it.
+#[derive(Debug, Clone, Default)]
+pub struct MemLogStore {
+    core: Arc<RwLock<MemCore>>,
+}
+
+impl MemLogStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn rl(&self) -> RwLockReadGuard<'_, MemCore> {
+        // A poisoned lock means a panic elsewhere already; the data is still consistent
+        // because every mutation below completes before it can panic.
+        self.core.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wl(&self) -> RwLockWriteGuard<'_, MemCore> {
+        self.core.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn store_err(msg: String) -> raft::Error {
+    raft::Error::Store(StorageError::Other(msg.into()))
+}
+
+impl raft::Storage for MemLogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let core = self.rl();
+        Ok(RaftState::new(
+            core.hard_state.clone(),
+            core.snapshot.get_metadata().get_conf_state().clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let core = self.rl();
+        if low < core.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > core.last_index() + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let offset = core.first_index();
+        let mut ents = core.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let core = self.rl();
+        if idx == core.truncated.0 {
+            return Ok(core.truncated.1);
+        }
+        if idx < core.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > core.last_index() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(core.entries[(idx - core.first_index()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.rl().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.rl().last_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let core = self.rl();
+        if core.snapshot.get_metadata().index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(core.snapshot.clone())
+    }
+}
+
+impl LogStore for MemLogStore {
+    fn write(&self, write: LogWrite) -> raft::Result<()> {
+        let mut core = self.wl();
+        if let Some(snap) = write.snapshot {
+            let meta = snap.get_metadata();
+            core.truncated = (meta.index, meta.term);
+            core.entries.clear();
+            if core.hard_state.commit < meta.index {
+                core.hard_state.commit = meta.index;
+            }
+            core.snapshot = snap;
+        }
+        if let Some(first) = write.entries.first() {
+            let first_index = first.index;
+            if first_index < core.first_index() || first_index > core.last_index() + 1 {
+                return Err(store_err(format!(
+                    "append at {first_index} outside log [{}, {}]",
+                    core.first_index(),
+                    core.last_index() + 1
+                )));
+            }
+            let keep = (first_index - core.first_index()) as usize;
+            core.entries.truncate(keep);
+            core.entries.extend(write.entries);
+        }
+        if let Some(hs) = write.hard_state {
+            core.hard_state = hs;
+        }
+        Ok(())
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot, compact_to: u64) -> raft::Result<()> {
+        let mut core = self.wl();
+        let index = snapshot.get_metadata().index;
+        if index <= core.snapshot.get_metadata().index {
+            return Ok(());
+        }
+        if index > core.last_index() || compact_to > index {
+            return Err(store_err(format!(
+                "snapshot at {index} (compact to {compact_to}) beyond last index {}",
+                core.last_index()
+            )));
+        }
+        core.snapshot = snapshot;
+        if compact_to > core.truncated.0 {
+            let term = core.entries[(compact_to - core.first_index()) as usize].term;
+            let drop = (compact_to - core.truncated.0) as usize;
+            core.entries.drain(..drop);
+            core.truncated = (compact_to, term);
+        }
+        Ok(())
+    }
+
+    fn latest_snapshot(&self) -> raft::Result<Snapshot> {
+        Ok(self.rl().snapshot.clone())
+    }
+}

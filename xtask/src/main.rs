@@ -1,0 +1,43 @@
+//! `cargo xtask`: project automation that needs no tool beyond Cargo.
+//!
+//! Each verb lives in a module of its own and is one variant of [`Command`]; add a verb by
+//! adding a module and a variant. Run `cargo xtask --help` for the list.
+
+mod codegen;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+/// Project automation for consensus-raft.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The verbs of `cargo xtask`.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate the Rust code of the `.proto` files in `proto/` into
+    /// `crates/proto/src/generated/`.
+    Codegen(codegen::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Command::Codegen(args) => codegen::run(&root, &args),
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
+}
