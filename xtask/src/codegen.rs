@@ -213,8 +213,7 @@ fn orphans(root: &Path, files: &[GeneratedFile]) -> Result<BTreeSet<String>> {
 
 /// The error message for stale generated code, one line per stale file.
 fn stale_message(stale: &[StaleFile]) -> String {
-    let mut message =
-        String::from("generated protobuf code is stale: run `cargo xtask codegen`");
+    let mut message = String::from("generated protobuf code is stale: run `cargo xtask codegen`");
     for file in stale {
         let _ = write!(message, "\n  {} ({})", file.path.display(), file.reason);
     }

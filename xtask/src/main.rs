@@ -5,7 +5,10 @@
 
 mod codegen;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -26,11 +29,22 @@ enum Command {
     Codegen(codegen::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = workspace_root();
-    match cli.command {
+    let result = match cli.command {
         Command::Codegen(args) => codegen::run(&root, &args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Print the message and its causes, without the backtrace `RUST_BACKTRACE` would add.
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 

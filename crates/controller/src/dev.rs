@@ -1,0 +1,393 @@
+//! A development controller: a toy chain that serves
+//! `controller.Consensus2ControllerService` the way a real CITA-Cloud controller does,
+//! so local clusters and tests need nothing else installed.
+//!
+//! - Proposals are at height + 1 and carry `craft-dev-block|HEIGHT|NODE|NONCE`.
+//! - `CheckProposal` rejects heights at or below the chain's and malformed data.
+//! - `CommitBlock` appends the block to `chain.log` (fsynced) and answers the new
+//!   configuration; the `u64::MAX` ping commits nothing. Committing a different block
+//!   at a height the chain already has is refused (that would be a fork).
+//! - A real controller syncs blocks it missed from peers; this one records a block above
+//!   a gap as is, leaving the skipped heights unknown.
+//! - The validator list can change at given heights (the same schedule on every node,
+//!   as a chain's system contract would do it).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cita_proto::common::{
+    ConsensusConfiguration, ConsensusConfigurationResponse, Empty, Proposal, ProposalResponse,
+    ProposalWithProof, StatusCode,
+};
+use cita_proto::consensus::consensus_service_client::ConsensusServiceClient;
+use cita_proto::controller::consensus2_controller_service_server::Consensus2ControllerService;
+use tonic::{Request, Response, Status};
+
+use crate::PING_HEIGHT;
+
+/// Status code for a proposal at the wrong height.
+pub const CODE_WRONG_HEIGHT: u32 = 101;
+/// Status code for undecodable proposal data.
+pub const CODE_MALFORMED: u32 = 102;
+/// Status code for a block that conflicts with one already committed.
+pub const CODE_CONFLICT: u32 = 103;
+/// Status code for a failed write of the chain file.
+pub const CODE_STORAGE: u32 = 104;
+
+const BLOCK_PREFIX: &str = "craft-dev-block";
+
+/// Settings of a development chain.
+#[derive(Debug, Clone, Default)]
+pub struct DevChainConfig {
+    /// Name written into proposals (usually the node's index).
+    pub node_name: String,
+    /// Validators at height 0 (node addresses).
+    pub validators: Vec<Vec<u8>>,
+    /// Block interval in seconds, as reported to consensus.
+    pub block_interval: u32,
+    /// Validator list changes: from `height` on, the list is `validators`.
+    pub validator_schedule: Vec<(u64, Vec<Vec<u8>>)>,
+    /// Where `chain.log` lives; `None` keeps the chain in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Artificial delay added to every call (benchmarks of slow controllers).
+    pub delay: Duration,
+}
+
+#[derive(Debug)]
+struct ChainState {
+    blocks: BTreeMap<u64, Vec<u8>>,
+    height: u64,
+    log: Option<File>,
+}
+
+/// The toy chain behind the development controller.
+#[derive(Debug, Clone)]
+pub struct DevChain {
+    cfg: Arc<DevChainConfig>,
+    state: Arc<Mutex<ChainState>>,
+}
+
+/// Whether `data` is a development block for `height`.
+pub fn is_valid_block(height: u64, data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let mut parts = text.split('|');
+    parts.next() == Some(BLOCK_PREFIX)
+        && parts.next().and_then(|h| h.parse::<u64>().ok()) == Some(height)
+        && parts.next().is_some()
+        && parts.next().is_some()
+        && parts.next().is_none()
+}
+
+/// Reads a chain file: one `HEIGHT HEX` line per block. A torn last line (a crash in
+/// the middle of a write) is ignored.
+pub fn read_chain(path: &Path) -> std::io::Result<BTreeMap<u64, Vec<u8>>> {
+    let mut blocks = BTreeMap::new();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(blocks),
+        Err(e) => return Err(e),
+    };
+    for line in BufReader::new(file).lines() {
+        let line = line?;
+        let Some((h, data)) = line.split_once(' ') else {
+            continue;
+        };
+        if let (Ok(h), Ok(data)) = (h.parse::<u64>(), hex::decode(data)) {
+            if is_valid_block(h, &data) {
+                blocks.insert(h, data);
+            }
+        }
+    }
+    Ok(blocks)
+}
+
+impl DevChain {
+    /// Opens the chain, reading `chain.log` from `cfg.data_dir` if present.
+    pub fn open(cfg: DevChainConfig) -> std::io::Result<Self> {
+        let (blocks, log) = match &cfg.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let path = dir.join("chain.log");
+                let blocks = read_chain(&path)?;
+                let log = OpenOptions::new().create(true).append(true).open(&path)?;
+                (blocks, Some(log))
+            }
+            None => (BTreeMap::new(), None),
+        };
+        let height = blocks.keys().next_back().copied().unwrap_or(0);
+        Ok(Self {
+            cfg: Arc::new(cfg),
+            state: Arc::new(Mutex::new(ChainState {
+                blocks,
+                height,
+                log,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ChainState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Current height.
+    pub fn height(&self) -> u64 {
+        self.lock().height
+    }
+
+    /// The block at `height`, if known.
+    pub fn block(&self, height: u64) -> Option<Vec<u8>> {
+        self.lock().blocks.get(&height).cloned()
+    }
+
+    fn validators_at(&self, height: u64) -> Vec<Vec<u8>> {
+        self.cfg
+            .validator_schedule
+            .iter()
+            .filter(|(h, _)| *h <= height)
+            .max_by_key(|(h, _)| *h)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| self.cfg.validators.clone())
+    }
+
+    /// The configuration that holds at the current height.
+    pub fn configuration(&self) -> ConsensusConfiguration {
+        let height = self.height();
+        ConsensusConfiguration {
+            height,
+            block_interval: self.cfg.block_interval,
+            validators: self.validators_at(height),
+        }
+    }
+
+    /// A new proposal at height + 1.
+    pub fn proposal(&self) -> Proposal {
+        let height = self.height() + 1;
+        let data = format!(
+            "{BLOCK_PREFIX}|{height}|{}|{:016x}",
+            self.cfg.node_name,
+            rand::random::<u64>()
+        );
+        Proposal {
+            height,
+            data: data.into_bytes(),
+        }
+    }
+
+    /// `CheckProposal`: 0 when acceptable, else an error code.
+    pub fn check(&self, p: &Proposal) -> u32 {
+        if !is_valid_block(p.height, &p.data) {
+            return CODE_MALFORMED;
+        }
+        if p.height <= self.height() {
+            return CODE_WRONG_HEIGHT;
+        }
+        0
+    }
+
+    /// `CommitBlock`: stores the block and returns the configuration after it.
+    pub fn commit(&self, p: &Proposal) -> Result<ConsensusConfiguration, u32> {
+        if p.height == PING_HEIGHT && p.data.is_empty() {
+            return Ok(self.configuration());
+        }
+        if !is_valid_block(p.height, &p.data) {
+            return Err(CODE_MALFORMED);
+        }
+        {
+            let mut st = self.lock();
+            match st.blocks.get(&p.height) {
+                Some(existing) if *existing == p.data => {}
+                Some(_) => {
+                    tracing::error!(height = p.height, "refusing a block that conflicts with the committed one");
+                    return Err(CODE_CONFLICT);
+                }
+                None if p.height <= st.height => {
+                    // A height skipped earlier by a gap; record it.
+                    st.blocks.insert(p.height, p.data.clone());
+                }
+                None => {
+                    if let Some(log) = st.log.as_mut() {
+                        let line = format!("{} {}\n", p.height, hex::encode(&p.data));
+                        if let Err(e) = log.write_all(line.as_bytes()).and_then(|_| log.sync_data()) {
+                            tracing::error!(error = %e, "writing chain.log failed");
+                            return Err(CODE_STORAGE);
+                        }
+                    }
+                    if p.height > st.height + 1 {
+                        tracing::info!(from = st.height, to = p.height, "chain jumped (blocks in between synced elsewhere)");
+                    }
+                    st.blocks.insert(p.height, p.data.clone());
+                    st.height = p.height;
+                    tracing::info!(height = p.height, "block committed");
+                }
+            }
+        }
+        Ok(self.configuration())
+    }
+
+    /// Pushes the configuration to the consensus service at `addr` until it accepts it,
+    /// as a controller does at start-up.
+    pub async fn reconfigure_until_accepted(&self, addr: String) {
+        let mut attempt = 0u32;
+        let backoff = crate::Backoff::default();
+        loop {
+            attempt += 1;
+            let result = async {
+                let mut client = ConsensusServiceClient::connect(addr.clone()).await.map_err(|e| e.to_string())?;
+                let status = client
+                    .reconfigure(self.configuration())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                if status.code == 0 { Ok(()) } else { Err(format!("status code {}", status.code)) }
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    tracing::info!(%addr, "consensus accepted the configuration");
+                    return;
+                }
+                Err(e) => {
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::warn!(%addr, attempt, error = %e, "reconfigure failed, retrying");
+                    }
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                }
+            }
+        }
+    }
+}
+
+fn status(code: u32) -> Option<StatusCode> {
+    Some(StatusCode { code })
+}
+
+#[tonic::async_trait]
+impl Consensus2ControllerService for DevChain {
+    async fn get_proposal(&self, _req: Request<Empty>) -> Result<Response<ProposalResponse>, Status> {
+        if !self.cfg.delay.is_zero() {
+            tokio::time::sleep(self.cfg.delay).await;
+        }
+        Ok(Response::new(ProposalResponse {
+            status: status(0),
+            proposal: Some(self.proposal()),
+        }))
+    }
+
+    async fn check_proposal(&self, req: Request<Proposal>) -> Result<Response<StatusCode>, Status> {
+        if !self.cfg.delay.is_zero() {
+            tokio::time::sleep(self.cfg.delay).await;
+        }
+        Ok(Response::new(StatusCode {
+            code: self.check(req.get_ref()),
+        }))
+    }
+
+    async fn commit_block(
+        &self,
+        req: Request<ProposalWithProof>,
+    ) -> Result<Response<ConsensusConfigurationResponse>, Status> {
+        if !self.cfg.delay.is_zero() {
+            tokio::time::sleep(self.cfg.delay).await;
+        }
+        let Some(proposal) = req.into_inner().proposal else {
+            return Ok(Response::new(ConsensusConfigurationResponse {
+                status: status(CODE_MALFORMED),
+                config: None,
+            }));
+        };
+        let chain = self.clone();
+        // The fsync of chain.log blocks; keep it off the async workers.
+        let result = tokio::task::spawn_blocking(move || chain.commit(&proposal))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(match result {
+            Ok(config) => ConsensusConfigurationResponse {
+                status: status(0),
+                config: Some(config),
+            },
+            Err(code) => ConsensusConfigurationResponse {
+                status: status(code),
+                config: None,
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn chain(dir: Option<PathBuf>) -> DevChain {
+        DevChain::open(DevChainConfig {
+            node_name: "n1".into(),
+            validators: vec![vec![1; 20], vec![2; 20]],
+            block_interval: 3,
+            validator_schedule: vec![(2, vec![vec![1; 20]])],
+            data_dir: dir,
+            delay: Duration::ZERO,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn proposals_are_at_next_height_and_commit_in_order() {
+        let c = chain(None);
+        let p = c.proposal();
+        assert_eq!(p.height, 1);
+        assert_eq!(c.check(&p), 0);
+        let cfg = c.commit(&p).unwrap();
+        assert_eq!(cfg.height, 1);
+        assert_eq!(cfg.block_interval, 3);
+        assert_eq!(cfg.validators.len(), 2);
+        // Same block again is idempotent; a different one at that height is a fork.
+        assert_eq!(c.commit(&p).unwrap().height, 1);
+        let mut other = p.clone();
+        other.data = format!("{BLOCK_PREFIX}|1|n2|0000000000000001").into_bytes();
+        assert_eq!(c.commit(&other), Err(CODE_CONFLICT));
+        assert_eq!(c.check(&p), CODE_WRONG_HEIGHT);
+    }
+
+    #[test]
+    fn rejects_malformed_and_answers_ping() {
+        let c = chain(None);
+        let bad = Proposal { height: 1, data: b"garbage".to_vec() };
+        assert_eq!(c.check(&bad), CODE_MALFORMED);
+        assert_eq!(c.commit(&bad), Err(CODE_MALFORMED));
+        let wrong = Proposal { height: 2, data: format!("{BLOCK_PREFIX}|1|n|0").into_bytes() };
+        assert_eq!(c.check(&wrong), CODE_MALFORMED);
+        let ping = Proposal { height: PING_HEIGHT, data: Vec::new() };
+        assert_eq!(c.commit(&ping).unwrap().height, 0);
+        assert_eq!(c.height(), 0);
+    }
+
+    #[test]
+    fn validator_schedule_applies_at_its_height() {
+        let c = chain(None);
+        c.commit(&c.proposal()).unwrap();
+        let cfg = c.commit(&c.proposal()).unwrap();
+        assert_eq!(cfg.height, 2);
+        assert_eq!(cfg.validators, vec![vec![1; 20]]);
+    }
+
+    #[test]
+    fn chain_survives_reopen_and_ignores_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = chain(Some(dir.path().to_path_buf()));
+        let p1 = c.proposal();
+        c.commit(&p1).unwrap();
+        c.commit(&c.proposal()).unwrap();
+        drop(c);
+        let mut f = OpenOptions::new().append(true).open(dir.path().join("chain.log")).unwrap();
+        f.write_all(b"3 6372").unwrap();
+        let c = chain(Some(dir.path().to_path_buf()));
+        assert_eq!(c.height(), 2);
+        assert_eq!(c.block(1), Some(p1.data));
+    }
+}

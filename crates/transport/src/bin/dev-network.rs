@@ -1,0 +1,67 @@
+//! The development network as a process: serves node `i` on `--base-port + i - 1`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use cita_proto::network::network_service_server::NetworkServiceServer;
+use craft_transport::dev_network::DevNetwork;
+
+/// A toy CITA-Cloud network service routing messages between local nodes.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Number of nodes.
+    #[arg(long)]
+    nodes: usize,
+    /// Node i's network service listens on base-port + i - 1.
+    #[arg(long, default_value_t = 50000)]
+    base_port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// File of cut links (`A B` or `A *` per line), re-read continuously.
+    #[arg(long)]
+    partition_file: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
+    let net = DevNetwork::new(args.nodes);
+    if let Some(path) = args.partition_file.clone() {
+        tokio::spawn(net.clone().follow_partition_file(path));
+    }
+    let mut servers = tokio::task::JoinSet::new();
+    for i in 1..=args.nodes as u64 {
+        let port = args
+            .base_port
+            .checked_add((i - 1) as u16)
+            .context("port out of range")?;
+        let addr = SocketAddr::new(args.host, port);
+        let svc = NetworkServiceServer::new(net.service(i));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} for node {i}"))?;
+        tracing::info!(node = i, %addr, "serving network for node");
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        Some(res) = servers.join_next() => {
+            res.context("server task")?.context("server failed")?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! A development network microservice for local clusters.
+//!
+//! One process serves `network.NetworkService` for every node of the cluster, each node
+//! on its own port, and routes `NetworkMsg` between them the way CITA-Cloud's network
+//! does: node `i` has session id (`origin`) `i`; `SendMsg` delivers to the node whose
+//! origin is `msg.origin`, `Broadcast` to all others, and the receiver sees the sender's
+//! origin. Links can be cut to simulate partitions.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use cita_proto::common::{Empty, NodeNetInfo, StatusCode, TotalNodeNetInfo};
+use cita_proto::network::network_msg_handler_service_client::NetworkMsgHandlerServiceClient;
+use cita_proto::network::network_service_server::NetworkService;
+use cita_proto::network::{NetworkMsg, NetworkStatusResponse, RegisterInfo};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::queue::PeerQueues;
+
+struct Slot {
+    handler: RwLock<Option<NetworkMsgHandlerServiceClient<Channel>>>,
+}
+
+/// The shared routing state of a development network.
+pub struct DevNetwork {
+    nodes: Vec<Slot>,
+    cuts: RwLock<HashSet<(u64, u64)>>,
+    delivery: PeerQueues<NetworkMsg>,
+}
+
+impl std::fmt::Debug for DevNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevNetwork").field("nodes", &self.nodes.len()).finish_non_exhaustive()
+    }
+}
+
+impl DevNetwork {
+    /// A network for nodes with origins `1..=nodes`.
+    pub fn new(nodes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            nodes: (0..nodes)
+                .map(|_| Slot {
+                    handler: RwLock::new(None),
+                })
+                .collect(),
+            cuts: RwLock::new(HashSet::new()),
+            delivery: PeerQueues::new(4096),
+        })
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the network has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The `NetworkService` node `origin` (1-based) talks to.
+    pub fn service(self: &Arc<Self>, origin: u64) -> NodePort {
+        NodePort {
+            net: self.clone(),
+            me: origin,
+        }
+    }
+
+    /// Replaces the set of cut links. A cut `(a, b)` drops traffic both ways.
+    pub fn set_cuts(&self, cuts: impl IntoIterator<Item = (u64, u64)>) {
+        let mut set = HashSet::new();
+        for (a, b) in cuts {
+            set.insert((a, b));
+            set.insert((b, a));
+        }
+        let mut current = self.cuts.write().unwrap_or_else(|e| e.into_inner());
+        if *current != set {
+            tracing::info!(cuts = ?set, "network links changed");
+            *current = set;
+        }
+    }
+
+    /// Parses a partition file: one `A B` per line cuts link A–B; `A *` isolates A.
+    /// Blank lines and `#` comments are ignored.
+    pub fn parse_cuts(&self, text: &str) -> Result<Vec<(u64, u64)>, String> {
+        let mut cuts = Vec::new();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(a), Some(b), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(format!("bad partition line {line:?}: expected `A B` or `A *`"));
+            };
+            let a: u64 = a.parse().map_err(|_| format!("bad node {a:?} in {line:?}"))?;
+            if b == "*" {
+                for other in 1..=self.nodes.len() as u64 {
+                    if other != a {
+                        cuts.push((a, other));
+                    }
+                }
+            } else {
+                let b: u64 = b.parse().map_err(|_| format!("bad node {b:?} in {line:?}"))?;
+                cuts.push((a, b));
+            }
+        }
+        Ok(cuts)
+    }
+
+    /// Keeps the cuts in step with `path`, re-reading it every 100 ms. A missing file
+    /// means no cuts.
+    pub async fn follow_partition_file(self: Arc<Self>, path: std::path::PathBuf) {
+        let mut last: Option<String> = None;
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if last.as_deref() != Some(&text) {
+                match self.parse_cuts(&text) {
+                    Ok(cuts) => self.set_cuts(cuts),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring partition file"),
+                }
+                last = Some(text);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn slot(&self, origin: u64) -> Option<&Slot> {
+        origin
+            .checked_sub(1)
+            .and_then(|i| self.nodes.get(i as usize))
+    }
+
+    fn deliver(&self, from: u64, to: u64, mut msg: NetworkMsg) -> bool {
+        if from == to || self.cuts.read().unwrap_or_else(|e| e.into_inner()).contains(&(from, to)) {
+            return false;
+        }
+        let Some(slot) = self.slot(to) else {
+            return false;
+        };
+        let Some(client) = slot.handler.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return false;
+        };
+        msg.origin = from;
+        self.delivery.push(to, msg, move || {
+            move |msg: NetworkMsg| {
+                let mut client = client.clone();
+                async move { client.process_network_msg(msg).await.is_ok() }
+            }
+        })
+    }
+}
+
+/// The `NetworkService` as seen by one node.
+#[derive(Clone)]
+pub struct NodePort {
+    net: Arc<DevNetwork>,
+    me: u64,
+}
+
+fn ok() -> Response<StatusCode> {
+    Response::new(StatusCode { code: 0 })
+}
+
+#[tonic::async_trait]
+impl NetworkService for NodePort {
+    async fn send_msg(&self, req: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+        let msg = req.into_inner();
+        let to = msg.origin;
+        if self.net.slot(to).is_none() {
+            return Err(Status::not_found(format!("no peer with origin {to}")));
+        }
+        self.net.deliver(self.me, to, msg);
+        Ok(ok())
+    }
+
+    async fn broadcast(&self, req: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+        let msg = req.into_inner();
+        for to in 1..=self.net.len() as u64 {
+            if to != self.me {
+                self.net.deliver(self.me, to, msg.clone());
+            }
+        }
+        Ok(ok())
+    }
+
+    async fn get_network_status(&self, _req: Request<Empty>) -> Result<Response<NetworkStatusResponse>, Status> {
+        Ok(Response::new(NetworkStatusResponse {
+            peer_count: self.net.len().saturating_sub(1) as u64,
+        }))
+    }
+
+    async fn register_network_msg_handler(&self, req: Request<RegisterInfo>) -> Result<Response<StatusCode>, Status> {
+        let info = req.into_inner();
+        let addr = format!("http://{}:{}", info.hostname, info.port);
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|e| Status::invalid_argument(format!("bad handler address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(3))
+            .tcp_nodelay(true);
+        let client = NetworkMsgHandlerServiceClient::new(endpoint.connect_lazy());
+        if let Some(slot) = self.net.slot(self.me) {
+            *slot.handler.write().unwrap_or_else(|e| e.into_inner()) = Some(client);
+        }
+        // A re-registered handler gets a fresh delivery queue.
+        self.net.delivery.remove(self.me);
+        tracing::info!(node = self.me, module = %info.module_name, %addr, "handler registered");
+        Ok(ok())
+    }
+
+    async fn add_node(&self, _req: Request<NodeNetInfo>) -> Result<Response<StatusCode>, Status> {
+        Ok(ok())
+    }
+
+    async fn get_peers_net_info(&self, _req: Request<Empty>) -> Result<Response<TotalNodeNetInfo>, Status> {
+        let nodes = (1..=self.net.len() as u64)
+            .filter(|o| *o != self.me)
+            .map(|origin| NodeNetInfo {
+                multi_address: format!("/dev/node/{origin}"),
+                origin,
+            })
+            .collect();
+        Ok(Response::new(TotalNodeNetInfo { nodes }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn partition_file_syntax() {
+        let net = DevNetwork::new(3);
+        assert_eq!(net.parse_cuts("# none\n\n").unwrap(), vec![]);
+        assert_eq!(net.parse_cuts("1 2\n").unwrap(), vec![(1, 2)]);
+        assert_eq!(net.parse_cuts("2 *").unwrap(), vec![(2, 1), (2, 3)]);
+        assert!(net.parse_cuts("1").is_err());
+        assert!(net.parse_cuts("x 2").is_err());
+    }
+
+    #[tokio::test]
+    async fn cut_links_drop_both_ways() {
+        let net = DevNetwork::new(3);
+        net.set_cuts([(1, 2)]);
+        let msg = NetworkMsg::default();
+        // No handler registered either way, but the cut is checked first.
+        assert!(!net.deliver(1, 2, msg.clone()));
+        assert!(!net.deliver(2, 1, msg.clone()));
+        assert!(!net.deliver(1, 1, msg.clone()));
+        assert!(!net.deliver(1, 9, msg));
+    }
+}
