@@ -12,12 +12,16 @@ use craft_transport::dev_network::DevNetwork;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Number of nodes.
-    #[arg(long)]
-    nodes: usize,
+    /// Number of nodes (with --base-port).
+    #[arg(long, required_unless_present = "ports")]
+    nodes: Option<usize>,
     /// Node i's network service listens on base-port + i - 1.
     #[arg(long, default_value_t = 50000)]
     base_port: u16,
+    /// Explicit port of each node's network service, in node order (overrides
+    /// --nodes/--base-port).
+    #[arg(long, value_delimiter = ',')]
+    ports: Vec<u16>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -34,17 +38,21 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
-    let net = DevNetwork::new(args.nodes);
+    let ports: Vec<u16> = if args.ports.is_empty() {
+        let n = args.nodes.unwrap_or(0);
+        (0..n)
+            .map(|i| args.base_port.checked_add(i as u16).context("port out of range"))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        args.ports.clone()
+    };
+    anyhow::ensure!(!ports.is_empty(), "at least one node is needed");
+    let net = DevNetwork::new(ports.len());
     if let Some(path) = args.partition_file.clone() {
         tokio::spawn(net.clone().follow_partition_file(path));
     }
     let mut servers = tokio::task::JoinSet::new();
-    for i in 1..=args.nodes as u64 {
-        let port = args
-            .base_port
-            .checked_add((i - 1) as u16)
-            .context("port out of range")?;
+    for (i, port) in (1u64..).zip(ports) {
         let addr = SocketAddr::new(args.host, port);
         let svc = NetworkServiceServer::new(net.service(i));
         let listener = tokio::net::TcpListener::bind(addr)

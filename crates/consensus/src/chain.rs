@@ -1,0 +1,144 @@
+//! The replicated state machine of the consensus service.
+//!
+//! Log entries are encoded `common.Proposal`s; applying one checks it with the node's
+//! own controller and commits it (empty proof). The state is the chain's
+//! `ConsensusConfiguration` (height, block interval, validators); snapshot data is that
+//! configuration, encoded, as the existing raft service expects.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cita_proto::common::{ConsensusConfiguration, Proposal};
+use craft_controller::{retry, Backoff, Controller, ControllerError};
+use craft_core::raft::eraftpb::Snapshot;
+use craft_core::{Committed, CommittedKind, StateMachine};
+use prost::Message as _;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// What applying an entry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// The block at this height was committed to the controller.
+    Committed(u64),
+    /// Nothing to commit (not a block, already committed, or refused); the reason.
+    Skipped(&'static str),
+}
+
+/// Decodes a snapshot's data, or a configuration pushed by the controller.
+pub fn decode_configuration(bytes: &[u8]) -> Result<ConsensusConfiguration, prost::DecodeError> {
+    ConsensusConfiguration::decode(bytes)
+}
+
+/// The chain state shared between the state machine, the block loop and the gRPC
+/// service: the latest configuration this node knows.
+pub type SharedConfig = watch::Sender<ConsensusConfiguration>;
+
+/// Applies committed proposals to the node's controller.
+pub struct BlockStateMachine<C> {
+    controller: Arc<C>,
+    config: Arc<SharedConfig>,
+    metrics: Metrics,
+    backoff: Backoff,
+}
+
+impl<C: Controller> BlockStateMachine<C> {
+    /// A state machine committing through `controller`, publishing into `config`.
+    pub fn new(controller: Arc<C>, config: Arc<SharedConfig>, metrics: Metrics) -> Self {
+        Self {
+            controller,
+            config,
+            metrics,
+            backoff: Backoff::default(),
+        }
+    }
+
+    async fn apply_block(&mut self, index: u64, data: &[u8]) -> BlockOutcome {
+        let proposal = match Proposal::decode(data) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(index, error = %e, "committed entry is not a proposal; skipped");
+                return BlockOutcome::Skipped("undecodable");
+            }
+        };
+        let height = self.config.borrow().height;
+        if proposal.height <= height {
+            tracing::debug!(index, proposal = proposal.height, height, "block already committed");
+            return BlockOutcome::Skipped("already committed");
+        }
+        let started = Instant::now();
+        let controller = self.controller.clone();
+        let checked = retry("CheckProposal", &self.backoff, ControllerError::is_transient, || {
+            controller.check_proposal(proposal.clone())
+        })
+        .await;
+        match checked {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(index, height = proposal.height, "controller rejected a committed proposal; waiting for it to sync");
+                return BlockOutcome::Skipped("rejected by CheckProposal");
+            }
+            Err(e) => {
+                tracing::warn!(index, height = proposal.height, error = %e, "CheckProposal failed");
+                return BlockOutcome::Skipped("CheckProposal failed");
+            }
+        }
+        let committed = retry("CommitBlock", &self.backoff, ControllerError::is_transient, || {
+            controller.commit_block(proposal.clone())
+        })
+        .await;
+        match committed {
+            Ok(new_config) => {
+                let h = proposal.height;
+                tracing::info!(height = h, index, validators = new_config.validators.len(), "block committed");
+                self.metrics.height.set(new_config.height as i64);
+                self.metrics
+                    .last_commit_latency_us
+                    .set(started.elapsed().as_micros() as i64);
+                self.config.send_replace(new_config);
+                BlockOutcome::Committed(h)
+            }
+            Err(e) => {
+                tracing::warn!(index, height = proposal.height, error = %e, "CommitBlock refused");
+                BlockOutcome::Skipped("CommitBlock refused")
+            }
+        }
+    }
+}
+
+impl<C: Controller> StateMachine for BlockStateMachine<C> {
+    type Response = BlockOutcome;
+
+    async fn apply(&mut self, entry: &Committed) -> BlockOutcome {
+        match &entry.kind {
+            CommittedKind::Normal { data, .. } => self.apply_block(entry.index, data).await,
+            CommittedKind::Empty => BlockOutcome::Skipped("leader no-op"),
+            CommittedKind::ConfChange { .. } => BlockOutcome::Skipped("membership change"),
+        }
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        self.config.borrow().encode_to_vec()
+    }
+
+    async fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let cfg = decode_configuration(&snapshot.data).map_err(|e| {
+            format!(
+                "snapshot at index {} is not a ConsensusConfiguration: {e}",
+                snapshot.get_metadata().index
+            )
+        })?;
+        self.config.send_if_modified(|cur| {
+            // A controller that synced further keeps its newer view.
+            if cfg.height >= cur.height {
+                *cur = cfg.clone();
+                true
+            } else {
+                false
+            }
+        });
+        self.metrics.height.set(self.config.borrow().height as i64);
+        Ok(())
+    }
+}

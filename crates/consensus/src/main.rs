@@ -1,0 +1,85 @@
+//! `consensus`: the raft consensus microservice for CITA-Cloud.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use consensus::config::ConsensusConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "consensus", version, about = "Raft consensus service for CITA-Cloud")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// run the service
+    Run {
+        /// the consensus config
+        #[arg(short = 'c', long = "config", default_value = "config.toml")]
+        config: PathBuf,
+        /// the log dir. Overrides the config
+        #[arg(short = 'd', long = "log-dir")]
+        log_dir: Option<String>,
+        /// the log file name. Overrides the config
+        #[arg(short = 'f', long = "log-file-name")]
+        log_file_name: Option<String>,
+        /// if specified, log to stdout. Overrides the config
+        #[arg(long)]
+        stdout: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Some(Command::Run { config, log_dir, log_file_name, stdout }) = cli.command else {
+        use clap::CommandFactory;
+        Cli::command().print_help()?;
+        return Ok(());
+    };
+    let mut cfg = ConsensusConfig::load(&config)?;
+    if let Some(d) = log_dir {
+        cfg.log_dir = d;
+    }
+    if let Some(f) = log_file_name {
+        cfg.log_file_name = f;
+    }
+    if stdout {
+        cfg.log_to_stdout = true;
+    }
+    let _guard = consensus::logging::init(&cfg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(consensus::node::run(cfg, shutdown_signal()));
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "consensus failed");
+    }
+    result
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
