@@ -3,6 +3,7 @@
 //! Each verb lives in a module of its own and is one variant of [`Command`]; add a verb by
 //! adding a module and a variant. Run `cargo xtask --help` for the list.
 
+mod cluster;
 mod codegen;
 
 use std::{
@@ -27,6 +28,8 @@ enum Command {
     /// Generate the Rust code of the `.proto` files in `proto/` into
     /// `crates/proto/src/generated/`.
     Codegen(codegen::Args),
+    /// Run a local multi-process cluster (consensus + development controller and network).
+    Cluster(cluster::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let root = workspace_root();
     let result = match cli.command {
         Command::Codegen(args) => codegen::run(&root, &args),
+        Command::Cluster(args) => cluster::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -84,13 +84,29 @@ pub fn is_valid_block(height: u64, data: &[u8]) -> bool {
         && parts.next().is_none()
 }
 
-/// Reads a chain file: one `HEIGHT HEX` line per block. A torn last line (a crash in
-/// the middle of a write) is ignored.
-pub fn read_chain(path: &Path) -> std::io::Result<BTreeMap<u64, Vec<u8>>> {
-    let mut blocks = BTreeMap::new();
+/// A chain as stored in `chain.log`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredChain {
+    /// Known blocks by height.
+    pub blocks: BTreeMap<u64, Vec<u8>>,
+    /// Highest height reached by syncing from a peer (blocks below unknown here).
+    pub synced: u64,
+}
+
+impl StoredChain {
+    /// The chain's height.
+    pub fn height(&self) -> u64 {
+        self.blocks.keys().next_back().copied().unwrap_or(0).max(self.synced)
+    }
+}
+
+/// Reads a chain file: one `HEIGHT HEX` line per block, `HEIGHT sync` for a jump made by
+/// syncing from a peer. A torn last line (a crash in the middle of a write) is ignored.
+pub fn read_chain(path: &Path) -> std::io::Result<StoredChain> {
+    let mut chain = StoredChain::default();
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(blocks),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(chain),
         Err(e) => return Err(e),
     };
     for line in BufReader::new(file).lines() {
@@ -98,29 +114,33 @@ pub fn read_chain(path: &Path) -> std::io::Result<BTreeMap<u64, Vec<u8>>> {
         let Some((h, data)) = line.split_once(' ') else {
             continue;
         };
-        if let (Ok(h), Ok(data)) = (h.parse::<u64>(), hex::decode(data)) {
+        let Ok(h) = h.parse::<u64>() else { continue };
+        if data == "sync" {
+            chain.synced = chain.synced.max(h);
+        } else if let Ok(data) = hex::decode(data) {
             if is_valid_block(h, &data) {
-                blocks.insert(h, data);
+                chain.blocks.insert(h, data);
             }
         }
     }
-    Ok(blocks)
+    Ok(chain)
 }
 
 impl DevChain {
     /// Opens the chain, reading `chain.log` from `cfg.data_dir` if present.
     pub fn open(cfg: DevChainConfig) -> std::io::Result<Self> {
-        let (blocks, log) = match &cfg.data_dir {
+        let (stored, log) = match &cfg.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
                 let path = dir.join("chain.log");
-                let blocks = read_chain(&path)?;
+                let stored = read_chain(&path)?;
                 let log = OpenOptions::new().create(true).append(true).open(&path)?;
-                (blocks, Some(log))
+                (stored, Some(log))
             }
-            None => (BTreeMap::new(), None),
+            None => (StoredChain::default(), None),
         };
-        let height = blocks.keys().next_back().copied().unwrap_or(0);
+        let height = stored.height();
+        let blocks = stored.blocks;
         Ok(Self {
             cfg: Arc::new(cfg),
             state: Arc::new(Mutex::new(ChainState {
@@ -206,10 +226,6 @@ impl DevChain {
                     tracing::error!(height = p.height, "refusing a block that conflicts with the committed one");
                     return Err(CODE_CONFLICT);
                 }
-                None if p.height <= st.height => {
-                    // A height skipped earlier by a gap; record it.
-                    st.blocks.insert(p.height, p.data.clone());
-                }
                 None => {
                     if let Some(log) = st.log.as_mut() {
                         let line = format!("{} {}\n", p.height, hex::encode(&p.data));
@@ -222,12 +238,62 @@ impl DevChain {
                         tracing::info!(from = st.height, to = p.height, "chain jumped (blocks in between synced elsewhere)");
                     }
                     st.blocks.insert(p.height, p.data.clone());
-                    st.height = p.height;
+                    st.height = st.height.max(p.height);
                     tracing::info!(height = p.height, "block committed");
                 }
             }
         }
         Ok(self.configuration())
+    }
+
+    /// Stands in for a real controller's block sync: when a peer chain stays at least
+    /// `lag` blocks ahead for three checks in a row, jump to its height (the blocks in
+    /// between stay unknown here) and push the new configuration to consensus. This is
+    /// how a node removed from the validators learns it was added back.
+    pub async fn follow_peers(&self, peers: Vec<String>, consensus: String, lag: u64) {
+        use crate::{Controller, GrpcController};
+        let clients: Vec<GrpcController> = peers
+            .iter()
+            .filter_map(|p| GrpcController::new(p, Duration::from_secs(2)).ok())
+            .collect();
+        let mut behind_rounds = 0;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut best = 0;
+            for c in &clients {
+                if let Ok(cfg) = c.ping().await {
+                    best = best.max(cfg.height);
+                }
+            }
+            let mine = self.height();
+            if best >= mine + lag.max(1) {
+                behind_rounds += 1;
+            } else {
+                behind_rounds = 0;
+            }
+            if behind_rounds >= 3 {
+                behind_rounds = 0;
+                if let Err(e) = self.jump_to(best) {
+                    tracing::error!(error = %e, "recording sync failed");
+                    continue;
+                }
+                tracing::info!(from = mine, to = best, "synced height from peers");
+                self.reconfigure_until_accepted(consensus.clone()).await;
+            }
+        }
+    }
+
+    fn jump_to(&self, height: u64) -> std::io::Result<()> {
+        let mut st = self.lock();
+        if height <= st.height {
+            return Ok(());
+        }
+        if let Some(log) = st.log.as_mut() {
+            log.write_all(format!("{height} sync\n").as_bytes())?;
+            log.sync_data()?;
+        }
+        st.height = height;
+        Ok(())
     }
 
     /// Pushes the configuration to the consensus service at `addr` until it accepts it,
@@ -383,11 +449,14 @@ mod tests {
         let p1 = c.proposal();
         c.commit(&p1).unwrap();
         c.commit(&c.proposal()).unwrap();
+        c.jump_to(7).unwrap();
+        assert_eq!(c.height(), 7);
         drop(c);
         let mut f = OpenOptions::new().append(true).open(dir.path().join("chain.log")).unwrap();
         f.write_all(b"3 6372").unwrap();
         let c = chain(Some(dir.path().to_path_buf()));
-        assert_eq!(c.height(), 2);
+        assert_eq!(c.height(), 7);
         assert_eq!(c.block(1), Some(p1.data));
+        assert_eq!(c.proposal().height, 8);
     }
 }

@@ -34,6 +34,12 @@ struct Args {
     /// Directory for chain.log; omitted keeps the chain in memory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Peer controllers (`http://host:port`, comma separated) to sync heights from.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Sync from peers when this many blocks behind.
+    #[arg(long, default_value_t = 20)]
+    sync_lag: u64,
     /// Artificial delay on every call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
@@ -79,10 +85,16 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, height = chain.height(), "development controller starting");
     let pusher = chain.clone();
     let consensus = args.consensus.clone();
-    tokio::spawn(async move { pusher.reconfigure_until_accepted(consensus).await });
+    let args_listen = args.listen;
+    tokio::spawn(async move {
+        pusher.reconfigure_until_accepted(consensus.clone()).await;
+        if !args.peers.is_empty() {
+            pusher.follow_peers(args.peers.clone(), consensus, args.sync_lag).await;
+        }
+    });
     tonic::transport::Server::builder()
         .add_service(Consensus2ControllerServiceServer::new(chain))
-        .serve_with_shutdown(args.listen, async {
+        .serve_with_shutdown(args_listen, async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await

@@ -1,0 +1,745 @@
+//! `cargo xtask cluster`: real multi-process clusters on loopback.
+//!
+//! A cluster lives in one directory (default `target/cluster/`):
+//! `cluster.json` (ports, process ids), `partition` (cut links, read by the development
+//! network), `network.log`, and per node `node-N/` with `config.toml`, `node_address`,
+//! `raft-data/`, `chain/chain.log` (the development controller's chain), and the logs
+//! `consensus.log` and `controller.log`.
+//!
+//! Processes are recorded in `cluster.json` as soon as they start, so `cluster down`
+//! (and the next `cluster up`) stop them even if the xtask that started them was killed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{IsTerminal, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// `cargo xtask cluster ...`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Cluster directory.
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Verb {
+    /// Build, start a cluster and show its progress (Ctrl-C stops it).
+    Up(UpArgs),
+    /// Heights, roles and lag of the running cluster.
+    Status,
+    /// Stop every process of the cluster; keep its data.
+    Down,
+    /// Stop the cluster and delete its directory.
+    Clean,
+    /// SIGKILL one node's consensus process.
+    Kill {
+        /// Node number (1-based).
+        node: usize,
+    },
+    /// Start (again) one node's consensus process.
+    Restart {
+        /// Node number (1-based).
+        node: usize,
+    },
+    /// Cut one node off from all others.
+    Partition {
+        /// Node number (1-based).
+        node: usize,
+    },
+    /// Restore every link.
+    Heal,
+}
+
+/// Options of `cluster up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Seconds between blocks.
+    #[arg(long, default_value_t = 1)]
+    pub block_interval: u32,
+    /// Build and run release binaries.
+    #[arg(long)]
+    pub release: bool,
+    /// Start the cluster and return, leaving it running.
+    #[arg(long)]
+    pub detach: bool,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<u64>,
+}
+
+/// Tunables of a cluster beyond `UpArgs`.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Seconds between blocks.
+    pub block_interval: u32,
+    /// Raft tick in milliseconds.
+    pub tick_ms: u64,
+    /// Heartbeat ticks.
+    pub heartbeat_tick: usize,
+    /// Election ticks.
+    pub election_tick: usize,
+    /// Raft entries kept behind the snapshot.
+    pub log_retain: u64,
+    /// Validator changes `(height, node numbers)`.
+    pub schedule: Vec<(u64, Vec<usize>)>,
+    /// Artificial controller delay in milliseconds.
+    pub controller_delay_ms: u64,
+    /// Histogram buckets (seconds) for the consensus metrics.
+    pub buckets: Option<Vec<f64>>,
+}
+
+impl Spec {
+    /// A cluster of `nodes` with interactive timing (1.5 s election timeout).
+    pub fn new(nodes: usize, block_interval: u32) -> Self {
+        Self {
+            nodes,
+            block_interval,
+            tick_ms: 100,
+            heartbeat_tick: 3,
+            election_tick: 15,
+            log_retain: 200,
+            schedule: Vec::new(),
+            controller_delay_ms: 0,
+            buckets: None,
+        }
+    }
+
+    /// The election timeout.
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.tick_ms * self.election_tick as u64)
+    }
+}
+
+/// One node's ports and processes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// 1-based node number.
+    pub index: usize,
+    /// Node address, hex.
+    pub address: String,
+    /// Its network service port.
+    pub network_port: u16,
+    /// Its consensus gRPC port.
+    pub grpc_port: u16,
+    /// Its controller port.
+    pub controller_port: u16,
+    /// Its metrics port.
+    pub metrics_port: u16,
+    /// Running consensus process.
+    pub consensus_pid: Option<u32>,
+    /// Running controller process.
+    pub controller_pid: Option<u32>,
+}
+
+/// What `cluster.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Directory of the binaries.
+    pub bin_dir: PathBuf,
+    /// The development network's process.
+    pub network_pid: Option<u32>,
+    /// The nodes.
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// A cluster directory and what runs in it.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The cluster directory.
+    pub dir: PathBuf,
+    /// Its recorded state.
+    pub state: State,
+}
+
+/// One node as seen from outside.
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    /// Whether its consensus process runs.
+    pub alive: bool,
+    /// Height from metrics.
+    pub height: Option<u64>,
+    /// Term from metrics.
+    pub term: Option<u64>,
+    /// Role (0 follower .. 3 leader).
+    pub role: Option<u64>,
+    /// Last block latency in microseconds.
+    pub last_latency_us: Option<u64>,
+    /// Height of its controller's chain file.
+    pub chain_height: u64,
+}
+
+impl NodeView {
+    /// Role as text.
+    pub fn role_name(&self) -> &'static str {
+        if !self.alive {
+            return "down";
+        }
+        match self.role {
+            Some(3) => "leader",
+            Some(2) => "candidate",
+            Some(1) => "pre-candidate",
+            Some(0) => "follower",
+            _ => "starting",
+        }
+    }
+}
+
+/// Node `i`'s address: 20 bytes, the node number at the end.
+pub fn node_address(i: usize) -> String {
+    format!("{i:040x}")
+}
+
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("finding free loopback ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// Builds the service binaries and returns their directory.
+pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(root).args([
+        "build", "--quiet", "-p", "consensus", "-p", "craft-controller", "-p", "craft-transport", "--bins",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let out = Command::new(&cargo)
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let target = meta["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(Path::new(target).join(if release { "release" } else { "debug" }))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; its state is `Z`.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Stops `pids`: SIGTERM, then SIGKILL whatever still runs after `grace`.
+fn stop_pids(pids: &[u32], grace: Duration) {
+    for &pid in pids {
+        if pid_alive(pid) {
+            signal(pid, "-TERM");
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && pids.iter().any(|p| pid_alive(*p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &pid in pids {
+        if pid_alive(pid) {
+            signal(pid, "-KILL");
+        }
+    }
+}
+
+fn spawn_logged(cmd: &mut Command, log: &Path, detach: bool) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = file.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(file).stderr(err);
+    if detach {
+        // Its own process group: a Ctrl-C in this terminal does not reach it.
+        cmd.process_group(0);
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let pid = child.id();
+    // Reap it in the background so it never lingers as a zombie.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// Reads a Prometheus text endpoint's plain (unlabelled) samples.
+pub fn scrape(port: u16) -> Option<BTreeMap<String, f64>> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let mut out = BTreeMap::new();
+    for line in body.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = line.rsplit_once(' ') {
+            if let Ok(v) = v.parse::<f64>() {
+                out.insert(k.to_string(), v);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A node's chain: height → block data (hex). Heights synced from peers are absent.
+pub fn read_chain(path: &Path) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    if let Ok(text) = fs::read_to_string(path) {
+        for line in text.lines() {
+            if let Some((h, d)) = line.split_once(' ') {
+                if let Ok(h) = h.parse::<u64>() {
+                    if d != "sync" && !d.is_empty() {
+                        out.insert(h, d.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Cluster {
+    /// The default cluster directory.
+    pub fn default_dir(root: &Path) -> PathBuf {
+        root.join("target").join("cluster")
+    }
+
+    /// Opens the cluster recorded in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("cluster.json");
+        let text = fs::read_to_string(&path).with_context(|| format!("no cluster at {} (run `cargo xtask cluster up`)", dir.display()))?;
+        let state = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(Self { dir: dir.to_path_buf(), state })
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let path = self.dir.join("cluster.json");
+        let tmp = self.dir.join("cluster.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(&self.state)?)?;
+        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Directory of node `i`.
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node-{i}"))
+    }
+
+    /// Writes configs and starts every process of a new cluster in `dir`, stopping and
+    /// wiping whatever cluster was there.
+    pub fn create(dir: &Path, bin_dir: &Path, spec: &Spec, detach: bool) -> anyhow::Result<Self> {
+        anyhow::ensure!(spec.nodes >= 1, "a cluster needs at least one node");
+        if let Ok(old) = Cluster::open(dir) {
+            old.down();
+        }
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ports = free_ports(spec.nodes * 4)?;
+        let nodes: Vec<NodeInfo> = (1..=spec.nodes)
+            .map(|i| {
+                let p = &ports[(i - 1) * 4..i * 4];
+                NodeInfo {
+                    index: i,
+                    address: node_address(i),
+                    network_port: p[0],
+                    grpc_port: p[1],
+                    controller_port: p[2],
+                    metrics_port: p[3],
+                    consensus_pid: None,
+                    controller_pid: None,
+                }
+            })
+            .collect();
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            state: State {
+                bin_dir: bin_dir.to_path_buf(),
+                network_pid: None,
+                nodes,
+            },
+        };
+        cluster.save()?;
+        fs::write(dir.join("partition"), "")?;
+        let net_ports: Vec<String> = cluster.state.nodes.iter().map(|n| n.network_port.to_string()).collect();
+        let pid = spawn_logged(
+            Command::new(bin_dir.join("dev-network"))
+                .arg("--ports")
+                .arg(net_ports.join(","))
+                .arg("--partition-file")
+                .arg(dir.join("partition")),
+            &dir.join("network.log"),
+            detach,
+        )?;
+        cluster.state.network_pid = Some(pid);
+        cluster.save()?;
+        let validators: Vec<String> = cluster.state.nodes.iter().map(|n| n.address.clone()).collect();
+        for i in 1..=spec.nodes {
+            let node = cluster.state.nodes[i - 1].clone();
+            let nd = cluster.node_dir(i);
+            fs::create_dir_all(&nd)?;
+            fs::write(nd.join("node_address"), format!("0x{}\n", node.address))?;
+            let buckets = spec
+                .buckets
+                .as_ref()
+                .map(|b| format!("metrics_buckets = {b:?}\n"))
+                .unwrap_or_default();
+            let config = format!(
+                "# Written by `cargo xtask cluster`.\n[consensus_raft]\ncontroller_port = {}\ngrpc_listen_port = {}\nnetwork_port = {}\nnode_addr = {:?}\nlog_to_stdout = true\nlog_level = \"info\"\ntick_interval_in_millis = {}\nheartbeat_tick = {}\nelection_tick = {}\nraft_data_path = {:?}\nenable_metrics = true\nmetrics_port = {}\nlisten_host = \"127.0.0.1\"\nlog_retain = {}\n{buckets}",
+                node.controller_port,
+                node.grpc_port,
+                node.network_port,
+                nd.join("node_address").display().to_string(),
+                spec.tick_ms,
+                spec.heartbeat_tick,
+                spec.election_tick,
+                nd.join("raft-data").display().to_string(),
+                node.metrics_port,
+                spec.log_retain,
+            );
+            fs::write(nd.join("config.toml"), config)?;
+            let peers: Vec<String> = cluster
+                .state
+                .nodes
+                .iter()
+                .filter(|n| n.index != i)
+                .map(|n| format!("http://127.0.0.1:{}", n.controller_port))
+                .collect();
+            let mut cmd = Command::new(bin_dir.join("dev-controller"));
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{}", node.controller_port))
+                .arg("--consensus")
+                .arg(format!("http://127.0.0.1:{}", node.grpc_port))
+                .arg("--node-name")
+                .arg(i.to_string())
+                .arg("--validators")
+                .arg(validators.join(","))
+                .arg("--block-interval")
+                .arg(spec.block_interval.to_string())
+                .arg("--data-dir")
+                .arg(nd.join("chain"))
+                .arg("--delay-ms")
+                .arg(spec.controller_delay_ms.to_string());
+            if !peers.is_empty() {
+                cmd.arg("--peers").arg(peers.join(","));
+            }
+            for (h, members) in &spec.schedule {
+                let list: Vec<String> = members.iter().map(|m| node_address(*m)).collect();
+                cmd.arg("--validators-at").arg(format!("{h}:{}", list.join(",")));
+            }
+            let pid = spawn_logged(&mut cmd, &nd.join("controller.log"), detach)?;
+            cluster.state.nodes[i - 1].controller_pid = Some(pid);
+            cluster.save()?;
+            cluster.start_consensus(i, detach)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts node `i`'s consensus process (again).
+    pub fn start_consensus(&mut self, i: usize, detach: bool) -> anyhow::Result<()> {
+        let nd = self.node_dir(i);
+        anyhow::ensure!(i >= 1 && i <= self.state.nodes.len(), "no node {i}");
+        if let Some(pid) = self.state.nodes[i - 1].consensus_pid {
+            anyhow::ensure!(!pid_alive(pid), "node {i} is running (pid {pid})");
+        }
+        let pid = spawn_logged(
+            Command::new(self.state.bin_dir.join("consensus"))
+                .arg("run")
+                .arg("-c")
+                .arg(nd.join("config.toml"))
+                .arg("--stdout"),
+            &nd.join("consensus.log"),
+            detach,
+        )?;
+        self.state.nodes[i - 1].consensus_pid = Some(pid);
+        self.save()
+    }
+
+    /// SIGKILLs node `i`'s consensus process.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = self.state.nodes.get(i.wrapping_sub(1)).with_context(|| format!("no node {i}"))?;
+        if let Some(pid) = node.consensus_pid {
+            signal(pid, "-KILL");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.state.nodes[i - 1].consensus_pid = None;
+        self.save()
+    }
+
+    /// Cuts node `i` off (`Some`) or heals every link (`None`).
+    pub fn partition(&self, isolate: Option<usize>) -> anyhow::Result<()> {
+        let text = isolate.map(|i| format!("{i} *\n")).unwrap_or_default();
+        fs::write(self.dir.join("partition"), text).context("writing the partition file")
+    }
+
+    /// Every process id the cluster recorded.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .state
+            .nodes
+            .iter()
+            .flat_map(|n| [n.consensus_pid, n.controller_pid])
+            .flatten()
+            .collect();
+        pids.extend(self.state.network_pid);
+        pids
+    }
+
+    /// Stops every process (consensus first, gracefully).
+    pub fn down(&self) {
+        let consensus: Vec<u32> = self.state.nodes.iter().filter_map(|n| n.consensus_pid).collect();
+        stop_pids(&consensus, Duration::from_secs(5));
+        stop_pids(&self.pids(), Duration::from_secs(3));
+    }
+
+    /// The outside view of every node.
+    pub fn views(&self) -> Vec<NodeView> {
+        self.state
+            .nodes
+            .iter()
+            .map(|n| {
+                let alive = n.consensus_pid.is_some_and(pid_alive);
+                let m = if alive { scrape(n.metrics_port) } else { None };
+                let get = |k: &str| m.as_ref().and_then(|m| m.get(k)).map(|v| *v as u64);
+                NodeView {
+                    alive,
+                    height: get("consensus_height"),
+                    term: get("consensus_term"),
+                    role: get("consensus_role"),
+                    last_latency_us: get("consensus_last_commit_latency_us"),
+                    chain_height: read_chain(&self.node_dir(n.index).join("chain").join("chain.log"))
+                        .keys()
+                        .next_back()
+                        .copied()
+                        .unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    /// Every node's chain.
+    pub fn chains(&self) -> Vec<BTreeMap<u64, String>> {
+        (1..=self.state.nodes.len())
+            .map(|i| read_chain(&self.node_dir(i).join("chain").join("chain.log")))
+            .collect()
+    }
+
+    /// Refreshes process ids from `cluster.json` (another xtask may have restarted a node).
+    pub fn reload(&mut self) {
+        if let Ok(c) = Cluster::open(&self.dir) {
+            self.state = c.state;
+        }
+    }
+}
+
+/// Checks that no height has two different blocks on any nodes. Returns the number of
+/// heights compared.
+pub fn check_chains_agree(chains: &[BTreeMap<u64, String>]) -> anyhow::Result<usize> {
+    let mut seen: BTreeMap<u64, (usize, &String)> = BTreeMap::new();
+    for (i, chain) in chains.iter().enumerate() {
+        for (h, block) in chain {
+            match seen.get(h) {
+                Some((j, other)) if *other != block => {
+                    bail!("fork at height {h}: node {} has {block}, node {} has {other}", i + 1, j + 1)
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(*h, (i, block));
+                }
+            }
+        }
+    }
+    Ok(seen.len())
+}
+
+fn render(views: &[NodeView], started: Instant) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:<6} {:<10} {:>5} {:>8} {:>8} {:>12}   ({:.0}s)",
+        "node", "role", "term", "height", "chain", "last block",
+        started.elapsed().as_secs_f64()
+    )];
+    for (i, v) in views.iter().enumerate() {
+        let fmt = |x: Option<u64>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        let lat = v
+            .last_latency_us
+            .filter(|l| *l > 0)
+            .map(|l| format!("{:.1} ms", l as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        lines.push(format!(
+            "{:<6} {:<10} {:>5} {:>8} {:>8} {:>12}",
+            i + 1,
+            v.role_name(),
+            fmt(v.term),
+            fmt(v.height),
+            v.chain_height,
+            lat
+        ));
+    }
+    lines
+}
+
+/// Runs `cargo xtask cluster ...`.
+pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
+    let dir = args.dir.clone().unwrap_or_else(|| Cluster::default_dir(root));
+    match &args.verb {
+        Verb::Up(up) => up_cmd(root, &dir, up),
+        Verb::Status => {
+            let cluster = Cluster::open(&dir)?;
+            let views = cluster.views();
+            for line in render(&views, Instant::now()) {
+                println!("{line}");
+            }
+            let top = views.iter().map(|v| v.chain_height).max().unwrap_or(0);
+            for (i, v) in views.iter().enumerate() {
+                if v.chain_height < top {
+                    println!("node {} lags {} blocks", i + 1, top - v.chain_height);
+                }
+            }
+            let compared = check_chains_agree(&cluster.chains())?;
+            println!("chains agree on all {compared} heights known to any node");
+            Ok(())
+        }
+        Verb::Down => {
+            Cluster::open(&dir)?.down();
+            println!("cluster stopped; data kept in {}", dir.display());
+            Ok(())
+        }
+        Verb::Clean => {
+            if let Ok(c) = Cluster::open(&dir) {
+                c.down();
+            }
+            if dir.exists() {
+                fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
+            println!("removed {}", dir.display());
+            Ok(())
+        }
+        Verb::Kill { node } => {
+            Cluster::open(&dir)?.kill(*node)?;
+            println!("node {node} killed (SIGKILL)");
+            Ok(())
+        }
+        Verb::Restart { node } => {
+            let mut c = Cluster::open(&dir)?;
+            if c.state.nodes.get(node.wrapping_sub(1)).and_then(|n| n.consensus_pid).is_some_and(pid_alive) {
+                c.kill(*node)?;
+            }
+            c.start_consensus(*node, true)?;
+            println!("node {node} started");
+            Ok(())
+        }
+        Verb::Partition { node } => {
+            Cluster::open(&dir)?.partition(Some(*node))?;
+            println!("node {node} cut off");
+            Ok(())
+        }
+        Verb::Heal => {
+            Cluster::open(&dir)?.partition(None)?;
+            println!("all links restored");
+            Ok(())
+        }
+    }
+}
+
+fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
+    eprintln!("building binaries{} ...", if up.release { " (release)" } else { "" });
+    let bin_dir = build(root, up.release)?;
+    let spec = Spec::new(up.nodes, up.block_interval);
+    let mut cluster = Cluster::create(dir, &bin_dir, &spec, up.detach)?;
+    eprintln!("cluster of {} nodes starting in {}", up.nodes, dir.display());
+    if up.detach {
+        println!("cluster running; `cargo xtask cluster status` shows it, `cargo xtask cluster down` stops it");
+        return Ok(());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
+    let tty = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut printed = 0usize;
+    let mut last_plain = Instant::now() - Duration::from_secs(10);
+    while !stop.load(Ordering::SeqCst) {
+        if up.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d)) {
+            break;
+        }
+        cluster.reload();
+        let views = cluster.views();
+        if tty {
+            let lines = render(&views, started);
+            let mut out = std::io::stdout().lock();
+            if printed > 0 {
+                let _ = write!(out, "\x1b[{printed}F\x1b[J");
+            }
+            for l in &lines {
+                let _ = writeln!(out, "{l}");
+            }
+            let _ = writeln!(out, "Ctrl-C stops the cluster; logs in {}", dir.display());
+            let _ = out.flush();
+            printed = lines.len() + 1;
+        } else if last_plain.elapsed() >= Duration::from_secs(2) {
+            last_plain = Instant::now();
+            let summary: Vec<String> = views
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!("n{}={}:{}", i + 1, v.role_name(), v.chain_height))
+                .collect();
+            println!("t={:>4.0}s {}", started.elapsed().as_secs_f64(), summary.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("stopping the cluster ...");
+    cluster.reload();
+    cluster.down();
+    let compared = check_chains_agree(&cluster.chains())?;
+    eprintln!("stopped; chains agree on {compared} heights; data kept in {}", dir.display());
+    Ok(())
+}
