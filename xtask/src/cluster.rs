@@ -120,10 +120,6 @@ impl Spec {
         }
     }
 
-    /// The election timeout.
-    pub fn election_timeout(&self) -> Duration {
-        Duration::from_millis(self.tick_ms * self.election_tick as u64)
-    }
 }
 
 /// One node's ports and processes.

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod codegen;
+mod test_cluster;
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +31,8 @@ enum Command {
     Codegen(codegen::Args),
     /// Run a local multi-process cluster (consensus + development controller and network).
     Cluster(cluster::Args),
+    /// Integration scenarios against real multi-process clusters.
+    TestCluster(test_cluster::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Codegen(args) => codegen::run(&root, &args),
         Command::Cluster(args) => cluster::run(&root, &args),
+        Command::TestCluster(args) => test_cluster::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

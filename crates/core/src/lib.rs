@@ -40,6 +40,8 @@ pub mod logging;
 mod replica;
 mod state_machine;
 mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod transport;
 
 pub use driver::{start, DriverConfig, NodeHandle, NodeStatus, Role};

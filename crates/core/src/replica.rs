@@ -7,12 +7,12 @@
 //! crate documents. Nothing here reads a clock, spawns a task or touches the network,
 //! so a test harness can run many replicas step by step and replay a run exactly.
 
-use raft::eraftpb::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
-};
-use raft_proto::ConfChangeI;
-use raft::{RawNode, ReadState, StateRole};
 use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
+use raft_proto::ConfChangeI;
 
 use crate::error::{Error, ProposeError};
 use crate::storage::{make_snapshot, LogStore, LogWrite};
@@ -154,6 +154,8 @@ pub struct Replica<S: LogStore> {
     applied: u64,
     /// Index of the latest snapshot saved to the store.
     snapshot_index: u64,
+    /// Membership recorded in the latest snapshot saved to (or received into) the store.
+    snapshot_conf_state: ConfState,
     last_role: RoleChange,
 }
 
@@ -191,6 +193,7 @@ impl<S: LogStore> Replica<S> {
         let replica = Self {
             raw,
             cfg,
+            snapshot_conf_state: conf_state.clone(),
             conf_state,
             handed_out: applied,
             applied,
@@ -259,13 +262,30 @@ impl<S: LogStore> Replica<S> {
         &self.raw
     }
 
+    /// Sets the election timeout raft uses until it next resets it (on a change of term
+    /// or role), in ticks within `[election_tick, 2 * election_tick)`. Raft draws that
+    /// timeout from `rand::thread_rng`, which nothing can seed; a simulation calls this
+    /// after every operation so that a run replays exactly from its seed.
+    pub fn set_election_timeout(&mut self, ticks: usize) {
+        let low = self.cfg.election_tick;
+        self.raw
+            .raft
+            .set_randomized_election_timeout(ticks.clamp(low, 2 * low - 1));
+    }
+
     /// Advances logical time by one tick. Returns whether there may be a Ready.
     pub fn tick(&mut self) -> bool {
         self.raw.tick()
     }
 
-    /// Starts an election now.
+    /// Starts an election now. A replica that is not a voter (still joining, a learner,
+    /// or removed) ignores this: raft 0.7 does not check, and would make it leader of
+    /// an empty quorum and then panic.
     pub fn campaign(&mut self) -> Result<(), Error> {
+        if !self.raw.raft.promotable() {
+            tracing::warn!(raft_id = self.cfg.id, "not a voter: campaign ignored");
+            return Ok(());
+        }
         Ok(self.raw.campaign()?)
     }
 
@@ -290,7 +310,11 @@ impl<S: LogStore> Replica<S> {
 
     /// Proposes a command. On success the entry is in the leader's log (not yet
     /// committed) at the returned position.
-    pub fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<LogPosition, ProposeError> {
+    pub fn propose(
+        &mut self,
+        context: Vec<u8>,
+        data: Vec<u8>,
+    ) -> Result<LogPosition, ProposeError> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
@@ -302,7 +326,10 @@ impl<S: LogStore> Replica<S> {
     }
 
     /// Proposes a membership change (joint consensus for several changes at once).
-    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<LogPosition, ProposeError> {
+    pub fn propose_conf_change(
+        &mut self,
+        change: ConfChangeV2,
+    ) -> Result<LogPosition, ProposeError> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
@@ -362,6 +389,7 @@ impl<S: LogStore> Replica<S> {
         let mut ready = self.raw.ready();
 
         let immediate = ready.take_messages();
+        let mut snapshots_sent = snapshot_recipients(&immediate);
         if !immediate.is_empty() {
             send_now(immediate);
         }
@@ -386,12 +414,18 @@ impl<S: LogStore> Replica<S> {
             self.handed_out = meta.index;
             self.applied = meta.index;
             self.snapshot_index = meta.index;
+            self.snapshot_conf_state = self.conf_state.clone();
             out.snapshot = Some(snapshot);
         }
         self.hand_out(committed, &mut out.committed)?;
         out.messages = ready.take_persisted_messages();
 
         let mut light = self.raw.advance_append(ready);
+        if has_snapshot {
+            // Raft only learns the applied index from us; left behind the snapshot, a
+            // later campaign would read compacted entries below it and panic.
+            self.raw.advance_apply_to(self.applied);
+        }
         if let Some(commit) = light.commit_index() {
             // The commit index is not required to be durable (raft recomputes it), but
             // keeping it lets a restart replay committed entries at once.
@@ -404,6 +438,16 @@ impl<S: LogStore> Replica<S> {
         }
         out.messages.extend(light.take_messages());
         self.hand_out(light.take_committed_entries(), &mut out.committed)?;
+
+        // The transport is fire-and-forget, so report each snapshot as delivered. Unless
+        // told, raft waits for that snapshot's answer and sends that follower nothing
+        // else, forever if the snapshot was lost or refused (a new member refuses one
+        // that predates it). Reported, it probes the follower after the snapshot; a
+        // follower that did not install it rejects the probe and gets a fresh snapshot.
+        snapshots_sent.extend(snapshot_recipients(&out.messages));
+        for to in snapshots_sent {
+            self.raw.report_snapshot(to, SnapshotStatus::Finish);
+        }
 
         let now = self.role();
         if now != self.last_role {
@@ -423,18 +467,20 @@ impl<S: LogStore> Replica<S> {
                 },
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
-                    cc.merge_from_bytes(&entry.data).map_err(|e| Error::Corrupt {
-                        index: entry.index,
-                        reason: e.to_string(),
-                    })?;
+                    cc.merge_from_bytes(&entry.data)
+                        .map_err(|e| Error::Corrupt {
+                            index: entry.index,
+                            reason: e.to_string(),
+                        })?;
                     self.apply_conf_change(entry.index, cc.into_v2())
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
-                    cc.merge_from_bytes(&entry.data).map_err(|e| Error::Corrupt {
-                        index: entry.index,
-                        reason: e.to_string(),
-                    })?;
+                    cc.merge_from_bytes(&entry.data)
+                        .map_err(|e| Error::Corrupt {
+                            index: entry.index,
+                            reason: e.to_string(),
+                        })?;
                     self.apply_conf_change(entry.index, cc)
                 }
             };
@@ -479,12 +525,16 @@ impl<S: LogStore> Replica<S> {
         }
     }
 
-    /// Whether enough entries were applied since the last snapshot to take a new one.
-    /// Only true when everything handed out is applied, so the snapshot's conf state
+    /// Whether enough entries were applied since the last snapshot to take a new one,
+    /// or the membership changed since it. Only true when everything handed out is applied, so the snapshot's conf state
     /// matches its index.
     pub fn should_snapshot(&self) -> bool {
         self.applied == self.handed_out
-            && self.applied >= self.snapshot_index + self.cfg.snapshot_interval.max(1)
+            && (self.applied >= self.snapshot_index + self.cfg.snapshot_interval.max(1)
+                // A member added since the latest snapshot can only start from a
+                // snapshot that includes it (raft refuses others), so take one now.
+                || (self.applied > self.snapshot_index
+                    && self.conf_state != self.snapshot_conf_state))
     }
 
     /// Saves `data` (the state machine's snapshot at [`Replica::applied_index`]) and
@@ -505,6 +555,16 @@ impl<S: LogStore> Replica<S> {
         let compact_to = index.saturating_sub(self.cfg.log_retain);
         self.raw.store().save_snapshot(snapshot, compact_to)?;
         self.snapshot_index = index;
+        self.snapshot_conf_state = self.conf_state.clone();
         Ok(())
     }
+}
+
+/// Followers that `messages` send a snapshot to.
+fn snapshot_recipients(messages: &[Message]) -> Vec<u64> {
+    messages
+        .iter()
+        .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+        .map(|m| m.to)
+        .collect()
 }

@@ -65,9 +65,11 @@ pub trait LogStore: raft::Storage + Send + 'static {
     /// Installs the initial snapshot of a new cluster member (bootstrap). Equivalent to
     /// receiving `snapshot` from a leader.
     fn bootstrap(&self, snapshot: Snapshot) -> raft::Result<()> {
-        let mut hs = HardState::default();
-        hs.term = snapshot.get_metadata().term;
-        hs.commit = snapshot.get_metadata().index;
+        let hs = HardState {
+            term: snapshot.get_metadata().term,
+            commit: snapshot.get_metadata().index,
+            ..Default::default()
+        };
         self.write(LogWrite {
             snapshot: Some(snapshot),
             entries: Vec::new(),
@@ -89,9 +91,10 @@ pub fn make_snapshot(index: u64, term: u64, conf_state: ConfState, data: Vec<u8>
 
 /// Builds a conf state with the given voters.
 pub fn voters(ids: impl IntoIterator<Item = u64>) -> ConfState {
-    let mut cs = ConfState::default();
-    cs.voters = ids.into_iter().collect();
-    cs
+    ConfState {
+        voters: ids.into_iter().collect(),
+        ..Default::default()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -209,6 +212,21 @@ impl raft::Storage for MemLogStore {
 impl LogStore for MemLogStore {
     fn write(&self, write: LogWrite) -> raft::Result<()> {
         let mut core = self.wl();
+        // Check the append against the log as it will be after the snapshot, before
+        // changing anything, so a rejected write leaves the store as it was.
+        if let Some(first) = write.entries.first() {
+            let (first_index, last_index) = match &write.snapshot {
+                Some(snap) => (snap.get_metadata().index + 1, snap.get_metadata().index),
+                None => (core.first_index(), core.last_index()),
+            };
+            if first.index < first_index || first.index > last_index + 1 {
+                return Err(store_err(format!(
+                    "append at {} outside log [{first_index}, {}]",
+                    first.index,
+                    last_index + 1
+                )));
+            }
+        }
         if let Some(snap) = write.snapshot {
             let meta = snap.get_metadata();
             core.truncated = (meta.index, meta.term);
@@ -220,13 +238,6 @@ impl LogStore for MemLogStore {
         }
         if let Some(first) = write.entries.first() {
             let first_index = first.index;
-            if first_index < core.first_index() || first_index > core.last_index() + 1 {
-                return Err(store_err(format!(
-                    "append at {first_index} outside log [{}, {}]",
-                    core.first_index(),
-                    core.last_index() + 1
-                )));
-            }
             let keep = (first_index - core.first_index()) as usize;
             core.entries.truncate(keep);
             core.entries.extend(write.entries);

@@ -1,1 +1,35 @@
-//! stub
+//! craft-storage owns durable raft log storage: [`RocksLogStore`] keeps the raft log,
+//! the hard state and the latest snapshot in RocksDB and implements
+//! [`craft_core::LogStore`] (and so [`raft::Storage`]) for craft-core's replica.
+//!
+//! It knows nothing of CITA-Cloud or gRPC and must not depend on tonic; it sees raft
+//! types only through the `raft` crate.
+//!
+//! Guarantees, checked by craft-core's shared log store suite and this crate's own
+//! tests (`tests/suite.rs`, `tests/corruption.rs`, `tests/crash.rs`):
+//! - each [`craft_core::LogStore::write`] is one RocksDB `WriteBatch`: after a crash
+//!   all of it is there or none of it;
+//! - a write marked `must_sync` returns only after fsync (unless
+//!   [`StoreOptions::sync`] is turned off, for benchmarks);
+//! - a value that does not decode is reported as [`StorageError::Corrupt`] naming its
+//!   key, never a panic.
+//!
+//! ```
+//! use craft_core::{make_snapshot, voters, LogStore};
+//! use craft_storage::{RocksLogStore, StoreOptions};
+//! use raft::Storage as _;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = RocksLogStore::open(dir.path(), StoreOptions::default())?;
+//! store.bootstrap(make_snapshot(1, 1, voters([1]), Vec::new()))?;
+//! assert_eq!(store.first_index()?, 2);
+//! assert_eq!(store.term(1)?, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+pub mod layout;
+mod store;
+
+pub use error::{to_raft, StorageError};
+pub use store::{RocksLogStore, StoreOptions};

@@ -1,0 +1,151 @@
+//! Undecodable or misplaced values on disk are reported as `StorageError::Corrupt`
+//! naming their key, never a panic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use craft_core::testing::{append, entries, entry, hard_state};
+use craft_core::{LogStore, LogWrite};
+use craft_storage::layout::{entry_key, HARD_STATE_KEY, LOG_CF, STATE_CF, TRUNCATED_KEY};
+use craft_storage::{RocksLogStore, StorageError, StoreOptions};
+use protobuf::Message as _;
+use raft::{GetEntriesContext, Storage as _};
+
+/// A store with entries 1..=10 in term 1 and a hard state, closed again.
+fn store_with_ten_entries(dir: &Path) {
+    let store = RocksLogStore::open(dir, StoreOptions::default()).unwrap();
+    append(&store, entries(1, 10, 1)).unwrap();
+    store
+        .write(LogWrite {
+            hard_state: Some(hard_state(1, 1, 10)),
+            must_sync: true,
+            ..Default::default()
+        })
+        .unwrap();
+}
+
+/// Changes the database behind the store's back.
+fn tamper(dir: &Path, f: impl FnOnce(&rocksdb::DB)) {
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, [LOG_CF, STATE_CF]).unwrap();
+    f(&db);
+}
+
+fn put_entry_bytes(dir: &Path, index: u64, value: &[u8]) {
+    tamper(dir, |db| {
+        let log = db.cf_handle(LOG_CF).unwrap();
+        db.put_cf(log, entry_key(index), value).unwrap();
+    });
+}
+
+/// The key a storage error names, when it is `Corrupt`.
+fn corrupt_key(e: &raft::Error) -> Option<String> {
+    let raft::Error::Store(raft::StorageError::Other(inner)) = e else {
+        return None;
+    };
+    match inner.downcast_ref::<StorageError>()? {
+        StorageError::Corrupt { key, .. } => Some(key.clone()),
+        _ => None,
+    }
+}
+
+#[track_caller]
+fn assert_corrupt<T: std::fmt::Debug>(r: raft::Result<T>, key: &str) {
+    let e = r.expect_err("reading a corrupt entry must fail");
+    assert_eq!(corrupt_key(&e).as_deref(), Some(key), "error: {e}");
+    assert!(e.to_string().contains(key), "message must name {key}: {e}");
+}
+
+fn read(store: &RocksLogStore, low: u64, high: u64) -> raft::Result<Vec<raft::eraftpb::Entry>> {
+    store.entries(low, high, None, GetEntriesContext::empty(false))
+}
+
+#[test]
+fn garbage_entry_is_reported_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_ten_entries(dir.path());
+    put_entry_bytes(dir.path(), 5, b"\xff\xfe not a protobuf entry");
+
+    let store = RocksLogStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_corrupt(read(&store, 1, 11), "raft_log/5");
+    assert_corrupt(read(&store, 5, 6), "raft_log/5");
+    assert_corrupt(store.term(5), "raft_log/5");
+    assert_eq!(store.term(4).unwrap(), 1);
+    assert_eq!(read(&store, 1, 5).unwrap(), entries(1, 4, 1));
+    assert_eq!(read(&store, 6, 11).unwrap(), entries(6, 10, 1));
+}
+
+#[test]
+fn truncated_entry_is_reported_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_ten_entries(dir.path());
+    let bytes = entry(7, 1).write_to_bytes().unwrap();
+    put_entry_bytes(dir.path(), 7, &bytes[..bytes.len() - 3]);
+
+    let store = RocksLogStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_corrupt(read(&store, 1, 11), "raft_log/7");
+    assert_corrupt(store.term(7), "raft_log/7");
+}
+
+#[test]
+fn entry_under_the_wrong_index_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_ten_entries(dir.path());
+    put_entry_bytes(dir.path(), 3, &entry(4, 1).write_to_bytes().unwrap());
+    put_entry_bytes(dir.path(), 6, b"");
+
+    let store = RocksLogStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_corrupt(store.term(3), "raft_log/3");
+    assert_corrupt(store.term(6), "raft_log/6");
+    assert_corrupt(read(&store, 4, 11), "raft_log/6");
+}
+
+#[test]
+fn hole_in_the_log_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_ten_entries(dir.path());
+    tamper(dir.path(), |db| {
+        db.delete_cf(db.cf_handle(LOG_CF).unwrap(), entry_key(4))
+            .unwrap();
+    });
+
+    let store = RocksLogStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_corrupt(read(&store, 2, 8), "raft_log/4");
+    assert_corrupt(store.term(4), "raft_log/4");
+}
+
+#[test]
+fn corrupt_state_fails_open_naming_the_key() {
+    for (key, value) in [
+        (HARD_STATE_KEY, &b"\xff\xff\xff"[..]),
+        (TRUNCATED_KEY, &b"short"[..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_ten_entries(dir.path());
+        tamper(dir.path(), |db| {
+            db.put_cf(db.cf_handle(STATE_CF).unwrap(), key, value)
+                .unwrap();
+        });
+        let e = RocksLogStore::open(dir.path(), StoreOptions::default()).unwrap_err();
+        let want = format!("raft_state/{}", String::from_utf8_lossy(key));
+        assert!(
+            matches!(&e, StorageError::Corrupt { key, .. } if *key == want),
+            "open must report {want} corrupt, got {e}"
+        );
+    }
+}
+
+#[test]
+fn log_not_starting_after_truncation_point_fails_open() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_ten_entries(dir.path());
+    tamper(dir.path(), |db| {
+        db.delete_cf(db.cf_handle(LOG_CF).unwrap(), entry_key(1))
+            .unwrap();
+    });
+    let e = RocksLogStore::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Corrupt { key, .. } if key == "raft_log/2"),
+        "got {e}"
+    );
+}

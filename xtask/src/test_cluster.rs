@@ -1,0 +1,285 @@
+//! `cargo xtask test-cluster`: integration scenarios against real processes.
+//!
+//! Every scenario starts a fresh cluster (consensus binaries, one development controller
+//! per node, one development network) with fast raft timing, applies faults, and
+//! checks:
+//! - safety: no height has two different blocks on any nodes (every chain file);
+//! - liveness: progress resumes within a bound counted in election timeouts.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::cluster::{build, check_chains_agree, Cluster, NodeView, Spec};
+
+/// `cargo xtask test-cluster`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run only scenarios whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Use release binaries.
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// Liveness bound: this many election timeouts.
+const BOUND_ELECTIONS: u32 = 40;
+
+fn spec(nodes: usize) -> Spec {
+    Spec {
+        tick_ms: 50,
+        heartbeat_tick: 3,
+        election_tick: 20,
+        log_retain: 50,
+        ..Spec::new(nodes, 0)
+    }
+}
+
+struct Run<'a> {
+    cluster: Cluster,
+    spec: Spec,
+    name: &'a str,
+    checks: Vec<String>,
+}
+
+fn max_height(views: &[NodeView], alive_only: bool) -> u64 {
+    views
+        .iter()
+        .filter(|v| !alive_only || v.alive)
+        .map(|v| v.chain_height)
+        .max()
+        .unwrap_or(0)
+}
+
+impl Run<'_> {
+    fn bound(&self) -> Duration {
+        Duration::from_millis(self.spec.tick_ms * self.spec.election_tick as u64) * BOUND_ELECTIONS
+    }
+
+    /// Polls until `pred` holds, failing after the liveness bound.
+    fn wait(&mut self, what: &str, mut pred: impl FnMut(&[NodeView]) -> bool) -> anyhow::Result<Vec<NodeView>> {
+        let start = Instant::now();
+        let bound = self.bound();
+        loop {
+            let views = self.cluster.views();
+            if pred(&views) {
+                self.checks.push(format!("{what} (after {:.1}s)", start.elapsed().as_secs_f64()));
+                return Ok(views);
+            }
+            if start.elapsed() > bound {
+                let state: Vec<String> = views
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("n{}={}:{}", i + 1, v.role_name(), v.chain_height))
+                    .collect();
+                bail!("{}: not within {:?} ({} election timeouts): {what}; nodes: {}", self.name, bound, BOUND_ELECTIONS, state.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn leader(&mut self) -> anyhow::Result<usize> {
+        let views = self.wait("a leader is elected", |v| v.iter().any(|n| n.alive && n.role == Some(3)))?;
+        views
+            .iter()
+            .position(|n| n.alive && n.role == Some(3))
+            .map(|i| i + 1)
+            .context("leader vanished")
+    }
+
+    fn progress(&mut self, blocks: u64, what: &str) -> anyhow::Result<u64> {
+        let from = max_height(&self.cluster.views(), true);
+        let target = from + blocks;
+        self.wait(&format!("{what}: height {from} -> {target}"), |v| max_height(v, true) >= target)?;
+        Ok(target)
+    }
+
+    fn caught_up(&mut self, node: usize, what: &str) -> anyhow::Result<()> {
+        let target = max_height(&self.cluster.views(), true);
+        self.wait(&format!("{what}: node {node} reaches height {target}"), |v| v[node - 1].chain_height >= target)?;
+        Ok(())
+    }
+
+    fn safe(&mut self) -> anyhow::Result<()> {
+        let n = check_chains_agree(&self.cluster.chains())?;
+        self.checks.push(format!("safety: chains agree on all {n} heights"));
+        Ok(())
+    }
+
+    fn log_contains(&self, node: usize, needle: &str) -> bool {
+        std::fs::read_to_string(self.cluster.node_dir(node).join("consensus.log"))
+            .map(|s| s.contains(needle))
+            .unwrap_or(false)
+    }
+}
+
+type Scenario = fn(&mut Run<'_>) -> anyhow::Result<()>;
+
+fn steady_progress(r: &mut Run<'_>) -> anyhow::Result<()> {
+    r.leader()?;
+    r.wait("every node reaches height 30", |v| v.iter().all(|n| n.chain_height >= 30))?;
+    r.safe()?;
+    let chains = r.cluster.chains();
+    for (i, c) in chains.iter().enumerate() {
+        for h in 1..=30 {
+            if !c.contains_key(&h) {
+                bail!("node {} has no block at height {h}", i + 1);
+            }
+        }
+    }
+    r.checks.push("every node has every block 1..=30".into());
+    Ok(())
+}
+
+fn leader_kill_restart(r: &mut Run<'_>) -> anyhow::Result<()> {
+    r.progress(10, "start")?;
+    for round in 1..=3 {
+        let leader = r.leader()?;
+        r.cluster.kill(leader)?;
+        r.checks.push(format!("round {round}: leader {leader} SIGKILLed"));
+        r.progress(10, "survivors keep committing")?;
+        r.cluster.start_consensus(leader, false)?;
+        r.caught_up(leader, "restarted leader")?;
+        r.safe()?;
+    }
+    Ok(())
+}
+
+fn all_killed_restart(r: &mut Run<'_>) -> anyhow::Result<()> {
+    r.progress(15, "start")?;
+    let before = r.cluster.chains();
+    for i in 1..=r.spec.nodes {
+        r.cluster.kill(i)?;
+    }
+    r.checks.push("all consensus processes SIGKILLed".into());
+    for i in 1..=r.spec.nodes {
+        r.cluster.start_consensus(i, false)?;
+    }
+    r.progress(10, "restarted cluster commits")?;
+    let after = r.cluster.chains();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        for (h, block) in b {
+            if a.get(h) != Some(block) {
+                bail!("node {} lost or changed block {h} across the restart", i + 1);
+            }
+        }
+    }
+    r.checks.push("no committed block lost across the restart".into());
+    r.safe()
+}
+
+fn partitioned_leader_heal(r: &mut Run<'_>) -> anyhow::Result<()> {
+    r.progress(10, "start")?;
+    let old = r.leader()?;
+    r.cluster.partition(Some(old))?;
+    r.checks.push(format!("leader {old} cut off"));
+    r.wait("the majority elects a new leader", |v| {
+        v.iter().enumerate().any(|(i, n)| i + 1 != old && n.alive && n.role == Some(3))
+    })?;
+    r.progress(10, "majority side commits")?;
+    r.cluster.partition(None)?;
+    r.checks.push("links healed".into());
+    r.caught_up(old, "old leader")?;
+    r.progress(5, "healed cluster commits")?;
+    r.safe()
+}
+
+fn validator_removal_readd(r: &mut Run<'_>) -> anyhow::Result<()> {
+    // Scheduled in the spec: node 3 leaves at height 20, returns at height 70.
+    r.wait("height 30 with node 3 removed", |v| max_height(v, true) >= 30)?;
+    r.wait("node 3 stops raft", |_| true)?;
+    let stopped = Instant::now();
+    while !r.log_contains(3, "removed from the validators") {
+        if stopped.elapsed() > r.bound() {
+            bail!("node 3 never stopped raft after its removal");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    r.checks.push("node 3 stopped raft after removal".into());
+    r.wait("cluster passes height 70 without node 3", |v| max_height(v, true) >= 70)?;
+    let start = Instant::now();
+    while !r.log_contains(3, "added back to the validators") {
+        if start.elapsed() > r.bound() {
+            bail!("node 3 never restarted raft after re-addition");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    r.checks.push("node 3 restarted raft after re-addition".into());
+    let target = max_height(&r.cluster.views(), true) + 10;
+    r.wait(&format!("all three nodes commit past {target}"), |v| v.iter().all(|n| n.chain_height >= target))?;
+    r.safe()
+}
+
+fn follower_catch_up(r: &mut Run<'_>) -> anyhow::Result<()> {
+    r.progress(10, "start")?;
+    let leader = r.leader()?;
+    let follower = if leader == 3 { 2 } else { 3 };
+    r.cluster.kill(follower)?;
+    r.progress(20, "short outage")?;
+    r.cluster.start_consensus(follower, false)?;
+    r.caught_up(follower, "catch-up from the log")?;
+    r.cluster.kill(follower)?;
+    r.progress(3 * r.spec.log_retain, "long outage (log compacted past the follower)")?;
+    r.cluster.start_consensus(follower, false)?;
+    r.caught_up(follower, "catch-up by snapshot")?;
+    if !r.log_contains(follower, "restoring state machine from leader snapshot") {
+        bail!("node {follower} caught up without installing a snapshot");
+    }
+    r.checks.push(format!("node {follower} installed a leader snapshot"));
+    r.safe()
+}
+
+fn scenarios() -> Vec<(&'static str, Spec, Scenario)> {
+    let mut removal = spec(3);
+    removal.schedule = vec![(20, vec![1, 2]), (70, vec![1, 2, 3])];
+    vec![
+        ("steady_progress", spec(3), steady_progress as Scenario),
+        ("leader_kill_restart", spec(3), leader_kill_restart),
+        ("all_killed_restart", spec(3), all_killed_restart),
+        ("partitioned_leader_heal", spec(3), partitioned_leader_heal),
+        ("validator_removal_readd", removal, validator_removal_readd),
+        ("follower_catch_up", spec(3), follower_catch_up),
+    ]
+}
+
+/// Runs the scenarios.
+pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
+    let bin_dir = build(root, args.release)?;
+    let base: PathBuf = root.join("target").join("test-cluster");
+    let mut passed = 0;
+    let mut failed = Vec::new();
+    for (name, spec, scenario) in scenarios() {
+        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let dir = base.join(name);
+        let started = Instant::now();
+        println!("scenario {name} ...");
+        let cluster = Cluster::create(&dir, &bin_dir, &spec, false)?;
+        let mut run = Run { cluster, spec, name, checks: Vec::new() };
+        let result = scenario(&mut run);
+        run.cluster.reload();
+        run.cluster.down();
+        for c in &run.checks {
+            println!("  checked: {c}");
+        }
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("  ok ({:.1}s)", started.elapsed().as_secs_f64());
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Err(e) => {
+                println!("  FAILED: {e:#}\n  logs kept in {}", dir.display());
+                failed.push(name);
+            }
+        }
+    }
+    println!("test-cluster: {passed} passed, {} failed", failed.len());
+    if !failed.is_empty() {
+        bail!("scenarios failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
