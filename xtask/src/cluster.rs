@@ -119,7 +119,6 @@ impl Spec {
             buckets: None,
         }
     }
-
 }
 
 /// One node's ports and processes.
@@ -217,7 +216,15 @@ pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(root).args([
-        "build", "--quiet", "-p", "consensus", "-p", "craft-controller", "-p", "craft-transport", "--bins",
+        "build",
+        "--quiet",
+        "-p",
+        "consensus",
+        "-p",
+        "craft-controller",
+        "-p",
+        "craft-transport",
+        "--bins",
     ]);
     if release {
         cmd.arg("--release");
@@ -231,7 +238,8 @@ pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
         .context("running cargo metadata")?;
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
     let target = meta["target_directory"]
         .as_str()
         .context("cargo metadata has no target_directory")?;
@@ -288,7 +296,9 @@ fn spawn_logged(cmd: &mut Command, log: &Path, detach: bool) -> anyhow::Result<u
         // Its own process group: a Ctrl-C in this terminal does not reach it.
         cmd.process_group(0);
     }
-    let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
     let pid = child.id();
     // Reap it in the background so it never lingers as a zombie.
     std::thread::spawn(move || {
@@ -303,7 +313,8 @@ pub fn scrape(port: u16) -> Option<BTreeMap<String, f64>> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     let mut out = BTreeMap::new();
@@ -346,9 +357,18 @@ impl Cluster {
     /// Opens the cluster recorded in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("cluster.json");
-        let text = fs::read_to_string(&path).with_context(|| format!("no cluster at {} (run `cargo xtask cluster up`)", dir.display()))?;
-        let state = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        Ok(Self { dir: dir.to_path_buf(), state })
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no cluster at {} (run `cargo xtask cluster up`)",
+                dir.display()
+            )
+        })?;
+        let state =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            state,
+        })
     }
 
     fn save(&self) -> anyhow::Result<()> {
@@ -401,7 +421,12 @@ impl Cluster {
         };
         cluster.save()?;
         fs::write(dir.join("partition"), "")?;
-        let net_ports: Vec<String> = cluster.state.nodes.iter().map(|n| n.network_port.to_string()).collect();
+        let net_ports: Vec<String> = cluster
+            .state
+            .nodes
+            .iter()
+            .map(|n| n.network_port.to_string())
+            .collect();
         let pid = spawn_logged(
             Command::new(bin_dir.join("dev-network"))
                 .arg("--ports")
@@ -413,7 +438,12 @@ impl Cluster {
         )?;
         cluster.state.network_pid = Some(pid);
         cluster.save()?;
-        let validators: Vec<String> = cluster.state.nodes.iter().map(|n| n.address.clone()).collect();
+        let validators: Vec<String> = cluster
+            .state
+            .nodes
+            .iter()
+            .map(|n| n.address.clone())
+            .collect();
         for i in 1..=spec.nodes {
             let node = cluster.state.nodes[i - 1].clone();
             let nd = cluster.node_dir(i);
@@ -465,7 +495,8 @@ impl Cluster {
             }
             for (h, members) in &spec.schedule {
                 let list: Vec<String> = members.iter().map(|m| node_address(*m)).collect();
-                cmd.arg("--validators-at").arg(format!("{h}:{}", list.join(",")));
+                cmd.arg("--validators-at")
+                    .arg(format!("{h}:{}", list.join(",")));
             }
             let pid = spawn_logged(&mut cmd, &nd.join("controller.log"), detach)?;
             cluster.state.nodes[i - 1].controller_pid = Some(pid);
@@ -497,7 +528,11 @@ impl Cluster {
 
     /// SIGKILLs node `i`'s consensus process.
     pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
-        let node = self.state.nodes.get(i.wrapping_sub(1)).with_context(|| format!("no node {i}"))?;
+        let node = self
+            .state
+            .nodes
+            .get(i.wrapping_sub(1))
+            .with_context(|| format!("no node {i}"))?;
         if let Some(pid) = node.consensus_pid {
             signal(pid, "-KILL");
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -530,7 +565,12 @@ impl Cluster {
 
     /// Stops every process (consensus first, gracefully).
     pub fn down(&self) {
-        let consensus: Vec<u32> = self.state.nodes.iter().filter_map(|n| n.consensus_pid).collect();
+        let consensus: Vec<u32> = self
+            .state
+            .nodes
+            .iter()
+            .filter_map(|n| n.consensus_pid)
+            .collect();
         stop_pids(&consensus, Duration::from_secs(5));
         stop_pids(&self.pids(), Duration::from_secs(3));
     }
@@ -550,11 +590,13 @@ impl Cluster {
                     term: get("consensus_term"),
                     role: get("consensus_role"),
                     last_latency_us: get("consensus_last_commit_latency_us"),
-                    chain_height: read_chain(&self.node_dir(n.index).join("chain").join("chain.log"))
-                        .keys()
-                        .next_back()
-                        .copied()
-                        .unwrap_or(0),
+                    chain_height: read_chain(
+                        &self.node_dir(n.index).join("chain").join("chain.log"),
+                    )
+                    .keys()
+                    .next_back()
+                    .copied()
+                    .unwrap_or(0),
                 }
             })
             .collect()
@@ -583,7 +625,11 @@ pub fn check_chains_agree(chains: &[BTreeMap<u64, String>]) -> anyhow::Result<us
         for (h, block) in chain {
             match seen.get(h) {
                 Some((j, other)) if *other != block => {
-                    bail!("fork at height {h}: node {} has {block}, node {} has {other}", i + 1, j + 1)
+                    bail!(
+                        "fork at height {h}: node {} has {block}, node {} has {other}",
+                        i + 1,
+                        j + 1
+                    )
                 }
                 Some(_) => {}
                 None => {
@@ -598,7 +644,12 @@ pub fn check_chains_agree(chains: &[BTreeMap<u64, String>]) -> anyhow::Result<us
 fn render(views: &[NodeView], started: Instant) -> Vec<String> {
     let mut lines = vec![format!(
         "{:<6} {:<10} {:>5} {:>8} {:>8} {:>12}   ({:.0}s)",
-        "node", "role", "term", "height", "chain", "last block",
+        "node",
+        "role",
+        "term",
+        "height",
+        "chain",
+        "last block",
         started.elapsed().as_secs_f64()
     )];
     for (i, v) in views.iter().enumerate() {
@@ -623,7 +674,10 @@ fn render(views: &[NodeView], started: Instant) -> Vec<String> {
 
 /// Runs `cargo xtask cluster ...`.
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
-    let dir = args.dir.clone().unwrap_or_else(|| Cluster::default_dir(root));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| Cluster::default_dir(root));
     match &args.verb {
         Verb::Up(up) => up_cmd(root, &dir, up),
         Verb::Status => {
@@ -664,7 +718,12 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         }
         Verb::Restart { node } => {
             let mut c = Cluster::open(&dir)?;
-            if c.state.nodes.get(node.wrapping_sub(1)).and_then(|n| n.consensus_pid).is_some_and(pid_alive) {
+            if c.state
+                .nodes
+                .get(node.wrapping_sub(1))
+                .and_then(|n| n.consensus_pid)
+                .is_some_and(pid_alive)
+            {
                 c.kill(*node)?;
             }
             c.start_consensus(*node, true)?;
@@ -685,11 +744,18 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
 }
 
 fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
-    eprintln!("building binaries{} ...", if up.release { " (release)" } else { "" });
+    eprintln!(
+        "building binaries{} ...",
+        if up.release { " (release)" } else { "" }
+    );
     let bin_dir = build(root, up.release)?;
     let spec = Spec::new(up.nodes, up.block_interval);
     let mut cluster = Cluster::create(dir, &bin_dir, &spec, up.detach)?;
-    eprintln!("cluster of {} nodes starting in {}", up.nodes, dir.display());
+    eprintln!(
+        "cluster of {} nodes starting in {}",
+        up.nodes,
+        dir.display()
+    );
     if up.detach {
         println!("cluster running; `cargo xtask cluster status` shows it, `cargo xtask cluster down` stops it");
         return Ok(());
@@ -697,14 +763,18 @@ fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
     }
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut printed = 0usize;
     let mut last_plain = Instant::now() - Duration::from_secs(10);
     while !stop.load(Ordering::SeqCst) {
-        if up.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d)) {
+        if up
+            .duration
+            .is_some_and(|d| started.elapsed() >= Duration::from_secs(d))
+        {
             break;
         }
         cluster.reload();
@@ -728,7 +798,11 @@ fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
                 .enumerate()
                 .map(|(i, v)| format!("n{}={}:{}", i + 1, v.role_name(), v.chain_height))
                 .collect();
-            println!("t={:>4.0}s {}", started.elapsed().as_secs_f64(), summary.join(" "));
+            println!(
+                "t={:>4.0}s {}",
+                started.elapsed().as_secs_f64(),
+                summary.join(" ")
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -736,6 +810,9 @@ fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
     cluster.reload();
     cluster.down();
     let compared = check_chains_agree(&cluster.chains())?;
-    eprintln!("stopped; chains agree on {compared} heights; data kept in {}", dir.display());
+    eprintln!(
+        "stopped; chains agree on {compared} heights; data kept in {}",
+        dir.display()
+    );
     Ok(())
 }

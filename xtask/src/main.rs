@@ -3,8 +3,10 @@
 //! Each verb lives in a module of its own and is one variant of [`Command`]; add a verb by
 //! adding a module and a variant. Run `cargo xtask --help` for the list.
 
+mod ci;
 mod cluster;
 mod codegen;
+mod fuzz_sim;
 mod test_cluster;
 
 use std::{
@@ -33,6 +35,10 @@ enum Command {
     Cluster(cluster::Args),
     /// Integration scenarios against real multi-process clusters.
     TestCluster(test_cluster::Args),
+    /// Run the core's deterministic simulation over many seeds.
+    FuzzSim(fuzz_sim::Args),
+    /// Everything CI runs: fmt, clippy, simulation fuzzing, tests, integration clusters.
+    Ci(ci::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,8 @@ fn main() -> ExitCode {
         Command::Codegen(args) => codegen::run(&root, &args),
         Command::Cluster(args) => cluster::run(&root, &args),
         Command::TestCluster(args) => test_cluster::run(&root, &args),
+        Command::FuzzSim(args) => fuzz_sim::run(&root, &args),
+        Command::Ci(args) => ci::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -59,13 +59,20 @@ impl Run<'_> {
     }
 
     /// Polls until `pred` holds, failing after the liveness bound.
-    fn wait(&mut self, what: &str, mut pred: impl FnMut(&[NodeView]) -> bool) -> anyhow::Result<Vec<NodeView>> {
+    fn wait(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&[NodeView]) -> bool,
+    ) -> anyhow::Result<Vec<NodeView>> {
         let start = Instant::now();
         let bound = self.bound();
         loop {
             let views = self.cluster.views();
             if pred(&views) {
-                self.checks.push(format!("{what} (after {:.1}s)", start.elapsed().as_secs_f64()));
+                self.checks.push(format!(
+                    "{what} (after {:.1}s)",
+                    start.elapsed().as_secs_f64()
+                ));
                 return Ok(views);
             }
             if start.elapsed() > bound {
@@ -74,14 +81,22 @@ impl Run<'_> {
                     .enumerate()
                     .map(|(i, v)| format!("n{}={}:{}", i + 1, v.role_name(), v.chain_height))
                     .collect();
-                bail!("{}: not within {:?} ({} election timeouts): {what}; nodes: {}", self.name, bound, BOUND_ELECTIONS, state.join(" "));
+                bail!(
+                    "{}: not within {:?} ({} election timeouts): {what}; nodes: {}",
+                    self.name,
+                    bound,
+                    BOUND_ELECTIONS,
+                    state.join(" ")
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     fn leader(&mut self) -> anyhow::Result<usize> {
-        let views = self.wait("a leader is elected", |v| v.iter().any(|n| n.alive && n.role == Some(3)))?;
+        let views = self.wait("a leader is elected", |v| {
+            v.iter().any(|n| n.alive && n.role == Some(3))
+        })?;
         views
             .iter()
             .position(|n| n.alive && n.role == Some(3))
@@ -92,19 +107,25 @@ impl Run<'_> {
     fn progress(&mut self, blocks: u64, what: &str) -> anyhow::Result<u64> {
         let from = max_height(&self.cluster.views(), true);
         let target = from + blocks;
-        self.wait(&format!("{what}: height {from} -> {target}"), |v| max_height(v, true) >= target)?;
+        self.wait(&format!("{what}: height {from} -> {target}"), |v| {
+            max_height(v, true) >= target
+        })?;
         Ok(target)
     }
 
     fn caught_up(&mut self, node: usize, what: &str) -> anyhow::Result<()> {
         let target = max_height(&self.cluster.views(), true);
-        self.wait(&format!("{what}: node {node} reaches height {target}"), |v| v[node - 1].chain_height >= target)?;
+        self.wait(
+            &format!("{what}: node {node} reaches height {target}"),
+            |v| v[node - 1].chain_height >= target,
+        )?;
         Ok(())
     }
 
     fn safe(&mut self) -> anyhow::Result<()> {
         let n = check_chains_agree(&self.cluster.chains())?;
-        self.checks.push(format!("safety: chains agree on all {n} heights"));
+        self.checks
+            .push(format!("safety: chains agree on all {n} heights"));
         Ok(())
     }
 
@@ -119,7 +140,9 @@ type Scenario = fn(&mut Run<'_>) -> anyhow::Result<()>;
 
 fn steady_progress(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.leader()?;
-    r.wait("every node reaches height 30", |v| v.iter().all(|n| n.chain_height >= 30))?;
+    r.wait("every node reaches height 30", |v| {
+        v.iter().all(|n| n.chain_height >= 30)
+    })?;
     r.safe()?;
     let chains = r.cluster.chains();
     for (i, c) in chains.iter().enumerate() {
@@ -138,7 +161,8 @@ fn leader_kill_restart(r: &mut Run<'_>) -> anyhow::Result<()> {
     for round in 1..=3 {
         let leader = r.leader()?;
         r.cluster.kill(leader)?;
-        r.checks.push(format!("round {round}: leader {leader} SIGKILLed"));
+        r.checks
+            .push(format!("round {round}: leader {leader} SIGKILLed"));
         r.progress(10, "survivors keep committing")?;
         r.cluster.start_consensus(leader, false)?;
         r.caught_up(leader, "restarted leader")?;
@@ -162,11 +186,15 @@ fn all_killed_restart(r: &mut Run<'_>) -> anyhow::Result<()> {
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
         for (h, block) in b {
             if a.get(h) != Some(block) {
-                bail!("node {} lost or changed block {h} across the restart", i + 1);
+                bail!(
+                    "node {} lost or changed block {h} across the restart",
+                    i + 1
+                );
             }
         }
     }
-    r.checks.push("no committed block lost across the restart".into());
+    r.checks
+        .push("no committed block lost across the restart".into());
     r.safe()
 }
 
@@ -176,7 +204,9 @@ fn partitioned_leader_heal(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.cluster.partition(Some(old))?;
     r.checks.push(format!("leader {old} cut off"));
     r.wait("the majority elects a new leader", |v| {
-        v.iter().enumerate().any(|(i, n)| i + 1 != old && n.alive && n.role == Some(3))
+        v.iter()
+            .enumerate()
+            .any(|(i, n)| i + 1 != old && n.alive && n.role == Some(3))
     })?;
     r.progress(10, "majority side commits")?;
     r.cluster.partition(None)?;
@@ -188,7 +218,9 @@ fn partitioned_leader_heal(r: &mut Run<'_>) -> anyhow::Result<()> {
 
 fn validator_removal_readd(r: &mut Run<'_>) -> anyhow::Result<()> {
     // Scheduled in the spec: node 3 leaves at height 20, returns at height 70.
-    r.wait("height 30 with node 3 removed", |v| max_height(v, true) >= 30)?;
+    r.wait("height 30 with node 3 removed", |v| {
+        max_height(v, true) >= 30
+    })?;
     r.wait("node 3 stops raft", |_| true)?;
     let stopped = Instant::now();
     while !r.log_contains(3, "removed from the validators") {
@@ -198,7 +230,9 @@ fn validator_removal_readd(r: &mut Run<'_>) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     r.checks.push("node 3 stopped raft after removal".into());
-    r.wait("cluster passes height 70 without node 3", |v| max_height(v, true) >= 70)?;
+    r.wait("cluster passes height 70 without node 3", |v| {
+        max_height(v, true) >= 70
+    })?;
     let start = Instant::now();
     while !r.log_contains(3, "added back to the validators") {
         if start.elapsed() > r.bound() {
@@ -206,9 +240,12 @@ fn validator_removal_readd(r: &mut Run<'_>) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    r.checks.push("node 3 restarted raft after re-addition".into());
+    r.checks
+        .push("node 3 restarted raft after re-addition".into());
     let target = max_height(&r.cluster.views(), true) + 10;
-    r.wait(&format!("all three nodes commit past {target}"), |v| v.iter().all(|n| n.chain_height >= target))?;
+    r.wait(&format!("all three nodes commit past {target}"), |v| {
+        v.iter().all(|n| n.chain_height >= target)
+    })?;
     r.safe()
 }
 
@@ -221,13 +258,17 @@ fn follower_catch_up(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.cluster.start_consensus(follower, false)?;
     r.caught_up(follower, "catch-up from the log")?;
     r.cluster.kill(follower)?;
-    r.progress(3 * r.spec.log_retain, "long outage (log compacted past the follower)")?;
+    r.progress(
+        3 * r.spec.log_retain,
+        "long outage (log compacted past the follower)",
+    )?;
     r.cluster.start_consensus(follower, false)?;
     r.caught_up(follower, "catch-up by snapshot")?;
     if !r.log_contains(follower, "restoring state machine from leader snapshot") {
         bail!("node {follower} caught up without installing a snapshot");
     }
-    r.checks.push(format!("node {follower} installed a leader snapshot"));
+    r.checks
+        .push(format!("node {follower} installed a leader snapshot"));
     r.safe()
 }
 
@@ -258,7 +299,12 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         let started = Instant::now();
         println!("scenario {name} ...");
         let cluster = Cluster::create(&dir, &bin_dir, &spec, false)?;
-        let mut run = Run { cluster, spec, name, checks: Vec::new() };
+        let mut run = Run {
+            cluster,
+            spec,
+            name,
+            checks: Vec::new(),
+        };
         let result = scenario(&mut run);
         run.cluster.reload();
         run.cluster.down();

@@ -64,19 +64,31 @@ impl<C: Controller> BlockStateMachine<C> {
         };
         let height = self.config.borrow().height;
         if proposal.height <= height {
-            tracing::debug!(index, proposal = proposal.height, height, "block already committed");
+            tracing::debug!(
+                index,
+                proposal = proposal.height,
+                height,
+                "block already committed"
+            );
             return BlockOutcome::Skipped("already committed");
         }
         let started = Instant::now();
         let controller = self.controller.clone();
-        let checked = retry("CheckProposal", &self.backoff, ControllerError::is_transient, || {
-            controller.check_proposal(proposal.clone())
-        })
+        let checked = retry(
+            "CheckProposal",
+            &self.backoff,
+            ControllerError::is_transient,
+            || controller.check_proposal(proposal.clone()),
+        )
         .await;
         match checked {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(index, height = proposal.height, "controller rejected a committed proposal; waiting for it to sync");
+                tracing::warn!(
+                    index,
+                    height = proposal.height,
+                    "controller rejected a committed proposal; waiting for it to sync"
+                );
                 return BlockOutcome::Skipped("rejected by CheckProposal");
             }
             Err(e) => {
@@ -84,14 +96,22 @@ impl<C: Controller> BlockStateMachine<C> {
                 return BlockOutcome::Skipped("CheckProposal failed");
             }
         }
-        let committed = retry("CommitBlock", &self.backoff, ControllerError::is_transient, || {
-            controller.commit_block(proposal.clone())
-        })
+        let committed = retry(
+            "CommitBlock",
+            &self.backoff,
+            ControllerError::is_transient,
+            || controller.commit_block(proposal.clone()),
+        )
         .await;
         match committed {
             Ok(new_config) => {
                 let h = proposal.height;
-                tracing::info!(height = h, index, validators = new_config.validators.len(), "block committed");
+                tracing::info!(
+                    height = h,
+                    index,
+                    validators = new_config.validators.len(),
+                    "block committed"
+                );
                 self.metrics.height.set(new_config.height as i64);
                 self.metrics
                     .last_commit_latency_us

@@ -88,7 +88,8 @@ impl Default for ConsensusConfig {
             enable_metrics: true,
             metrics_port: 60001,
             metrics_buckets: vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ],
             service_host: "127.0.0.1".into(),
             listen_host: "0.0.0.0".into(),
@@ -183,13 +184,18 @@ pub fn read_node_address(path: &Path) -> anyhow::Result<Vec<u8>> {
     let hex_part = text.strip_prefix("0x").unwrap_or(text);
     let bytes = hex::decode(hex_part)
         .with_context(|| format!("node address file {}: not hex: {text:?}", path.display()))?;
-    anyhow::ensure!(!bytes.is_empty(), "node address file {} is empty", path.display());
+    anyhow::ensure!(
+        !bytes.is_empty(),
+        "node address file {} is empty",
+        path.display()
+    );
     Ok(bytes)
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    // `Jail` closures return figment's large error type.
+    #![allow(clippy::unwrap_used, clippy::result_large_err)]
     use super::*;
     use figment::Jail;
 
@@ -229,19 +235,42 @@ mod tests {
     fn unknown_key_and_bad_value_name_the_key_and_file() {
         Jail::expect_with(|jail| {
             jail.create_file("config.toml", "[consensus_raft]\ncontroler_port = 1\n")?;
-            let err = ConsensusConfig::load(Path::new("config.toml")).unwrap_err().to_string();
-            assert!(err.contains("controler_port") && err.contains("config.toml"), "{err}");
+            let err = ConsensusConfig::load(Path::new("config.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("controler_port") && err.contains("config.toml"),
+                "{err}"
+            );
 
-            jail.create_file("bad.toml", "[consensus_raft]\ngrpc_listen_port = \"high\"\n")?;
-            let err = ConsensusConfig::load(Path::new("bad.toml")).unwrap_err().to_string();
-            assert!(err.contains("grpc_listen_port") && err.contains("bad.toml"), "{err}");
+            jail.create_file(
+                "bad.toml",
+                "[consensus_raft]\ngrpc_listen_port = \"high\"\n",
+            )?;
+            let err = ConsensusConfig::load(Path::new("bad.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("grpc_listen_port") && err.contains("bad.toml"),
+                "{err}"
+            );
 
-            jail.create_file("range.toml", "[consensus_raft]\nelection_tick = 3\nheartbeat_tick = 5\n")?;
-            let err = ConsensusConfig::load(Path::new("range.toml")).unwrap_err().to_string();
+            jail.create_file(
+                "range.toml",
+                "[consensus_raft]\nelection_tick = 3\nheartbeat_tick = 5\n",
+            )?;
+            let err = ConsensusConfig::load(Path::new("range.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("consensus_raft.election_tick"), "{err}");
 
-            let err = ConsensusConfig::load(Path::new("nope.toml")).unwrap_err().to_string();
-            assert!(err.contains("nope.toml") && err.contains("not found"), "{err}");
+            let err = ConsensusConfig::load(Path::new("nope.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("nope.toml") && err.contains("not found"),
+                "{err}"
+            );
             Ok(())
         });
     }
@@ -255,6 +284,9 @@ mod tests {
         std::fs::write(&p, "abcd").unwrap();
         assert_eq!(read_node_address(&p).unwrap(), vec![0xab, 0xcd]);
         std::fs::write(&p, "zz").unwrap();
-        assert!(read_node_address(&p).unwrap_err().to_string().contains("not hex"));
+        assert!(read_node_address(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not hex"));
     }
 }

@@ -14,8 +14,12 @@ use crate::config::ConsensusConfig;
 /// Installs the global subscriber. Keep the returned guard alive: it flushes the file.
 /// Logs of the `raft` crate (slog → log) are captured too.
 pub fn init(cfg: &ConsensusConfig) -> anyhow::Result<Option<WorkerGuard>> {
-    let filter = EnvFilter::try_new(&cfg.log_level)
-        .with_context(|| format!("consensus_raft.log_level: invalid filter {:?}", cfg.log_level))?;
+    let filter = EnvFilter::try_new(&cfg.log_level).with_context(|| {
+        format!(
+            "consensus_raft.log_level: invalid filter {:?}",
+            cfg.log_level
+        )
+    })?;
     if cfg.log_to_stdout {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -23,8 +27,12 @@ pub fn init(cfg: &ConsensusConfig) -> anyhow::Result<Option<WorkerGuard>> {
             .init();
         return Ok(None);
     }
-    std::fs::create_dir_all(&cfg.log_dir)
-        .with_context(|| format!("creating log directory {} (consensus_raft.log_dir)", cfg.log_dir))?;
+    std::fs::create_dir_all(&cfg.log_dir).with_context(|| {
+        format!(
+            "creating log directory {} (consensus_raft.log_dir)",
+            cfg.log_dir
+        )
+    })?;
     let path = Path::new(&cfg.log_dir).join(&cfg.log_file_name);
     let compression = if cfg.log_rotate_compress {
         Compression::OnRotate(1)
@@ -34,7 +42,11 @@ pub fn init(cfg: &ConsensusConfig) -> anyhow::Result<Option<WorkerGuard>> {
     let writer = FileRotate::new(
         path,
         AppendCount::new(cfg.log_rotate_keep.max(1)),
-        ContentLimit::Bytes(usize::try_from(cfg.log_rotate_size).unwrap_or(usize::MAX).max(4096)),
+        ContentLimit::Bytes(
+            usize::try_from(cfg.log_rotate_size)
+                .unwrap_or(usize::MAX)
+                .max(4096),
+        ),
         compression,
         None,
     );

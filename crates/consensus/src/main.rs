@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use consensus::config::ConsensusConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "consensus", version, about = "Raft consensus service for CITA-Cloud")]
+#[command(
+    name = "consensus",
+    version,
+    about = "Raft consensus service for CITA-Cloud"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,7 +38,13 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Some(Command::Run { config, log_dir, log_file_name, stdout }) = cli.command else {
+    let Some(Command::Run {
+        config,
+        log_dir,
+        log_file_name,
+        stdout,
+    }) = cli.command
+    else {
         use clap::CommandFactory;
         Cli::command().print_help()?;
         return Ok(());

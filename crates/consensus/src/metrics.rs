@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 /// The service's metrics.
 #[derive(Clone)]
@@ -63,10 +66,19 @@ impl Metrics {
             leader: gauge("leader_id", "raft id of the leader (0: none)")?,
             role: gauge("role", "0 follower, 1 pre-candidate, 2 candidate, 3 leader")?,
             proposals,
-            block_latency: histogram("block_latency_seconds", "fetch-to-commit time of blocks led here")?,
-            last_commit_latency_us: gauge("last_commit_latency_us", "latency of the last block, microseconds")?,
+            block_latency: histogram(
+                "block_latency_seconds",
+                "fetch-to-commit time of blocks led here",
+            )?,
+            last_commit_latency_us: gauge(
+                "last_commit_latency_us",
+                "latency of the last block, microseconds",
+            )?,
             fsync_latency: histogram("fsync_latency_seconds", "synced raft log write time")?,
-            messages_sent: counter_vec("messages_sent_total", "raft messages handed to the network")?,
+            messages_sent: counter_vec(
+                "messages_sent_total",
+                "raft messages handed to the network",
+            )?,
             messages_dropped: counter_vec("messages_dropped_total", "raft messages dropped")?,
             registry,
         })

@@ -72,23 +72,40 @@ struct Node {
 }
 
 /// Runs the service until `shutdown` completes.
-pub async fn run(cfg: ConsensusConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: ConsensusConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let address = read_node_address(std::path::Path::new(&cfg.node_addr))?;
     let me = raft_id(&address);
     let span = tracing::info_span!("consensus", node_id = me);
     run_node(cfg, me, shutdown).instrument(span).await
 }
 
-async fn run_node(cfg: ConsensusConfig, me: u64, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    tracing::info!(raft_id = me, version = env!("CARGO_PKG_VERSION"), "consensus starting");
+async fn run_node(
+    cfg: ConsensusConfig,
+    me: u64,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        raft_id = me,
+        version = env!("CARGO_PKG_VERSION"),
+        "consensus starting"
+    );
     let metrics = Metrics::new(&cfg.metrics_buckets).context("creating metrics")?;
-    let rocks = RocksLogStore::open(&cfg.raft_data_path, StoreOptions::default())
-        .with_context(|| format!("opening raft data at {} (consensus_raft.raft_data_path)", cfg.raft_data_path))?;
+    let rocks =
+        RocksLogStore::open(&cfg.raft_data_path, StoreOptions::default()).with_context(|| {
+            format!(
+                "opening raft data at {} (consensus_raft.raft_data_path)",
+                cfg.raft_data_path
+            )
+        })?;
     let store = TimedStore::new(rocks, metrics.fsync_latency.clone());
     let controller_addr = format!("http://{}:{}", cfg.service_host, cfg.controller_port);
     tracing::info!(addr = %controller_addr, "controller grpc addr");
     let controller = Arc::new(
-        GrpcController::new(&controller_addr, Duration::from_secs(10)).map_err(|e| anyhow::anyhow!("controller address: {e}"))?,
+        GrpcController::new(&controller_addr, Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!("controller address: {e}"))?,
     );
     let network_addr = format!("http://{}:{}", cfg.service_host, cfg.network_port);
     tracing::info!(addr = %network_addr, "network grpc addr");
@@ -102,10 +119,15 @@ async fn run_node(cfg: ConsensusConfig, me: u64, shutdown: impl Future<Output = 
     })
     .context("network address")?;
 
-    let snapshot = store.latest_snapshot().context("reading the latest snapshot")?;
+    let snapshot = store
+        .latest_snapshot()
+        .context("reading the latest snapshot")?;
     let initial = if snapshot.get_metadata().index > 0 {
         decode_configuration(&snapshot.data).with_context(|| {
-            format!("raft data at {}: snapshot is not a ConsensusConfiguration", cfg.raft_data_path)
+            format!(
+                "raft data at {}: snapshot is not a ConsensusConfiguration",
+                cfg.raft_data_path
+            )
         })?
     } else {
         ConsensusConfiguration::default()
@@ -123,17 +145,26 @@ async fn run_node(cfg: ConsensusConfig, me: u64, shutdown: impl Future<Output = 
 
     // gRPC server.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ConsensusServiceServer<ConsensusRpc>>().await;
+    health
+        .set_serving::<ConsensusServiceServer<ConsensusRpc>>()
+        .await;
     let listen: SocketAddr = format!("{}:{}", cfg.listen_host, cfg.grpc_listen_port)
         .parse()
-        .with_context(|| format!("consensus_raft.listen_host {:?} is not an IP address", cfg.listen_host))?;
+        .with_context(|| {
+            format!(
+                "consensus_raft.listen_host {:?} is not an IP address",
+                cfg.listen_host
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen} (consensus_raft.grpc_listen_port)"))?;
     tracing::info!(%listen, "serving gRPC");
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(ConsensusServiceServer::new(ConsensusRpc::new(pushed.clone())))
+        .add_service(ConsensusServiceServer::new(ConsensusRpc::new(
+            pushed.clone(),
+        )))
         .add_service(NetworkMsgHandlerServiceServer::new(network.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -152,7 +183,8 @@ async fn run_node(cfg: ConsensusConfig, me: u64, shutdown: impl Future<Output = 
         let m = metrics.clone();
         let net = network.clone();
         let refresh = move || refresh_peer_metrics(&m, &net);
-        let serve = crate::metrics::serve(addr, metrics.clone(), refresh, wait_stop(stop_rx.clone()));
+        let serve =
+            crate::metrics::serve(addr, metrics.clone(), refresh, wait_stop(stop_rx.clone()));
         tokio::spawn(
             async move {
                 if let Err(e) = serve.await {
@@ -173,7 +205,11 @@ async fn run_node(cfg: ConsensusConfig, me: u64, shutdown: impl Future<Output = 
         metrics,
         stop: stop_rx,
     });
-    tokio::spawn(node.clone().follow_pushed(pushed.subscribe()).in_current_span());
+    tokio::spawn(
+        node.clone()
+            .follow_pushed(pushed.subscribe())
+            .in_current_span(),
+    );
     tokio::spawn(node.clone().sync_with_controller().in_current_span());
 
     let result = node.clone().supervise().await;
@@ -204,7 +240,10 @@ impl Node {
 
     /// Adopts configurations pushed with `Reconfigure`: the newest wins, and one at
     /// a lower height than what this node committed is ignored.
-    async fn follow_pushed(self: Arc<Self>, mut pushed: watch::Receiver<Option<ConsensusConfiguration>>) {
+    async fn follow_pushed(
+        self: Arc<Self>,
+        mut pushed: watch::Receiver<Option<ConsensusConfiguration>>,
+    ) {
         while pushed.changed().await.is_ok() {
             let Some(cfg) = pushed.borrow_and_update().clone() else {
                 continue;
@@ -229,7 +268,13 @@ impl Node {
     /// stopped between raft commit and controller commit).
     async fn sync_with_controller(self: Arc<Self>) {
         let controller = self.controller.clone();
-        let ping = retry("controller ping", &Backoff::default(), ControllerError::is_transient, || controller.ping()).await;
+        let ping = retry(
+            "controller ping",
+            &Backoff::default(),
+            ControllerError::is_transient,
+            || controller.ping(),
+        )
+        .await;
         let ctrl = match ping {
             Ok(cfg) => cfg,
             Err(e) => {
@@ -237,19 +282,36 @@ impl Node {
                 return;
             }
         };
-        tracing::info!(height = ctrl.height, validators = ctrl.validators.len(), "controller configuration");
+        tracing::info!(
+            height = ctrl.height,
+            validators = ctrl.validators.len(),
+            "controller configuration"
+        );
         let recorded = self.config.borrow().height;
         if recorded > 0 && ctrl.height + 1 == recorded {
             match self.last_committed_proposal(recorded) {
                 Some(p) => {
-                    tracing::info!(height = recorded, "re-committing the last block the controller missed");
+                    tracing::info!(
+                        height = recorded,
+                        "re-committing the last block the controller missed"
+                    );
                     let c = self.controller.clone();
-                    match retry("CommitBlock", &Backoff::default(), ControllerError::is_transient, || c.commit_block(p.clone())).await {
+                    match retry(
+                        "CommitBlock",
+                        &Backoff::default(),
+                        ControllerError::is_transient,
+                        || c.commit_block(p.clone()),
+                    )
+                    .await
+                    {
                         Ok(cfg) => self.adopt(cfg),
                         Err(e) => tracing::warn!(error = %e, "re-commit refused"),
                     }
                 }
-                None => tracing::warn!(height = recorded, "last block not in the raft log; controller must sync it"),
+                None => tracing::warn!(
+                    height = recorded,
+                    "last block not in the raft log; controller must sync it"
+                ),
             }
         }
         self.adopt(ctrl);
@@ -302,8 +364,15 @@ impl Node {
                 let cfg = self.config.borrow().clone();
                 let ids = validator_ids(&cfg);
                 tracing::info!(voters = ?ids, "bootstrapping raft with the initial snapshot");
-                let snapshot = make_snapshot(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX, voters(ids), cfg.encode_to_vec());
-                self.store.bootstrap(snapshot).context("writing the initial snapshot")?;
+                let snapshot = make_snapshot(
+                    BOOTSTRAP_INDEX,
+                    BOOTSTRAP_INDEX,
+                    voters(ids),
+                    cfg.encode_to_vec(),
+                );
+                self.store
+                    .bootstrap(snapshot)
+                    .context("writing the initial snapshot")?;
                 bootstrapped = true;
             }
             let (handle, stop_raft, join) = self.start_raft().await?;
@@ -357,15 +426,28 @@ impl Node {
         };
         let driver = DriverConfig {
             tick_interval: Duration::from_millis(self.cfg.tick_interval_in_millis),
-            proposal_timeout: Duration::from_millis(self.cfg.tick_interval_in_millis * self.cfg.election_tick as u64 * 2)
-                .max(Duration::from_secs(5)),
+            proposal_timeout: Duration::from_millis(
+                self.cfg.tick_interval_in_millis * self.cfg.election_tick as u64 * 2,
+            )
+            .max(Duration::from_secs(5)),
             ..DriverConfig::default()
         };
-        let sm = BlockStateMachine::new(self.controller.clone(), self.config.clone(), self.metrics.clone());
+        let sm = BlockStateMachine::new(
+            self.controller.clone(),
+            self.config.clone(),
+            self.metrics.clone(),
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (handle, join) = craft_core::start(replica, driver, self.store.clone(), sm, self.network.clone(), async {
-            let _ = stop_rx.await;
-        })
+        let (handle, join) = craft_core::start(
+            replica,
+            driver,
+            self.store.clone(),
+            sm,
+            self.network.clone(),
+            async {
+                let _ = stop_rx.await;
+            },
+        )
         .await
         .context("starting raft")?;
         let h = handle.clone();
@@ -452,7 +534,11 @@ impl Node {
                 }
             };
             if proposal.height != chain.height + 1 {
-                tracing::debug!(proposal = proposal.height, height = chain.height, "proposal not at the next height");
+                tracing::debug!(
+                    proposal = proposal.height,
+                    height = chain.height,
+                    "proposal not at the next height"
+                );
                 self.maybe_hand_over(handle, &st, &mut last_valid).await;
                 tokio::time::sleep(tick).await;
                 continue;
@@ -464,24 +550,38 @@ impl Node {
                 Ok(BlockOutcome::Committed(h)) => {
                     let took = started.elapsed();
                     self.metrics.block_latency.observe(took.as_secs_f64());
-                    self.metrics.last_commit_latency_us.set(took.as_micros() as i64);
+                    self.metrics
+                        .last_commit_latency_us
+                        .set(took.as_micros() as i64);
                     tracing::debug!(height = h, term = st.term, ?took, "block agreed");
                 }
-                Ok(BlockOutcome::Skipped(why)) => tracing::debug!(height, why, "proposal applied without commit"),
-                Err(e) => tracing::info!(height, term = st.term, error = %e, "proposal not committed"),
+                Ok(BlockOutcome::Skipped(why)) => {
+                    tracing::debug!(height, why, "proposal applied without commit")
+                }
+                Err(e) => {
+                    tracing::info!(height, term = st.term, error = %e, "proposal not committed")
+                }
             }
         }
     }
 
     /// Hands leadership to another voter when the controller has given no valid
     /// proposal for `transfer_leader_after_secs`.
-    async fn maybe_hand_over(&self, handle: &NodeHandle<BlockOutcome>, st: &craft_core::NodeStatus, last_valid: &mut Instant) {
+    async fn maybe_hand_over(
+        &self,
+        handle: &NodeHandle<BlockOutcome>,
+        st: &craft_core::NodeStatus,
+        last_valid: &mut Instant,
+    ) {
         let after = self.cfg.transfer_leader_after_secs;
         if after == 0 || last_valid.elapsed() < Duration::from_secs(after) {
             return;
         }
         if let Some(&to) = st.conf_state.voters.iter().find(|v| **v != self.me) {
-            tracing::warn!(to, "no valid proposal for {after}s: transferring leadership");
+            tracing::warn!(
+                to,
+                "no valid proposal for {after}s: transferring leadership"
+            );
             let _ = handle.transfer_leader(to).await;
         }
         *last_valid = Instant::now();
@@ -511,10 +611,15 @@ impl Node {
         if !want.contains(&self.me) {
             match want.intersection(&have).next() {
                 Some(&to) => {
-                    tracing::info!(to, "this node is no longer a validator: transferring leadership");
+                    tracing::info!(
+                        to,
+                        "this node is no longer a validator: transferring leadership"
+                    );
                     let _ = handle.transfer_leader(to).await;
                 }
-                None => tracing::warn!(want = ?want, have = ?have, "no current voter remains a validator; cannot hand over"),
+                None => {
+                    tracing::warn!(want = ?want, have = ?have, "no current voter remains a validator; cannot hand over")
+                }
             }
             return false;
         }

@@ -24,14 +24,25 @@ impl ConsensusRpc {
 
 #[tonic::async_trait]
 impl ConsensusService for ConsensusRpc {
-    async fn reconfigure(&self, req: Request<ConsensusConfiguration>) -> Result<Response<StatusCode>, Status> {
+    async fn reconfigure(
+        &self,
+        req: Request<ConsensusConfiguration>,
+    ) -> Result<Response<StatusCode>, Status> {
         let cfg = req.into_inner();
-        tracing::info!(height = cfg.height, interval = cfg.block_interval, validators = cfg.validators.len(), "reconfigure from controller");
+        tracing::info!(
+            height = cfg.height,
+            interval = cfg.block_interval,
+            validators = cfg.validators.len(),
+            "reconfigure from controller"
+        );
         self.pushed.send_replace(Some(cfg));
         Ok(Response::new(StatusCode { code: 0 }))
     }
 
-    async fn check_block(&self, req: Request<ProposalWithProof>) -> Result<Response<StatusCode>, Status> {
+    async fn check_block(
+        &self,
+        req: Request<ProposalWithProof>,
+    ) -> Result<Response<StatusCode>, Status> {
         // Raft is not byzantine-tolerant: its proofs are empty, and any block that
         // reached the chain through raft is valid.
         let block = req.into_inner();

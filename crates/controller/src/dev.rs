@@ -96,7 +96,12 @@ pub struct StoredChain {
 impl StoredChain {
     /// The chain's height.
     pub fn height(&self) -> u64 {
-        self.blocks.keys().next_back().copied().unwrap_or(0).max(self.synced)
+        self.blocks
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.synced)
     }
 }
 
@@ -223,19 +228,27 @@ impl DevChain {
             match st.blocks.get(&p.height) {
                 Some(existing) if *existing == p.data => {}
                 Some(_) => {
-                    tracing::error!(height = p.height, "refusing a block that conflicts with the committed one");
+                    tracing::error!(
+                        height = p.height,
+                        "refusing a block that conflicts with the committed one"
+                    );
                     return Err(CODE_CONFLICT);
                 }
                 None => {
                     if let Some(log) = st.log.as_mut() {
                         let line = format!("{} {}\n", p.height, hex::encode(&p.data));
-                        if let Err(e) = log.write_all(line.as_bytes()).and_then(|_| log.sync_data()) {
+                        if let Err(e) = log.write_all(line.as_bytes()).and_then(|_| log.sync_data())
+                        {
                             tracing::error!(error = %e, "writing chain.log failed");
                             return Err(CODE_STORAGE);
                         }
                     }
                     if p.height > st.height + 1 {
-                        tracing::info!(from = st.height, to = p.height, "chain jumped (blocks in between synced elsewhere)");
+                        tracing::info!(
+                            from = st.height,
+                            to = p.height,
+                            "chain jumped (blocks in between synced elsewhere)"
+                        );
                     }
                     st.blocks.insert(p.height, p.data.clone());
                     st.height = st.height.max(p.height);
@@ -304,13 +317,19 @@ impl DevChain {
         loop {
             attempt += 1;
             let result = async {
-                let mut client = ConsensusServiceClient::connect(addr.clone()).await.map_err(|e| e.to_string())?;
+                let mut client = ConsensusServiceClient::connect(addr.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let status = client
                     .reconfigure(self.configuration())
                     .await
                     .map_err(|e| e.to_string())?
                     .into_inner();
-                if status.code == 0 { Ok(()) } else { Err(format!("status code {}", status.code)) }
+                if status.code == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("status code {}", status.code))
+                }
             }
             .await;
             match result {
@@ -335,7 +354,10 @@ fn status(code: u32) -> Option<StatusCode> {
 
 #[tonic::async_trait]
 impl Consensus2ControllerService for DevChain {
-    async fn get_proposal(&self, _req: Request<Empty>) -> Result<Response<ProposalResponse>, Status> {
+    async fn get_proposal(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<ProposalResponse>, Status> {
         if !self.cfg.delay.is_zero() {
             tokio::time::sleep(self.cfg.delay).await;
         }
@@ -423,12 +445,21 @@ mod tests {
     #[test]
     fn rejects_malformed_and_answers_ping() {
         let c = chain(None);
-        let bad = Proposal { height: 1, data: b"garbage".to_vec() };
+        let bad = Proposal {
+            height: 1,
+            data: b"garbage".to_vec(),
+        };
         assert_eq!(c.check(&bad), CODE_MALFORMED);
         assert_eq!(c.commit(&bad), Err(CODE_MALFORMED));
-        let wrong = Proposal { height: 2, data: format!("{BLOCK_PREFIX}|1|n|0").into_bytes() };
+        let wrong = Proposal {
+            height: 2,
+            data: format!("{BLOCK_PREFIX}|1|n|0").into_bytes(),
+        };
         assert_eq!(c.check(&wrong), CODE_MALFORMED);
-        let ping = Proposal { height: PING_HEIGHT, data: Vec::new() };
+        let ping = Proposal {
+            height: PING_HEIGHT,
+            data: Vec::new(),
+        };
         assert_eq!(c.commit(&ping).unwrap().height, 0);
         assert_eq!(c.height(), 0);
     }
@@ -452,7 +483,10 @@ mod tests {
         c.jump_to(7).unwrap();
         assert_eq!(c.height(), 7);
         drop(c);
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("chain.log")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("chain.log"))
+            .unwrap();
         f.write_all(b"3 6372").unwrap();
         let c = chain(Some(dir.path().to_path_buf()));
         assert_eq!(c.height(), 7);

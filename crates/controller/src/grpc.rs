@@ -43,10 +43,13 @@ impl Controller for GrpcController {
             .await
             .map_err(unavailable)?
             .into_inner();
-        let code = resp.status.map(|s| s.code).ok_or(ControllerError::Malformed {
-            call: "GetProposal",
-            field: "status",
-        })?;
+        let code = resp
+            .status
+            .map(|s| s.code)
+            .ok_or(ControllerError::Malformed {
+                call: "GetProposal",
+                field: "status",
+            })?;
         if code != 0 {
             return Err(ControllerError::Status {
                 call: "GetProposal",
@@ -70,7 +73,10 @@ impl Controller for GrpcController {
         Ok(status.code == 0)
     }
 
-    async fn commit_block(&self, proposal: Proposal) -> Result<ConsensusConfiguration, ControllerError> {
+    async fn commit_block(
+        &self,
+        proposal: Proposal,
+    ) -> Result<ConsensusConfiguration, ControllerError> {
         let resp = self
             .client
             .clone()
@@ -81,10 +87,13 @@ impl Controller for GrpcController {
             .await
             .map_err(unavailable)?
             .into_inner();
-        let code = resp.status.map(|s| s.code).ok_or(ControllerError::Malformed {
-            call: "CommitBlock",
-            field: "status",
-        })?;
+        let code = resp
+            .status
+            .map(|s| s.code)
+            .ok_or(ControllerError::Malformed {
+                call: "CommitBlock",
+                field: "status",
+            })?;
         if code != 0 {
             return Err(ControllerError::Status {
                 call: "CommitBlock",

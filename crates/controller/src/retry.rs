@@ -89,18 +89,32 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_transient_until_success_and_stops_on_permanent() {
         let calls = AtomicU32::new(0);
-        let out: Result<u32, String> = retry("t", &Backoff::default(), |e: &String| e == "again", || async {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            if n < 3 { Err("again".to_string()) } else { Ok(n) }
-        })
+        let out: Result<u32, String> = retry(
+            "t",
+            &Backoff::default(),
+            |e: &String| e == "again",
+            || async {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                if n < 3 {
+                    Err("again".to_string())
+                } else {
+                    Ok(n)
+                }
+            },
+        )
         .await;
         assert_eq!(out, Ok(3));
 
         let calls = AtomicU32::new(0);
-        let out: Result<u32, String> = retry("t", &Backoff::default(), |e: &String| e == "again", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err("fatal".to_string())
-        })
+        let out: Result<u32, String> = retry(
+            "t",
+            &Backoff::default(),
+            |e: &String| e == "again",
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err("fatal".to_string())
+            },
+        )
         .await;
         assert_eq!(out, Err("fatal".to_string()));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -109,11 +123,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn gives_up_after_max_attempts() {
         let calls = AtomicU32::new(0);
-        let b = Backoff { max_attempts: Some(4), ..Backoff::default() };
-        let out: Result<(), String> = retry("t", &b, |_| true, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err("down".to_string())
-        })
+        let b = Backoff {
+            max_attempts: Some(4),
+            ..Backoff::default()
+        };
+        let out: Result<(), String> = retry(
+            "t",
+            &b,
+            |_| true,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err("down".to_string())
+            },
+        )
         .await;
         assert!(out.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 4);

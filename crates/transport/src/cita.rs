@@ -136,7 +136,11 @@ impl CitaNetwork {
     /// Sets (or clears) where incoming raft messages go. Cleared while raft is stopped,
     /// e.g. when this node is not a validator.
     pub fn set_inbound(&self, inbound: Option<Inbound>) {
-        *self.inner.inbound.write().unwrap_or_else(|e| e.into_inner()) = inbound;
+        *self
+            .inner
+            .inbound
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = inbound;
     }
 
     /// Registers the `consensus` handler with the network, retrying with backoff until
@@ -151,12 +155,22 @@ impl CitaNetwork {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match self.inner.client.clone().register_network_msg_handler(info.clone()).await {
+            match self
+                .inner
+                .client
+                .clone()
+                .register_network_msg_handler(info.clone())
+                .await
+            {
                 Ok(resp) if resp.get_ref().code == 0 => {
                     tracing::info!("registered network message handler");
                     return;
                 }
-                Ok(resp) => tracing::warn!(code = resp.get_ref().code, attempt, "network refused handler registration"),
+                Ok(resp) => tracing::warn!(
+                    code = resp.get_ref().code,
+                    attempt,
+                    "network refused handler registration"
+                ),
                 Err(e) if attempt == 1 || attempt.is_power_of_two() => {
                     tracing::warn!(error = %e, attempt, "network unreachable, retrying registration")
                 }
@@ -181,7 +195,11 @@ impl CitaNetwork {
         if id == self.inner.cfg.raft_id {
             return;
         }
-        let mut origins = self.inner.origins.write().unwrap_or_else(|e| e.into_inner());
+        let mut origins = self
+            .inner
+            .origins
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if origins.insert(id, origin) != Some(origin) {
             tracing::debug!(raft_id = id, origin, "learned peer origin");
         }
@@ -195,7 +213,11 @@ impl CitaNetwork {
     /// Broadcasts a probe unless one went out within `probe_interval`.
     pub fn probe(&self) {
         {
-            let mut last = self.inner.last_probe.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self
+                .inner
+                .last_probe
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|t| t.elapsed() < self.inner.cfg.probe_interval) {
                 return;
             }
@@ -251,12 +273,26 @@ impl CitaNetwork {
                     .map_err(|e| InboundError::BadRaftMessage(e.to_string()))?;
                 if raft_msg.to != self.inner.cfg.raft_id {
                     // The sender's origin map is stale: tell it whom it meant to reach.
-                    tracing::debug!(to = raft_msg.to, origin = msg.origin, "raft message for another node");
-                    self.send_to_origin(raft_msg.from, msg.origin, TYPE_REFRESH, id_payload(raft_msg.to));
+                    tracing::debug!(
+                        to = raft_msg.to,
+                        origin = msg.origin,
+                        "raft message for another node"
+                    );
+                    self.send_to_origin(
+                        raft_msg.from,
+                        msg.origin,
+                        TYPE_REFRESH,
+                        id_payload(raft_msg.to),
+                    );
                     return Ok(());
                 }
                 self.learn(raft_msg.from, msg.origin);
-                let inbound = self.inner.inbound.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let inbound = self
+                    .inner
+                    .inbound
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 if let Some(inbound) = inbound {
                     if !inbound(raft_msg) {
                         tracing::debug!("raft inbox full, message dropped");
@@ -267,7 +303,12 @@ impl CitaNetwork {
             TYPE_PROBE => {
                 let id = parse_id(TYPE_PROBE, &msg.msg)?;
                 self.learn(id, msg.origin);
-                self.send_to_origin(id, msg.origin, TYPE_PROBE_RESP, id_payload(self.inner.cfg.raft_id));
+                self.send_to_origin(
+                    id,
+                    msg.origin,
+                    TYPE_PROBE_RESP,
+                    id_payload(self.inner.cfg.raft_id),
+                );
                 Ok(())
             }
             TYPE_PROBE_RESP => {
@@ -277,7 +318,11 @@ impl CitaNetwork {
             }
             TYPE_REFRESH => {
                 let id = parse_id(TYPE_REFRESH, &msg.msg)?;
-                self.inner.origins.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.inner
+                    .origins
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
                 self.probe();
                 Ok(())
             }
@@ -305,7 +350,10 @@ impl craft_core::Transport for CitaNetwork {
 
 #[tonic::async_trait]
 impl NetworkMsgHandlerService for CitaNetwork {
-    async fn process_network_msg(&self, req: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+    async fn process_network_msg(
+        &self,
+        req: Request<NetworkMsg>,
+    ) -> Result<Response<StatusCode>, Status> {
         match self.handle(req.into_inner()) {
             Ok(()) => Ok(Response::new(StatusCode { code: 0 })),
             Err(e) => {
@@ -336,15 +384,22 @@ mod tests {
     }
 
     fn raft_msg(from: u64, to: u64) -> Vec<u8> {
-        let mut m = Message::default();
-        m.from = from;
-        m.to = to;
-        m.term = 3;
+        let m = Message {
+            from,
+            to,
+            term: 3,
+            ..Default::default()
+        };
         encode_raft_message(&m)
     }
 
     fn nm(kind: &str, origin: u64, msg: Vec<u8>) -> NetworkMsg {
-        NetworkMsg { module: MODULE.into(), r#type: kind.into(), origin, msg }
+        NetworkMsg {
+            module: MODULE.into(),
+            r#type: kind.into(),
+            origin,
+            msg,
+        }
     }
 
     #[tokio::test]
@@ -379,25 +434,45 @@ mod tests {
     #[tokio::test]
     async fn probes_and_refresh_maintain_the_origin_map() {
         let n = net();
-        n.handle(nm(TYPE_PROBE, 5, 9u64.to_be_bytes().to_vec())).unwrap();
+        n.handle(nm(TYPE_PROBE, 5, 9u64.to_be_bytes().to_vec()))
+            .unwrap();
         assert_eq!(n.origin_of(9), Some(5));
-        n.handle(nm(TYPE_PROBE_RESP, 6, 10u64.to_be_bytes().to_vec())).unwrap();
+        n.handle(nm(TYPE_PROBE_RESP, 6, 10u64.to_be_bytes().to_vec()))
+            .unwrap();
         assert_eq!(n.origin_of(10), Some(6));
-        n.handle(nm(TYPE_REFRESH, 6, 10u64.to_be_bytes().to_vec())).unwrap();
+        n.handle(nm(TYPE_REFRESH, 6, 10u64.to_be_bytes().to_vec()))
+            .unwrap();
         assert_eq!(n.origin_of(10), None);
     }
 
     #[tokio::test]
     async fn malformed_input_is_refused() {
         let n = net();
-        let bad_module = NetworkMsg { module: "controller".into(), ..nm(TYPE_RAFT, 1, vec![]) };
-        assert!(matches!(n.handle(bad_module), Err(InboundError::UnknownModule(_))));
-        assert!(matches!(n.handle(nm("gossip", 1, vec![])), Err(InboundError::UnknownType(_))));
-        assert!(matches!(n.handle(nm(TYPE_PROBE, 1, vec![1, 2, 3])), Err(InboundError::BadIdPayload { .. })));
-        assert!(matches!(n.handle(nm(TYPE_RAFT, 1, vec![0xff, 0xff, 0xff])), Err(InboundError::BadRaftMessage(_))));
+        let bad_module = NetworkMsg {
+            module: "controller".into(),
+            ..nm(TYPE_RAFT, 1, vec![])
+        };
+        assert!(matches!(
+            n.handle(bad_module),
+            Err(InboundError::UnknownModule(_))
+        ));
+        assert!(matches!(
+            n.handle(nm("gossip", 1, vec![])),
+            Err(InboundError::UnknownType(_))
+        ));
+        assert!(matches!(
+            n.handle(nm(TYPE_PROBE, 1, vec![1, 2, 3])),
+            Err(InboundError::BadIdPayload { .. })
+        ));
+        assert!(matches!(
+            n.handle(nm(TYPE_RAFT, 1, vec![0xff, 0xff, 0xff])),
+            Err(InboundError::BadRaftMessage(_))
+        ));
         // Many garbage payloads: none panics.
         for len in 0..64u8 {
-            let junk: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37).wrapping_add(len)).collect();
+            let junk: Vec<u8> = (0..len)
+                .map(|i| i.wrapping_mul(37).wrapping_add(len))
+                .collect();
             let _ = n.handle(nm(TYPE_RAFT, 1, junk.clone()));
             let _ = n.handle(nm(TYPE_REFRESH, 1, junk));
         }
@@ -407,10 +482,13 @@ mod tests {
     async fn sends_to_unknown_or_dead_peers_never_block() {
         use craft_core::Transport;
         let n = net();
-        n.handle(nm(TYPE_PROBE, 5, 9u64.to_be_bytes().to_vec())).unwrap();
-        let mut m = Message::default();
-        m.to = 9;
-        m.from = 7;
+        n.handle(nm(TYPE_PROBE, 5, 9u64.to_be_bytes().to_vec()))
+            .unwrap();
+        let mut m = Message {
+            to: 9,
+            from: 7,
+            ..Default::default()
+        };
         n.send(vec![m.clone(); 1000]);
         m.to = 11;
         n.send(vec![m; 10]);

@@ -32,7 +32,9 @@ pub struct DevNetwork {
 
 impl std::fmt::Debug for DevNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevNetwork").field("nodes", &self.nodes.len()).finish_non_exhaustive()
+        f.debug_struct("DevNetwork")
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,9 +95,13 @@ impl DevNetwork {
             }
             let mut parts = line.split_whitespace();
             let (Some(a), Some(b), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(format!("bad partition line {line:?}: expected `A B` or `A *`"));
+                return Err(format!(
+                    "bad partition line {line:?}: expected `A B` or `A *`"
+                ));
             };
-            let a: u64 = a.parse().map_err(|_| format!("bad node {a:?} in {line:?}"))?;
+            let a: u64 = a
+                .parse()
+                .map_err(|_| format!("bad node {a:?} in {line:?}"))?;
             if b == "*" {
                 for other in 1..=self.nodes.len() as u64 {
                     if other != a {
@@ -103,7 +109,9 @@ impl DevNetwork {
                     }
                 }
             } else {
-                let b: u64 = b.parse().map_err(|_| format!("bad node {b:?} in {line:?}"))?;
+                let b: u64 = b
+                    .parse()
+                    .map_err(|_| format!("bad node {b:?} in {line:?}"))?;
                 cuts.push((a, b));
             }
         }
@@ -119,7 +127,9 @@ impl DevNetwork {
             if last.as_deref() != Some(&text) {
                 match self.parse_cuts(&text) {
                     Ok(cuts) => self.set_cuts(cuts),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring partition file"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "ignoring partition file")
+                    }
                 }
                 last = Some(text);
             }
@@ -134,13 +144,24 @@ impl DevNetwork {
     }
 
     fn deliver(&self, from: u64, to: u64, mut msg: NetworkMsg) -> bool {
-        if from == to || self.cuts.read().unwrap_or_else(|e| e.into_inner()).contains(&(from, to)) {
+        if from == to
+            || self
+                .cuts
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(from, to))
+        {
             return false;
         }
         let Some(slot) = self.slot(to) else {
             return false;
         };
-        let Some(client) = slot.handler.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(client) = slot
+            .handler
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
             return false;
         };
         msg.origin = from;
@@ -186,13 +207,19 @@ impl NetworkService for NodePort {
         Ok(ok())
     }
 
-    async fn get_network_status(&self, _req: Request<Empty>) -> Result<Response<NetworkStatusResponse>, Status> {
+    async fn get_network_status(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<NetworkStatusResponse>, Status> {
         Ok(Response::new(NetworkStatusResponse {
             peer_count: self.net.len().saturating_sub(1) as u64,
         }))
     }
 
-    async fn register_network_msg_handler(&self, req: Request<RegisterInfo>) -> Result<Response<StatusCode>, Status> {
+    async fn register_network_msg_handler(
+        &self,
+        req: Request<RegisterInfo>,
+    ) -> Result<Response<StatusCode>, Status> {
         let info = req.into_inner();
         let addr = format!("http://{}:{}", info.hostname, info.port);
         let endpoint = Endpoint::from_shared(addr.clone())
@@ -214,7 +241,10 @@ impl NetworkService for NodePort {
         Ok(ok())
     }
 
-    async fn get_peers_net_info(&self, _req: Request<Empty>) -> Result<Response<TotalNodeNetInfo>, Status> {
+    async fn get_peers_net_info(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<TotalNodeNetInfo>, Status> {
         let nodes = (1..=self.net.len() as u64)
             .filter(|o| *o != self.me)
             .map(|origin| NodeNetInfo {

@@ -20,7 +20,9 @@ mod queue;
 pub use queue::{PeerQueues, PeerStats};
 
 /// Decodes a raft message from its protobuf bytes.
-pub fn decode_raft_message(bytes: &[u8]) -> Result<raft::eraftpb::Message, protobuf::ProtobufError> {
+pub fn decode_raft_message(
+    bytes: &[u8],
+) -> Result<raft::eraftpb::Message, protobuf::ProtobufError> {
     use protobuf::Message as _;
     let mut msg = raft::eraftpb::Message::default();
     msg.merge_from_bytes(bytes)?;

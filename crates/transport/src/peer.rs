@@ -27,7 +27,9 @@ pub struct PeerTransport {
 
 impl std::fmt::Debug for PeerTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerTransport").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("PeerTransport")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,7 +68,10 @@ impl craft_core::Transport for PeerTransport {
     fn send(&self, messages: Vec<Message>) {
         let mut by_peer: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
         for m in &messages {
-            by_peer.entry(m.to).or_default().push(encode_raft_message(m));
+            by_peer
+                .entry(m.to)
+                .or_default()
+                .push(encode_raft_message(m));
         }
         for (to, msgs) in by_peer {
             let Some(client) = self

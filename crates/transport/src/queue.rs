@@ -108,9 +108,11 @@ mod tests {
         let (fast_tx, mut fast_rx) = mpsc::unbounded_channel();
         // Peer 1 never finishes a send; peer 2 delivers.
         for i in 0..10 {
-            q.push(1, i, || |_: u32| async {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                true
+            q.push(1, i, || {
+                |_: u32| async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    true
+                }
             });
         }
         for i in 0..5 {

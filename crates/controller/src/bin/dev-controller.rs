@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
 use cita_proto::controller::consensus2_controller_service_server::Consensus2ControllerServiceServer;
+use clap::Parser;
 use craft_controller::dev::{DevChain, DevChainConfig};
 
 /// A toy CITA-Cloud controller for local clusters and tests.
@@ -49,7 +49,8 @@ fn parse_validators(list: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
     list.iter()
         .filter(|s| !s.is_empty())
         .map(|s| {
-            let bytes = hex::decode(s.trim_start_matches("0x")).with_context(|| format!("validator {s:?} is not hex"))?;
+            let bytes = hex::decode(s.trim_start_matches("0x"))
+                .with_context(|| format!("validator {s:?} is not hex"))?;
             if bytes.len() != 20 {
                 bail!("validator {s:?} is {} bytes, expected 20", bytes.len());
             }
@@ -68,8 +69,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut schedule = Vec::new();
     for item in &args.validators_at {
-        let (h, list) = item.split_once(':').with_context(|| format!("--validators-at {item:?}: expected HEIGHT:hex,hex"))?;
-        let h: u64 = h.parse().with_context(|| format!("--validators-at {item:?}: bad height"))?;
+        let (h, list) = item
+            .split_once(':')
+            .with_context(|| format!("--validators-at {item:?}: expected HEIGHT:hex,hex"))?;
+        let h: u64 = h
+            .parse()
+            .with_context(|| format!("--validators-at {item:?}: bad height"))?;
         let list: Vec<String> = list.split(',').map(str::to_string).collect();
         schedule.push((h, parse_validators(&list)?));
     }
@@ -89,7 +94,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move {
         pusher.reconfigure_until_accepted(consensus.clone()).await;
         if !args.peers.is_empty() {
-            pusher.follow_peers(args.peers.clone(), consensus, args.sync_lag).await;
+            pusher
+                .follow_peers(args.peers.clone(), consensus, args.sync_lag)
+                .await;
         }
     });
     tonic::transport::Server::builder()

@@ -4,8 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
 use cita_proto::network::network_service_server::NetworkServiceServer;
+use clap::Parser;
 use craft_transport::dev_network::DevNetwork;
 
 /// A toy CITA-Cloud network service routing messages between local nodes.
@@ -41,7 +41,11 @@ async fn main() -> anyhow::Result<()> {
     let ports: Vec<u16> = if args.ports.is_empty() {
         let n = args.nodes.unwrap_or(0);
         (0..n)
-            .map(|i| args.base_port.checked_add(i as u16).context("port out of range"))
+            .map(|i| {
+                args.base_port
+                    .checked_add(i as u16)
+                    .context("port out of range")
+            })
             .collect::<anyhow::Result<_>>()?
     } else {
         args.ports.clone()

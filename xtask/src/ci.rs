@@ -1,0 +1,71 @@
+//! `cargo xtask ci`: everything CI checks, in the order that fails fastest.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+/// `cargo xtask ci`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Seeds for the simulation fuzzer.
+    #[arg(long, default_value_t = 1500)]
+    pub sim_seeds: u64,
+    /// Skip the multi-process integration scenarios.
+    #[arg(long)]
+    pub skip_cluster: bool,
+}
+
+/// Runs `cargo` with `args` in `root`, failing on a non-zero exit.
+pub fn cargo(root: &Path, args: &[&str], envs: &[(&str, String)]) -> anyhow::Result<()> {
+    let program = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let started = Instant::now();
+    println!("==> cargo {}", args.join(" "));
+    let status = Command::new(&program)
+        .current_dir(root)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    println!("<== {:.0}s", started.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs the checks.
+pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
+    cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    crate::fuzz_sim::run(
+        root,
+        &crate::fuzz_sim::Args {
+            seeds: args.sim_seeds,
+            seed: None,
+        },
+    )?;
+    cargo(root, &["test", "--workspace"], &[])?;
+    if !args.skip_cluster {
+        crate::test_cluster::run(
+            root,
+            &crate::test_cluster::Args {
+                only: None,
+                release: false,
+            },
+        )?;
+    }
+    Ok(())
+}
