@@ -1,0 +1,164 @@
+//! The `consensus` binary as a process, with an in-process development controller and
+//! network: a single-validator chain commits blocks, survives garbage network input,
+//! and exits cleanly on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cita_proto::controller::consensus2_controller_service_server::Consensus2ControllerServiceServer;
+use cita_proto::network::network_msg_handler_service_client::NetworkMsgHandlerServiceClient;
+use cita_proto::network::network_service_server::NetworkServiceServer;
+use cita_proto::network::NetworkMsg;
+use craft_controller::dev::{DevChain, DevChainConfig};
+use craft_transport::dev_network::DevNetwork;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn serve<S>(svc: S, port: u16)
+where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve(addr));
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_config(dir: &Path, ports: (u16, u16, u16, u16)) -> std::path::PathBuf {
+    let (controller, grpc, network, metrics) = ports;
+    std::fs::write(dir.join("node_address"), format!("0x{:040x}", 1)).unwrap();
+    let cfg = format!(
+        "[consensus_raft]\ncontroller_port = {controller}\ngrpc_listen_port = {grpc}\nnetwork_port = {network}\nnode_addr = {:?}\nlog_to_stdout = true\ntick_interval_in_millis = 50\nheartbeat_tick = 2\nelection_tick = 10\nraft_data_path = {:?}\nmetrics_port = {metrics}\nlisten_host = \"127.0.0.1\"\n",
+        dir.join("node_address").display().to_string(),
+        dir.join("raft").display().to_string(),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+async fn wait_height(chain: &DevChain, at_least: u64) {
+    for _ in 0..300 {
+        if chain.height() >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("chain stuck at height {} (wanted {at_least})", chain.height());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port(), free_port(), free_port());
+    let chain = DevChain::open(DevChainConfig {
+        node_name: "1".into(),
+        validators: vec![hex::decode(format!("{:040x}", 1)).unwrap()],
+        block_interval: 0,
+        ..Default::default()
+    })
+    .unwrap();
+    serve(Consensus2ControllerServiceServer::new(chain.clone()), ports.0).await;
+    let net = DevNetwork::new(1);
+    serve(NetworkServiceServer::new(net.service(1)), ports.2).await;
+    let config = write_config(dir.path(), ports);
+
+    let child = Command::new(env!("CARGO_BIN_EXE_consensus"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .arg("--stdout")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let pusher = chain.clone();
+    tokio::spawn(async move { pusher.reconfigure_until_accepted(format!("http://127.0.0.1:{}", ports.1)).await });
+    wait_height(&chain, 5).await;
+
+    // Garbage on the network handler: refused with invalid_argument, never a crash.
+    let mut client = NetworkMsgHandlerServiceClient::connect(format!("http://127.0.0.1:{}", ports.1))
+        .await
+        .unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..300u64 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let len = (seed % 64) as usize;
+        let payload: Vec<u8> = (0..len).map(|j| (seed >> (j % 8 * 8)) as u8 ^ j as u8).collect();
+        let kinds = ["raft", "probe", "probe-resp", "refresh", "bogus"];
+        let msg = NetworkMsg {
+            module: if i % 17 == 0 { "controller".into() } else { "consensus".into() },
+            r#type: kinds[(i % 5) as usize].into(),
+            origin: seed,
+            msg: payload,
+        };
+        if let Err(status) = client.process_network_msg(msg).await {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        }
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "consensus died on garbage input");
+    let h = chain.height();
+    wait_height(&chain, h + 5).await;
+
+    // SIGTERM: clean exit with status 0.
+    let pid = child.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status.expect("consensus did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn bad_config_exits_with_a_message_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[consensus_raft]\nelection_tik = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_consensus"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("election_tik") && err.contains("config.toml"), "{err}");
+}
+
+#[test]
+fn version_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_consensus")).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("consensus "));
+}
