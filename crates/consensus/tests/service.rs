@@ -37,7 +37,11 @@ where
     S::Future: Send + 'static,
 {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve(addr));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve(addr),
+    );
 }
 
 struct Kill(Child);
@@ -68,7 +72,10 @@ async fn wait_height(chain: &DevChain, at_least: u64) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("chain stuck at height {} (wanted {at_least})", chain.height());
+    panic!(
+        "chain stuck at height {} (wanted {at_least})",
+        chain.height()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +89,11 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
         ..Default::default()
     })
     .unwrap();
-    serve(Consensus2ControllerServiceServer::new(chain.clone()), ports.0).await;
+    serve(
+        Consensus2ControllerServiceServer::new(chain.clone()),
+        ports.0,
+    )
+    .await;
     let net = DevNetwork::new(1);
     serve(NetworkServiceServer::new(net.service(1)), ports.2).await;
     let config = write_config(dir.path(), ports);
@@ -97,23 +108,34 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
         .unwrap();
     let mut child = Kill(child);
     let pusher = chain.clone();
-    tokio::spawn(async move { pusher.reconfigure_until_accepted(format!("http://127.0.0.1:{}", ports.1)).await });
+    tokio::spawn(async move {
+        pusher
+            .reconfigure_until_accepted(format!("http://127.0.0.1:{}", ports.1))
+            .await
+    });
     wait_height(&chain, 5).await;
 
     // Garbage on the network handler: refused with invalid_argument, never a crash.
-    let mut client = NetworkMsgHandlerServiceClient::connect(format!("http://127.0.0.1:{}", ports.1))
-        .await
-        .unwrap();
+    let mut client =
+        NetworkMsgHandlerServiceClient::connect(format!("http://127.0.0.1:{}", ports.1))
+            .await
+            .unwrap();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for i in 0..300u64 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let len = (seed % 64) as usize;
-        let payload: Vec<u8> = (0..len).map(|j| (seed >> (j % 8 * 8)) as u8 ^ j as u8).collect();
+        let payload: Vec<u8> = (0..len)
+            .map(|j| (seed >> (j % 8 * 8)) as u8 ^ j as u8)
+            .collect();
         let kinds = ["raft", "probe", "probe-resp", "refresh", "bogus"];
         let msg = NetworkMsg {
-            module: if i % 17 == 0 { "controller".into() } else { "consensus".into() },
+            module: if i % 17 == 0 {
+                "controller".into()
+            } else {
+                "consensus".into()
+            },
             r#type: kinds[(i % 5) as usize].into(),
             origin: seed,
             msg: payload,
@@ -122,7 +144,10 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         }
     }
-    assert!(child.0.try_wait().unwrap().is_none(), "consensus died on garbage input");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "consensus died on garbage input"
+    );
     let h = chain.height();
     wait_height(&chain, h + 5).await;
 
@@ -153,12 +178,18 @@ fn bad_config_exits_with_a_message_naming_file_and_key() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("election_tik") && err.contains("config.toml"), "{err}");
+    assert!(
+        err.contains("election_tik") && err.contains("config.toml"),
+        "{err}"
+    );
 }
 
 #[test]
 fn version_flag() {
-    let out = Command::new(env!("CARGO_BIN_EXE_consensus")).arg("--version").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_consensus"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("consensus "));
 }

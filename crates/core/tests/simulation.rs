@@ -2,7 +2,8 @@
 //! RNG, logical time and a hostile network, with the Raft paper's safety properties
 //! checked after every step (see `sim/`).
 //!
-//! The fuzzer runs `CRAFT_SIM_SEEDS` seeds (default 50); `CRAFT_SIM_SEED=<n>` replays one:
+//! `fuzz_seeds` runs seeds `CRAFT_SIM_SEED_START..+CRAFT_SIM_SEEDS` (default `0..50`);
+//! `CRAFT_SIM_SEED=<n>` replays one exactly:
 //! `CRAFT_SIM_SEED=7 cargo test -p craft-core --test simulation fuzz_seeds -- --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -58,7 +59,11 @@ fn three_nodes_elect_exactly_one_leader() {
     let mut c = cluster(3, 1);
     let leader = c.wait_leader(300);
     c.run(200);
-    assert_eq!(c.leaders(), vec![leader], "leadership must be stable without faults");
+    assert_eq!(
+        c.leaders(),
+        vec![leader],
+        "leadership must be stable without faults"
+    );
     assert_eq!(c.stable_leader(), Some(leader));
 }
 
@@ -86,7 +91,10 @@ fn proposals_replicate_and_apply_on_every_node() {
         assert_eq!(c.sm(id).applied.len(), 20, "node {id}");
         assert_eq!(c.sm(id), c.sm(leader));
         // Small snapshot_interval/log_retain: every log was compacted.
-        assert!(c.nodes[&id].store.first_index().unwrap() > 10, "node {id} never compacted");
+        assert!(
+            c.nodes[&id].store.first_index().unwrap() > 10,
+            "node {id} never compacted"
+        );
     }
 }
 
@@ -128,13 +136,22 @@ fn partitioned_leader_is_replaced_and_its_uncommitted_entries_discarded() {
     replicate(&mut c, old, 3);
     let old_term = c.replica(old).role().term;
     c.net.isolate(old, 1..=5);
-    let stranded: Vec<Vec<u8>> = (0..3).filter_map(|_| c.propose(old)).map(|(d, _)| d).collect();
-    assert_eq!(stranded.len(), 3, "the isolated leader still accepts proposals");
+    let stranded: Vec<Vec<u8>> = (0..3)
+        .filter_map(|_| c.propose(old))
+        .map(|(d, _)| d)
+        .collect();
+    assert_eq!(
+        stranded.len(),
+        3,
+        "the isolated leader still accepts proposals"
+    );
     let new = wait_leader_among(&mut c, &[old], 500);
     assert!(c.replica(new).role().term > old_term);
     let (_, at) = c.propose(new).expect("the new leader accepts proposals");
     c.run_until(300, "majority commits without the old leader", |c| {
-        (1..=5).filter(|&id| id != old).all(|id| c.sm(id).applied_index >= at.index)
+        (1..=5)
+            .filter(|&id| id != old)
+            .all(|id| c.sm(id).applied_index >= at.index)
     });
     c.run_until(300, "old leader steps down (check quorum)", |c| {
         !c.replica(old).is_leader()
@@ -188,7 +205,9 @@ fn replicate_on_live(c: &mut Cluster, leader: u64, n: usize) {
     }
     let (_, at) = last.expect("the leader accepted no proposal");
     c.run_until(500, "applied on running nodes", |c| {
-        c.live().iter().all(|&id| c.sm(id).applied_index >= at.index)
+        c.live()
+            .iter()
+            .all(|&id| c.sm(id).applied_index >= at.index)
     });
 }
 
@@ -204,7 +223,10 @@ fn new_member_joins_through_a_snapshot() {
         c.in_sync() && c.members_seen_by(leader).contains(&joining)
     });
     assert_eq!(c.replica(leader).conf_state().voters.len(), 4);
-    assert!(c.nodes[&joining].snapshots_received >= 1, "joined without a snapshot");
+    assert!(
+        c.nodes[&joining].snapshots_received >= 1,
+        "joined without a snapshot"
+    );
     replicate(&mut c, leader, 3);
     assert_eq!(c.sm(joining), c.sm(leader));
 }
@@ -253,7 +275,11 @@ fn node_behind_a_compacted_log_catches_up_by_snapshot() {
     replicate_on_live(&mut c, leader, 30);
     let behind = c.nodes[&lagging].store.last_index().unwrap();
     let first = c.nodes[&leader].store.first_index().unwrap();
-    assert!(first > behind + 1, "leader log [{first}, ..] still holds {}", behind + 1);
+    assert!(
+        first > behind + 1,
+        "leader log [{first}, ..] still holds {}",
+        behind + 1
+    );
     c.restart(lagging);
     c.run_until(300, "lagging node in sync", Cluster::in_sync);
     assert!(c.nodes[&lagging].snapshots_received >= 1);
@@ -266,13 +292,17 @@ fn lost_snapshot_is_sent_again() {
     let lagging = (1..=3).find(|&id| id != leader).unwrap();
     c.crash(lagging);
     replicate_on_live(&mut c, leader, 20);
-    c.net.ignore.insert(MessageType::MsgSnapshot);
+    c.net.ignore.push(MessageType::MsgSnapshot);
     c.restart(lagging);
     c.run(100);
     assert_eq!(c.nodes[&lagging].snapshots_received, 0);
     assert!(c.net.stats.blocked > 0);
     c.net.ignore.clear();
-    c.run_until(300, "lagging node in sync once snapshots get through", Cluster::in_sync);
+    c.run_until(
+        300,
+        "lagging node in sync once snapshots get through",
+        Cluster::in_sync,
+    );
     assert!(c.nodes[&lagging].snapshots_received >= 1);
 }
 
@@ -286,7 +316,12 @@ fn read_index_is_linearizable() {
     c.run_until(50, "read answered", |c| {
         c.client.answered_reads.iter().any(|(x, _)| *x == ctx)
     });
-    let (_, index) = c.client.answered_reads.iter().find(|(x, _)| *x == ctx).unwrap();
+    let (_, index) = c
+        .client
+        .answered_reads
+        .iter()
+        .find(|(x, _)| *x == ctx)
+        .unwrap();
     assert!(*index >= commit, "read index {index} below commit {commit}");
 
     // A deposed leader must not answer: isolate it, let the others commit more.
@@ -373,6 +408,9 @@ fn a_seed_replays_exactly() {
     for seed in [3, 11] {
         let first = run_seed(seed, 600);
         let second = run_seed(seed, 600);
-        assert_eq!(first.fingerprint, second.fingerprint, "seed {seed}: {first:?} vs {second:?}");
+        assert_eq!(
+            first.fingerprint, second.fingerprint,
+            "seed {seed}: {first:?} vs {second:?}"
+        );
     }
 }

@@ -132,3 +132,46 @@ impl ClientOracle {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use craft_core::{Committed, CommittedKind, LogPosition};
+
+    use super::{ClientOracle, PendingRead};
+    use crate::sim::state_machine::KvStateMachine;
+
+    fn normal(index: u64, term: u64, data: &[u8]) -> Committed {
+        Committed {
+            index,
+            term,
+            kind: CommittedKind::Normal {
+                data: data.to_vec(),
+                context: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn phantom_and_misplaced_values_lost_acks_and_stale_reads_are_caught() {
+        let mut o = ClientOracle::default();
+        o.on_propose(1, b"k1=v1".to_vec(), LogPosition { index: 3, term: 2 });
+        assert!(o.on_apply(2, &normal(3, 2, b"k1=v1")).is_ok());
+        assert_eq!(o.acked(), 0, "only the proposer acknowledges");
+        assert!(o.on_apply(1, &normal(3, 2, b"k1=v1")).is_ok());
+        assert_eq!(o.acked(), 1);
+        assert!(o.on_apply(1, &normal(4, 2, b"k2=v2")).is_err(), "phantom");
+        assert!(o.on_apply(1, &normal(4, 2, b"k1=v1")).is_err(), "misplaced");
+        assert!(o
+            .check_all_acked_applied(2, &KvStateMachine::default())
+            .is_err());
+
+        let read = PendingRead {
+            node: 1,
+            commit_at_request: 7,
+        };
+        o.on_read(b"r1".to_vec(), read);
+        assert!(o.on_read_state(1, b"r1", 6).is_err(), "stale read");
+        o.on_read(b"r2".to_vec(), read);
+        assert!(o.on_read_state(1, b"r2", 7).is_ok());
+    }
+}

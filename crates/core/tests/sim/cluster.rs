@@ -287,7 +287,14 @@ impl Cluster {
     /// A hash of the whole visible state, to compare two runs of the same seed.
     pub fn fingerprint(&self) -> u64 {
         let s = self.net.stats;
-        let mut parts = vec![self.now, s.sent, s.duplicated, s.dropped, s.blocked, s.delivered];
+        let mut parts = vec![
+            self.now,
+            s.sent,
+            s.duplicated,
+            s.dropped,
+            s.blocked,
+            s.delivered,
+        ];
         for node in self.nodes.values() {
             parts.extend([node.id, node.sm.applied_index, node.snapshots_received]);
             if let Some(r) = &node.replica {

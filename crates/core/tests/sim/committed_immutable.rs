@@ -138,3 +138,28 @@ impl CommittedImmutable {
         self.entries.keys().next_back().copied().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use craft_core::raft::eraftpb::Entry;
+
+    use super::CommittedImmutable;
+
+    fn entry(index: u64, term: u64, data: &str) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.as_bytes().to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_changed_committed_entry_is_caught() {
+        let mut c = CommittedImmutable::default();
+        assert!(c.record(1, &entry(4, 2, "k1=v1"), 2).is_ok());
+        assert!(c.record(2, &entry(4, 2, "k1=v1"), 3).is_ok());
+        assert!(c.record(3, &entry(4, 3, "k1=v9"), 3).is_err());
+        assert_eq!(c.entries()[&4].commit_term, 2);
+    }
+}

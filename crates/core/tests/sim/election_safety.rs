@@ -31,3 +31,17 @@ impl ElectionSafety {
         self.leaders.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ElectionSafety;
+
+    #[test]
+    fn two_leaders_in_one_term_are_caught() {
+        let mut e = ElectionSafety::default();
+        assert_eq!(e.observe_leader(1, 2), Ok(true));
+        assert_eq!(e.observe_leader(1, 2), Ok(false));
+        assert_eq!(e.observe_leader(2, 3), Ok(true));
+        assert!(e.observe_leader(3, 2).is_err());
+    }
+}

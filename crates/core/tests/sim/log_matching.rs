@@ -58,3 +58,36 @@ fn check_pair(a_id: u64, a: &[Entry], b_id: u64, b: &[Entry]) -> Result<(), Stri
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use craft_core::raft::eraftpb::Entry;
+
+    use super::check;
+
+    fn log(first: u64, terms: &[(u64, &str)]) -> Vec<Entry> {
+        let mut index = first;
+        terms
+            .iter()
+            .map(|(term, data)| {
+                let e = Entry {
+                    index,
+                    term: *term,
+                    data: data.as_bytes().to_vec().into(),
+                    ..Default::default()
+                };
+                index += 1;
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn divergent_tails_are_allowed_divergent_prefixes_are_not() {
+        let a = log(2, &[(1, "a"), (2, "b"), (2, "c")]);
+        let b = log(3, &[(2, "b"), (3, "x"), (3, "y")]);
+        assert!(check(&[(1, a.clone()), (2, b)]).is_ok());
+        let c = log(2, &[(1, "z"), (2, "b")]);
+        assert!(check(&[(1, a), (3, c)]).is_err());
+    }
+}

@@ -53,7 +53,7 @@ pub struct Network {
     /// Crashed nodes: messages to them are lost.
     pub crashed: BTreeSet<u64>,
     /// Message types that are always lost (like raft-rs's `ignorem`).
-    pub ignore: BTreeSet<MessageType>,
+    pub ignore: Vec<MessageType>,
     /// Messages on the wire.
     in_flight: Vec<Envelope>,
     /// Next send sequence number.

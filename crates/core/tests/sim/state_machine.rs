@@ -139,3 +139,32 @@ impl Reader<'_> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use craft_core::{Committed, CommittedKind};
+
+    use super::{Command, KvStateMachine};
+
+    #[test]
+    fn snapshot_restores_the_same_state() {
+        let mut sm = KvStateMachine::default();
+        for (index, value) in [(1, 10), (2, 11)] {
+            let data = Command { key: 3, value }.encode();
+            let kind = CommittedKind::Normal {
+                data,
+                context: Vec::new(),
+            };
+            sm.apply(&Committed {
+                index,
+                term: 1,
+                kind,
+            })
+            .unwrap();
+        }
+        let restored = KvStateMachine::restore(&sm.snapshot()).unwrap();
+        assert_eq!(restored, sm);
+        assert_eq!(restored.values[&3], 11);
+        assert!(KvStateMachine::restore(&sm.snapshot()[..5]).is_err());
+    }
+}

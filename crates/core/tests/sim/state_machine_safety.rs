@@ -60,3 +60,30 @@ impl StateMachineSafety {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use craft_core::{Committed, CommittedKind};
+
+    use super::StateMachineSafety;
+
+    fn normal(index: u64, term: u64, data: &str) -> Committed {
+        Committed {
+            index,
+            term,
+            kind: CommittedKind::Normal {
+                data: data.as_bytes().to_vec(),
+                context: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn different_entries_applied_at_one_index_are_caught() {
+        let mut s = StateMachineSafety::default();
+        assert!(s.on_apply(1, &normal(5, 2, "k1=v1")).is_ok());
+        assert!(s.on_apply(2, &normal(5, 2, "k1=v1")).is_ok());
+        assert!(s.on_apply(3, &normal(5, 3, "k1=v1")).is_err());
+        assert!(s.on_apply(3, &normal(5, 2, "k1=v2")).is_err());
+    }
+}
