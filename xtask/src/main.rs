@@ -3,6 +3,7 @@
 //! Each verb lives in a module of its own and is one variant of [`Command`]; add a verb by
 //! adding a module and a variant. Run `cargo xtask --help` for the list.
 
+mod bench;
 mod ci;
 mod cluster;
 mod codegen;
@@ -39,6 +40,8 @@ enum Command {
     FuzzSim(fuzz_sim::Args),
     /// Everything CI runs: fmt, clippy, simulation fuzzing, tests, integration clusters.
     Ci(ci::Args),
+    /// Benchmarks: storage and replication benches, and a multi-process cluster bench.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::TestCluster(args) => test_cluster::run(&root, &args),
         Command::FuzzSim(args) => fuzz_sim::run(&root, &args),
         Command::Ci(args) => ci::run(&root, &args),
+        Command::Bench(args) => bench::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

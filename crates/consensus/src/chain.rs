@@ -74,6 +74,7 @@ impl<C: Controller> BlockStateMachine<C> {
         }
         let started = Instant::now();
         let controller = self.controller.clone();
+        let timer = self.metrics.check_latency.start_timer();
         let checked = retry(
             "CheckProposal",
             &self.backoff,
@@ -81,6 +82,7 @@ impl<C: Controller> BlockStateMachine<C> {
             || controller.check_proposal(proposal.clone()),
         )
         .await;
+        timer.observe_duration();
         match checked {
             Ok(true) => {}
             Ok(false) => {

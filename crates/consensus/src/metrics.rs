@@ -27,6 +27,8 @@ pub struct Metrics {
     pub last_commit_latency_us: IntGauge,
     /// Seconds per synced raft log write.
     pub fsync_latency: Histogram,
+    /// Seconds per `CheckProposal` call (a loopback gRPC round trip to the controller).
+    pub check_latency: Histogram,
     /// Raft messages handed to the network, per peer.
     pub messages_sent: IntCounterVec,
     /// Raft messages dropped (full queue or failed send), per peer.
@@ -75,6 +77,7 @@ impl Metrics {
                 "latency of the last block, microseconds",
             )?,
             fsync_latency: histogram("fsync_latency_seconds", "synced raft log write time")?,
+            check_latency: histogram("check_proposal_seconds", "CheckProposal round trip time")?,
             messages_sent: counter_vec(
                 "messages_sent_total",
                 "raft messages handed to the network",

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfChangeV2, ConfState, Message};
 use raft::StateRole;
@@ -276,8 +276,10 @@ struct Driver<S: LogStore, M: StateMachine, T> {
     status: watch::Sender<NodeStatus>,
     proposals: VecDeque<Pending<M::Response>>,
     conf_changes: VecDeque<Pending<ConfState>>,
-    /// Read requests sent to raft, by context.
-    reads: HashMap<u64, oneshot::Sender<Result<u64, ProposeError>>>,
+    /// Read requests sent to raft, by context, with the time they were made. Raft drops
+    /// a read silently when there is no leader; such reads expire after the proposal
+    /// timeout (their callers gave up by then).
+    reads: HashMap<u64, (Instant, oneshot::Sender<Result<u64, ProposeError>>)>,
     /// Reads with a known read index, waiting for apply to reach it.
     ready_reads: Vec<(u64, oneshot::Sender<Result<u64, ProposeError>>)>,
     next_read: u64,
@@ -305,6 +307,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 _ = &mut shutdown => break,
                 _ = ticker.tick() => {
                     self.replica.tick();
+                    self.expire_reads();
                 }
                 Some(cmd) = self.commands.recv() => {
                     self.on_command(cmd);
@@ -332,6 +335,24 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         Ok(())
     }
 
+    fn expire_reads(&mut self) {
+        let timeout = self.config.proposal_timeout;
+        if self.reads.is_empty() {
+            return;
+        }
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() >= timeout)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in expired {
+            if let Some((_, reply)) = self.reads.remove(&ctx) {
+                let _ = reply.send(Err(ProposeError::Timeout));
+            }
+        }
+    }
+
     fn on_message(&mut self, msg: Message) {
         if let Err(e) = self.replica.step(msg) {
             tracing::debug!(error = %e, "peer message rejected");
@@ -357,7 +378,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             Command::ReadIndex { reply } => {
                 self.next_read += 1;
                 let ctx = self.next_read;
-                self.reads.insert(ctx, reply);
+                self.reads.insert(ctx, (Instant::now(), reply));
                 self.replica.read_index(ctx.to_be_bytes().to_vec());
             }
             Command::TransferLeader(to) => self.replica.transfer_leader(to),
@@ -387,7 +408,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         if let Some(change) = out.role_change {
             tracing::info!(role = %Role::from(change.role), leader = change.leader_id, term = change.term, "raft role changed");
             // Reads issued in an old term may never be answered.
-            for (_, reply) in self.reads.drain() {
+            for (_, (_, reply)) in self.reads.drain() {
                 let _ = reply.send(Err(ProposeError::Dropped));
             }
         }
@@ -434,7 +455,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
-            if let Some(reply) = self.reads.remove(&u64::from_be_bytes(ctx)) {
+            if let Some((_, reply)) = self.reads.remove(&u64::from_be_bytes(ctx)) {
                 self.ready_reads.push((rs.index, reply));
             }
         }
@@ -479,7 +500,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         for p in self.conf_changes.drain(..) {
             let _ = p.reply.send(Err(err.clone()));
         }
-        for (_, reply) in self.reads.drain() {
+        for (_, (_, reply)) in self.reads.drain() {
             let _ = reply.send(Err(err.clone()));
         }
         for (_, reply) in self.ready_reads.drain(..) {

@@ -3,7 +3,8 @@
 
 use slog::{o, Drain};
 
-/// A slog logger for raft id `id` that writes through the `log` facade.
-pub fn raft_logger(id: u64) -> slog::Logger {
-    slog::Logger::root(slog_stdlog::StdLog.fuse(), o!("raft_id" => id))
+/// A slog logger that writes through the `log` facade. raft-rs adds the raft id to
+/// every record itself.
+pub fn raft_logger() -> slog::Logger {
+    slog::Logger::root(slog_stdlog::StdLog.fuse(), o!())
 }

@@ -181,7 +181,7 @@ impl<S: LogStore> Replica<S> {
         let snapshot = store.latest_snapshot()?;
         let applied = snapshot.get_metadata().index;
         let conf_state = snapshot.get_metadata().get_conf_state().clone();
-        let logger = crate::logging::raft_logger(cfg.id);
+        let logger = crate::logging::raft_logger();
         let raft_cfg = cfg.raft_config(applied);
         raft_cfg.validate()?;
         let raw = RawNode::new(&raft_cfg, store, &logger)?;

@@ -17,6 +17,7 @@ pub mod dev_network;
 pub mod peer;
 mod queue;
 
+pub use cita::Inbound;
 pub use queue::{PeerQueues, PeerStats};
 
 /// Decodes a raft message from its protobuf bytes.
