@@ -50,14 +50,13 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         ],
         &[],
     )?;
-    crate::fuzz_sim::run(
+    // The simulation fuzzer runs inside the workspace test run (one feature
+    // resolution, one build), with more seeds than a plain `cargo test`.
+    cargo(
         root,
-        &crate::fuzz_sim::Args {
-            seeds: args.sim_seeds,
-            seed: None,
-        },
+        &["test", "--workspace"],
+        &[("CRAFT_SIM_SEEDS", args.sim_seeds.to_string())],
     )?;
-    cargo(root, &["test", "--workspace"], &[])?;
     if !args.skip_cluster {
         crate::test_cluster::run(
             root,

@@ -9,6 +9,7 @@ mod cluster;
 mod codegen;
 mod fuzz_sim;
 mod test_cluster;
+mod tidy;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,0 +1,80 @@
+//! Repository rules, checked by `cargo test -p xtask`.
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::BTreeSet;
+    use std::process::Command;
+
+    /// Normal (non-dev) dependency closure of a workspace package, from `cargo tree`
+    /// (host platform only, so nothing needs downloading).
+    fn closure(pkg: &str) -> BTreeSet<String> {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(crate::workspace_root())
+            .args([
+                "tree", "-p", pkg, "-e", "normal", "--prefix", "none", "--format", "{p}",
+            ])
+            .output()
+            .expect("cargo tree");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn dependency_arrows_point_one_way() {
+        let forbid = |pkg: &str, bad: &[&str]| {
+            let deps = closure(pkg);
+            assert!(
+                deps.contains("tokio") || deps.contains("prost"),
+                "{pkg}: empty dependency tree? {deps:?}"
+            );
+            for b in bad {
+                assert!(
+                    !deps.contains(*b),
+                    "{pkg} must not depend on {b}, but does (via normal deps)"
+                );
+            }
+        };
+        forbid(
+            "craft-core",
+            &[
+                "tonic",
+                "rocksdb",
+                "librocksdb-sys",
+                "cita-proto",
+                "prost",
+                "craft-storage",
+                "craft-transport",
+                "craft-controller",
+                "consensus",
+            ],
+        );
+        forbid(
+            "craft-storage",
+            &[
+                "tonic",
+                "cita-proto",
+                "craft-transport",
+                "craft-controller",
+                "consensus",
+            ],
+        );
+        forbid("cita-proto", &["raft", "craft-core", "craft-storage"]);
+        forbid("craft-controller", &["raft", "craft-core", "rocksdb"]);
+        forbid(
+            "craft-transport",
+            &["rocksdb", "craft-storage", "consensus", "craft-controller"],
+        );
+        forbid("craft-kv", &["consensus", "craft-controller"]);
+    }
+}
