@@ -65,6 +65,19 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 release: false,
             },
         )?;
+        // The compose deployment, when a Docker engine is there (the script skips
+        // otherwise).
+        let bin_dir = crate::cluster::build(root, false)?;
+        println!("==> deploy/test-compose.sh");
+        let status = Command::new("bash")
+            .current_dir(root)
+            .arg("deploy/test-compose.sh")
+            .arg(&bin_dir)
+            .status()
+            .context("running deploy/test-compose.sh")?;
+        if !status.success() {
+            bail!("deploy/test-compose.sh failed");
+        }
     }
     Ok(())
 }
