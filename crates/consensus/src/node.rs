@@ -52,6 +52,8 @@ type Store = TimedStore<RocksLogStore>;
 enum LoopEnd {
     Shutdown,
     Removed,
+    /// The raft task ended on its own (a storage error); its join result says why.
+    RaftStopped,
 }
 
 /// The raft ids of a validator list.
@@ -213,8 +215,12 @@ async fn run_node(
     tokio::spawn(node.clone().sync_with_controller().in_current_span());
 
     let result = node.clone().supervise().await;
-    // Stop serving; in-flight calls finish first.
-    let _ = server.await;
+    if result.is_ok() {
+        // Shutdown was requested: the server drains in-flight calls and stops.
+        let _ = server.await;
+    } else {
+        server.abort();
+    }
     tracing::info!("consensus stopped");
     result
 }
@@ -393,6 +399,7 @@ impl Node {
             }
             match end {
                 LoopEnd::Shutdown => return Ok(()),
+                LoopEnd::RaftStopped => anyhow::bail!("raft stopped unexpectedly"),
                 LoopEnd::Removed => {
                     tracing::info!("removed from the validators: raft stopped");
                     tokio::select! {
@@ -478,6 +485,9 @@ impl Node {
         loop {
             if self.stopping() {
                 return LoopEnd::Shutdown;
+            }
+            if status_rx.has_changed().is_err() {
+                return LoopEnd::RaftStopped;
             }
             let st = status_rx.borrow_and_update().clone();
             self.publish_status(&st);
