@@ -113,6 +113,7 @@ fn bench_cluster(
     let spec = Spec {
         controller_delay_ms: delay,
         buckets: Some(fine_buckets()),
+        controller_no_fsync: true,
         ..Spec::new(nodes, 0)
     };
     let cluster = Cluster::create(&dir, bin_dir, &spec, false)?;

@@ -102,6 +102,8 @@ pub struct Spec {
     pub controller_delay_ms: u64,
     /// Histogram buckets (seconds) for the consensus metrics.
     pub buckets: Option<Vec<f64>>,
+    /// Development controllers skip their fsync (an "instant" controller for benches).
+    pub controller_no_fsync: bool,
 }
 
 impl Spec {
@@ -117,6 +119,7 @@ impl Spec {
             schedule: Vec::new(),
             controller_delay_ms: 0,
             buckets: None,
+            controller_no_fsync: false,
         }
     }
 }
@@ -492,6 +495,9 @@ impl Cluster {
                 .arg(spec.controller_delay_ms.to_string());
             if !peers.is_empty() {
                 cmd.arg("--peers").arg(peers.join(","));
+            }
+            if spec.controller_no_fsync {
+                cmd.arg("--no-fsync");
             }
             for (h, members) in &spec.schedule {
                 let list: Vec<String> = members.iter().map(|m| node_address(*m)).collect();

@@ -55,6 +55,8 @@ pub struct DevChainConfig {
     pub data_dir: Option<PathBuf>,
     /// Artificial delay added to every call (benchmarks of slow controllers).
     pub delay: Duration,
+    /// Skip the fsync of `chain.log` (benchmarks of an instant controller only).
+    pub no_fsync: bool,
 }
 
 #[derive(Debug)]
@@ -420,6 +422,7 @@ mod tests {
             validator_schedule: vec![(2, vec![vec![1; 20]])],
             data_dir: dir,
             delay: Duration::ZERO,
+            no_fsync: false,
         })
         .unwrap()
     }

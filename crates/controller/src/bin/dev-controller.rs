@@ -43,6 +43,9 @@ struct Args {
     /// Artificial delay on every call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Do not fsync chain.log (benchmarks of an instant controller only).
+    #[arg(long)]
+    no_fsync: bool,
 }
 
 fn parse_validators(list: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -85,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         validator_schedule: schedule,
         data_dir: args.data_dir.clone(),
         delay: Duration::from_millis(args.delay_ms),
+        no_fsync: args.no_fsync,
     })
     .context("opening the chain")?;
     tracing::info!(listen = %args.listen, height = chain.height(), "development controller starting");
