@@ -19,6 +19,9 @@ pub struct Args {
     /// Only the cluster bench (skip cargo bench).
     #[arg(long)]
     pub cluster_only: bool,
+    /// Use debug binaries (checks the bench itself; figures are not representative).
+    #[arg(long)]
+    pub debug: bool,
 }
 
 /// One cluster bench result.
@@ -185,7 +188,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if !args.cluster_only {
         crate::ci::cargo(root, &["bench", "-p", "craft-storage"], &[])?;
     }
-    let bin_dir = build(root, true)?;
+    let bin_dir = build(root, !args.debug)?;
     let mut results = Vec::new();
     println!(
         "\ncluster bench: block_interval = 0, fsync on, loopback, {} s per case",
