@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cluster::{build, scrape, Cluster, Spec};
+use crate::cluster::{build_profile, scrape, Cluster, Profile, Spec};
 
 /// `cargo xtask bench`
 #[derive(Debug, clap::Args)]
@@ -188,7 +188,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if !args.cluster_only {
         crate::ci::cargo(root, &["bench", "-p", "craft-storage"], &[])?;
     }
-    let bin_dir = build(root, !args.debug)?;
+    // The bench profile (optimised like release) shares one RocksDB build with
+    // `cargo bench` above.
+    let bin_dir = build_profile(root, if args.debug { Profile::Debug } else { Profile::Bench })?;
     let mut results = Vec::new();
     println!(
         "\ncluster bench: block_interval = 0, fsync on, loopback, {} s per case",

@@ -214,23 +214,37 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect()
 }
 
+/// How to build the service binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `dev`: what tests and CI use.
+    Debug,
+    /// `release`.
+    Release,
+    /// `bench` (optimised like release): shares its RocksDB build with `cargo bench`.
+    Bench,
+}
+
 /// Builds the service binaries and returns their directory.
 pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
+    build_profile(root, if release { Profile::Release } else { Profile::Debug })
+}
+
+/// Builds the service binaries with `profile` and returns their directory.
+pub fn build_profile(root: &Path, profile: Profile) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(root).args([
-        "build",
-        "--quiet",
-        "-p",
-        "consensus",
-        "-p",
-        "craft-controller",
-        "-p",
-        "craft-transport",
-        "--bins",
+        "build", "--quiet", "-p", "consensus", "-p", "craft-controller", "-p", "craft-transport", "--bins",
     ]);
-    if release {
-        cmd.arg("--release");
+    match profile {
+        Profile::Debug => {}
+        Profile::Release => {
+            cmd.arg("--release");
+        }
+        Profile::Bench => {
+            cmd.args(["--profile", "bench"]);
+        }
     }
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {
@@ -241,12 +255,11 @@ pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
         .context("running cargo metadata")?;
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
     let target = meta["target_directory"]
         .as_str()
         .context("cargo metadata has no target_directory")?;
-    Ok(Path::new(target).join(if release { "release" } else { "debug" }))
+    Ok(Path::new(target).join(if profile == Profile::Debug { "debug" } else { "release" }))
 }
 
 fn pid_alive(pid: u32) -> bool {

@@ -61,4 +61,7 @@ impl<S: LogStore> LogStore for TimedStore<S> {
     fn latest_snapshot(&self) -> raft::Result<Snapshot> {
         self.inner.latest_snapshot()
     }
+    fn may_block(&self) -> bool {
+        self.inner.may_block()
+    }
 }

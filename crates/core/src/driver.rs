@@ -285,9 +285,12 @@ struct Driver<S: LogStore, M: StateMachine, T> {
     next_read: u64,
 }
 
-/// Runs a blocking storage call without stalling other tasks on a multi-threaded
-/// runtime (fsync can take milliseconds).
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
+/// Runs a storage call; when the store may block (fsync can take milliseconds), without
+/// stalling other tasks on a multi-threaded runtime.
+fn blocking<R>(may_block: bool, f: impl FnOnce() -> R) -> R {
+    if !may_block {
+        return f();
+    }
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
@@ -309,23 +312,21 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                     self.replica.tick();
                     self.expire_reads();
                 }
-                Some(cmd) = self.commands.recv() => {
-                    self.on_command(cmd);
-                    for _ in 1..self.config.max_batch {
-                        match self.commands.try_recv() {
-                            Ok(cmd) => self.on_command(cmd),
-                            Err(_) => break,
-                        }
-                    }
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Some(msg) = self.inbox.recv() => self.on_message(msg),
+            }
+            // Take everything else already waiting, commands and peer messages alike, so
+            // they share one Ready (one fsync).
+            for _ in 1..self.config.max_batch {
+                match self.commands.try_recv() {
+                    Ok(cmd) => self.on_command(cmd),
+                    Err(_) => break,
                 }
-                Some(msg) = self.inbox.recv() => {
-                    self.on_message(msg);
-                    for _ in 1..self.config.max_batch {
-                        match self.inbox.try_recv() {
-                            Ok(msg) => self.on_message(msg),
-                            Err(_) => break,
-                        }
-                    }
+            }
+            for _ in 1..self.config.max_batch {
+                match self.inbox.try_recv() {
+                    Ok(msg) => self.on_message(msg),
+                    Err(_) => break,
                 }
             }
             self.process_ready().await?;
@@ -395,7 +396,10 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         while self.replica.has_ready() {
             let transport = &self.transport;
             let replica = &mut self.replica;
-            let out = blocking(|| replica.handle_ready(&mut |msgs| transport.send(msgs)))?;
+            let may_block = replica.store().may_block();
+            let out = blocking(may_block, || {
+                replica.handle_ready(&mut |msgs| transport.send(msgs))
+            })?;
             self.on_ready(out).await?;
         }
         Ok(())
@@ -449,7 +453,8 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         if self.replica.should_snapshot() {
             let data = self.state_machine.snapshot();
             let replica = &mut self.replica;
-            blocking(|| replica.save_snapshot(data))?;
+            let may_block = replica.store().may_block();
+            blocking(may_block, || replica.save_snapshot(data))?;
         }
         for rs in out.read_states {
             let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {

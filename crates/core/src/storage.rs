@@ -54,6 +54,12 @@ pub trait LogStore: raft::Storage + Send + 'static {
     /// The latest snapshot (metadata and data), or an empty one when there is none.
     fn latest_snapshot(&self) -> raft::Result<Snapshot>;
 
+    /// Whether writes may block the thread (disk IO). The async driver moves blocking
+    /// writes off the runtime's workers; an in-memory store skips that cost.
+    fn may_block(&self) -> bool {
+        true
+    }
+
     /// Whether the store holds no raft state at all (never bootstrapped, never received
     /// a snapshot).
     fn is_empty(&self) -> raft::Result<bool> {
@@ -272,5 +278,9 @@ impl LogStore for MemLogStore {
 
     fn latest_snapshot(&self) -> raft::Result<Snapshot> {
         Ok(self.rl().snapshot.clone())
+    }
+
+    fn may_block(&self) -> bool {
+        false
     }
 }
