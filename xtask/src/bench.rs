@@ -186,11 +186,20 @@ fn bench_cluster(
 /// Runs the benches.
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if !args.cluster_only {
-        crate::ci::cargo(root, &["bench", "-p", "craft-storage"], &[])?;
+        // `--workspace`: the same feature resolution as the binaries built below, so one
+        // optimised RocksDB build serves both.
+        crate::ci::cargo(root, &["bench", "--workspace"], &[])?;
     }
     // The bench profile (optimised like release) shares one RocksDB build with
     // `cargo bench` above.
-    let bin_dir = build_profile(root, if args.debug { Profile::Debug } else { Profile::Bench })?;
+    let bin_dir = build_profile(
+        root,
+        if args.debug {
+            Profile::Debug
+        } else {
+            Profile::Bench
+        },
+    )?;
     let mut results = Vec::new();
     println!(
         "\ncluster bench: block_interval = 0, fsync on, loopback, {} s per case",

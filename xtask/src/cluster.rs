@@ -227,16 +227,25 @@ pub enum Profile {
 
 /// Builds the service binaries and returns their directory.
 pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
-    build_profile(root, if release { Profile::Release } else { Profile::Debug })
+    build_profile(
+        root,
+        if release {
+            Profile::Release
+        } else {
+            Profile::Debug
+        },
+    )
 }
 
 /// Builds the service binaries with `profile` and returns their directory.
 pub fn build_profile(root: &Path, profile: Profile) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(root).args([
-        "build", "--quiet", "-p", "consensus", "-p", "craft-controller", "-p", "craft-transport", "--bins",
-    ]);
+    // The whole workspace with all targets: the same feature resolution as
+    // `cargo test --workspace`, so RocksDB (whose build depends on every resolved
+    // feature below it) is compiled once and shared with the tests.
+    cmd.current_dir(root)
+        .args(["build", "--quiet", "--workspace", "--all-targets"]);
     match profile {
         Profile::Debug => {}
         Profile::Release => {
@@ -255,11 +264,16 @@ pub fn build_profile(root: &Path, profile: Profile) -> anyhow::Result<PathBuf> {
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
         .context("running cargo metadata")?;
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
     let target = meta["target_directory"]
         .as_str()
         .context("cargo metadata has no target_directory")?;
-    Ok(Path::new(target).join(if profile == Profile::Debug { "debug" } else { "release" }))
+    Ok(Path::new(target).join(if profile == Profile::Debug {
+        "debug"
+    } else {
+        "release"
+    }))
 }
 
 fn pid_alive(pid: u32) -> bool {
