@@ -30,6 +30,24 @@ impl GrpcController {
     }
 }
 
+/// The payload of a `{status, payload}` answer: a missing status or payload is
+/// malformed, a non-zero status code is an error.
+fn answer<T>(
+    call: &'static str,
+    status: Option<cita_proto::common::StatusCode>,
+    payload: Option<T>,
+    field: &'static str,
+) -> Result<T, ControllerError> {
+    let code = status.map(|s| s.code).ok_or(ControllerError::Malformed {
+        call,
+        field: "status",
+    })?;
+    if code != 0 {
+        return Err(ControllerError::Status { call, code });
+    }
+    payload.ok_or(ControllerError::Malformed { call, field })
+}
+
 fn unavailable(status: tonic::Status) -> ControllerError {
     ControllerError::Unavailable(format!("{}: {}", status.code(), status.message()))
 }
@@ -43,23 +61,7 @@ impl Controller for GrpcController {
             .await
             .map_err(unavailable)?
             .into_inner();
-        let code = resp
-            .status
-            .map(|s| s.code)
-            .ok_or(ControllerError::Malformed {
-                call: "GetProposal",
-                field: "status",
-            })?;
-        if code != 0 {
-            return Err(ControllerError::Status {
-                call: "GetProposal",
-                code,
-            });
-        }
-        resp.proposal.ok_or(ControllerError::Malformed {
-            call: "GetProposal",
-            field: "proposal",
-        })
+        answer("GetProposal", resp.status, resp.proposal, "proposal")
     }
 
     async fn check_proposal(&self, proposal: Proposal) -> Result<bool, ControllerError> {
@@ -87,22 +89,36 @@ impl Controller for GrpcController {
             .await
             .map_err(unavailable)?
             .into_inner();
-        let code = resp
-            .status
-            .map(|s| s.code)
-            .ok_or(ControllerError::Malformed {
-                call: "CommitBlock",
-                field: "status",
-            })?;
-        if code != 0 {
-            return Err(ControllerError::Status {
-                call: "CommitBlock",
-                code,
-            });
-        }
-        resp.config.ok_or(ControllerError::Malformed {
-            call: "CommitBlock",
-            field: "config",
-        })
+        answer("CommitBlock", resp.status, resp.config, "config")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cita_proto::common::StatusCode;
+
+    #[test]
+    fn answers_are_checked_field_by_field() {
+        let ok = Some(StatusCode { code: 0 });
+        assert_eq!(answer("C", ok, Some(5), "x"), Ok(5));
+        assert_eq!(
+            answer::<u8>("C", None, Some(5), "x"),
+            Err(ControllerError::Malformed {
+                call: "C",
+                field: "status"
+            })
+        );
+        assert_eq!(
+            answer("C", Some(StatusCode { code: 7 }), Some(5), "x"),
+            Err(ControllerError::Status { call: "C", code: 7 })
+        );
+        assert_eq!(
+            answer::<u8>("C", ok, None, "x"),
+            Err(ControllerError::Malformed {
+                call: "C",
+                field: "x"
+            })
+        );
     }
 }
