@@ -5,7 +5,7 @@
 //! `ConsensusConfiguration` (height, block interval, validators); snapshot data is that
 //! configuration, encoded, as the existing raft service expects.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cita_proto::common::{ConsensusConfiguration, Proposal};
@@ -35,22 +35,84 @@ pub fn decode_configuration(bytes: &[u8]) -> Result<ConsensusConfiguration, pros
 /// service: the latest configuration this node knows.
 pub type SharedConfig = watch::Sender<ConsensusConfiguration>;
 
+/// A `CheckProposal` the leader started for its own proposal while the proposal
+/// replicates, so that the check is off the block's critical path. The check is still
+/// made before `CommitBlock`, with the same controller at the same height.
+pub struct PreCheck {
+    proposal: Proposal,
+    result: tokio::task::JoinHandle<Result<bool, ControllerError>>,
+}
+
+/// Where the block loop leaves its [`PreCheck`] for the state machine.
+#[derive(Clone, Default)]
+pub struct PreCheckSlot(Arc<Mutex<Option<PreCheck>>>);
+
+impl PreCheckSlot {
+    /// Starts checking `proposal` with `controller` now, timing the call into
+    /// `latency`; replaces any earlier check.
+    pub fn start<C: Controller>(
+        &self,
+        controller: Arc<C>,
+        proposal: Proposal,
+        latency: prometheus::Histogram,
+    ) {
+        let p = proposal.clone();
+        let result = tokio::spawn(async move {
+            let _timer = latency.start_timer();
+            controller.check_proposal(p).await
+        });
+        let old = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(PreCheck { proposal, result });
+        if let Some(old) = old {
+            old.result.abort();
+        }
+    }
+
+    /// The check started for exactly `proposal`, if any.
+    fn take(&self, proposal: &Proposal) -> Option<tokio::task::JoinHandle<Result<bool, ControllerError>>> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.take() {
+            Some(pre) if pre.proposal == *proposal => Some(pre.result),
+            Some(other) if other.proposal.height > proposal.height => {
+                *slot = Some(other);
+                None
+            }
+            Some(stale) => {
+                stale.result.abort();
+                None
+            }
+            None => None,
+        }
+    }
+}
+
 /// Applies committed proposals to the node's controller.
 pub struct BlockStateMachine<C> {
     controller: Arc<C>,
     config: Arc<SharedConfig>,
     metrics: Metrics,
     backoff: Backoff,
+    prechecks: PreCheckSlot,
 }
 
 impl<C: Controller> BlockStateMachine<C> {
-    /// A state machine committing through `controller`, publishing into `config`.
-    pub fn new(controller: Arc<C>, config: Arc<SharedConfig>, metrics: Metrics) -> Self {
+    /// A state machine committing through `controller`, publishing into `config`;
+    /// checks the leader started early are taken from `prechecks`.
+    pub fn new(
+        controller: Arc<C>,
+        config: Arc<SharedConfig>,
+        metrics: Metrics,
+        prechecks: PreCheckSlot,
+    ) -> Self {
         Self {
             controller,
             config,
             metrics,
             backoff: Backoff::default(),
+            prechecks,
         }
     }
 
@@ -74,15 +136,29 @@ impl<C: Controller> BlockStateMachine<C> {
         }
         let started = Instant::now();
         let controller = self.controller.clone();
-        let timer = self.metrics.check_latency.start_timer();
-        let checked = retry(
-            "CheckProposal",
-            &self.backoff,
-            ControllerError::is_transient,
-            || controller.check_proposal(proposal.clone()),
-        )
-        .await;
-        timer.observe_duration();
+        let early = match self.prechecks.take(&proposal) {
+            Some(handle) => match handle.await {
+                Ok(Ok(ok)) => Some(ok),
+                // Failed or cancelled: check again below, with retries.
+                _ => None,
+            },
+            None => None,
+        };
+        let checked = match early {
+            Some(ok) => Ok(ok),
+            None => {
+                let timer = self.metrics.check_latency.start_timer();
+                let checked = retry(
+                    "CheckProposal",
+                    &self.backoff,
+                    ControllerError::is_transient,
+                    || controller.check_proposal(proposal.clone()),
+                )
+                .await;
+                timer.observe_duration();
+                checked
+            }
+        };
         match checked {
             Ok(true) => {}
             Ok(false) => {
@@ -108,7 +184,7 @@ impl<C: Controller> BlockStateMachine<C> {
         match committed {
             Ok(new_config) => {
                 let h = proposal.height;
-                tracing::info!(
+                tracing::debug!(
                     height = h,
                     index,
                     validators = new_config.validators.len(),

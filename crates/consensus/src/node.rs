@@ -36,7 +36,9 @@ use prost::Message as _;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::chain::{decode_configuration, BlockOutcome, BlockStateMachine, SharedConfig};
+use crate::chain::{
+    decode_configuration, BlockOutcome, BlockStateMachine, PreCheckSlot, SharedConfig,
+};
 use crate::config::{read_node_address, ConsensusConfig};
 use crate::metrics::Metrics;
 use crate::raft_id::raft_id;
@@ -70,6 +72,7 @@ struct Node {
     network: CitaNetwork,
     config: Arc<SharedConfig>,
     metrics: Metrics,
+    prechecks: PreCheckSlot,
     stop: watch::Receiver<bool>,
 }
 
@@ -164,10 +167,14 @@ async fn run_node(
     tracing::info!(%listen, "serving gRPC");
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(ConsensusServiceServer::new(ConsensusRpc::new(
-            pushed.clone(),
-        )))
-        .add_service(NetworkMsgHandlerServiceServer::new(network.clone()))
+        .add_service(
+            ConsensusServiceServer::new(ConsensusRpc::new(pushed.clone()))
+                .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            NetworkMsgHandlerServiceServer::new(network.clone())
+                .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             wait_stop(stop_rx.clone()),
@@ -205,6 +212,7 @@ async fn run_node(
         network,
         config,
         metrics,
+        prechecks: PreCheckSlot::default(),
         stop: stop_rx,
     });
     tokio::spawn(
@@ -443,6 +451,7 @@ impl Node {
             self.controller.clone(),
             self.config.clone(),
             self.metrics.clone(),
+            self.prechecks.clone(),
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (handle, join) = craft_core::start(
@@ -556,7 +565,14 @@ impl Node {
             last_valid = Instant::now();
             self.metrics.proposals.inc();
             let height = proposal.height;
-            match handle.propose(proposal.encode_to_vec()).await {
+            let data = proposal.encode_to_vec();
+            // Our own controller checks the proposal while raft replicates it.
+            self.prechecks.start(
+                self.controller.clone(),
+                proposal,
+                self.metrics.check_latency.clone(),
+            );
+            match handle.propose(data).await {
                 Ok(BlockOutcome::Committed(h)) => {
                     let took = started.elapsed();
                     self.metrics.block_latency.observe(took.as_secs_f64());

@@ -25,7 +25,9 @@ impl GrpcController {
             .timeout(timeout)
             .tcp_nodelay(true);
         Ok(Self {
-            client: Consensus2ControllerServiceClient::new(endpoint.connect_lazy()),
+            client: Consensus2ControllerServiceClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
         })
     }
 }

@@ -1,22 +1,25 @@
 //! The async driver: runs a [`Replica`] on tokio.
 //!
-//! One task owns the replica and the state machine. It ticks on a timer, takes every
-//! command and peer message that is already waiting (so proposals that arrive together
-//! share one Ready and one fsync), handles the Ready, applies committed entries and
-//! answers each proposer when its own entry is applied.
+//! Two tasks. The raft task owns the replica: it ticks on a timer, takes every command
+//! and peer message that is already waiting (so proposals that arrive together share
+//! one Ready and one fsync), handles the Ready and hands committed entries to the apply
+//! task. The apply task owns the state machine and applies entries in log order; a
+//! slow application (a controller taking seconds per call) therefore never stops ticks,
+//! heartbeats or votes. Each proposer is answered when its own entry is applied; local
+//! snapshots are taken on the apply task and written with the next Ready.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{ConfChangeV2, ConfState, Message};
+use raft::eraftpb::{ConfChangeV2, ConfState, Message, Snapshot};
 use raft::StateRole;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::error::{Error, ProposeError};
-use crate::replica::{CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig};
+use crate::replica::{Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 use crate::transport::Transport;
@@ -242,14 +245,20 @@ where
         proposal_timeout: driver.proposal_timeout,
     };
     let span = tracing::info_span!("raft", node_id = replica.id());
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let applier = tokio::spawn(apply_loop(state_machine, jobs_rx, done_tx).instrument(span.clone()));
+    let sm_applied = replica.applied_index();
     let mut task = Driver {
         replica,
-        state_machine,
         transport,
         config: driver,
         commands: cmd_rx,
         inbox: msg_rx,
         status: status_tx,
+        jobs: jobs_tx,
+        done: done_rx,
+        sm_applied,
         proposals: VecDeque::new(),
         conf_changes: VecDeque::new(),
         reads: HashMap::new(),
@@ -257,8 +266,92 @@ where
         next_read: 0,
     };
     task.publish_status();
-    let join = tokio::spawn(async move { task.run(shutdown).await }.instrument(span));
+    let join = tokio::spawn(
+        async move {
+            let result = task.run(shutdown).await;
+            applier.abort();
+            result
+        }
+        .instrument(span),
+    );
     Ok((handle, join))
+}
+
+/// Work for the apply task, in log order.
+enum Job {
+    /// Restore the state machine from a snapshot received from the leader.
+    Restore(Snapshot),
+    /// Apply these entries; when `snapshot` is set, snapshot the state machine after
+    /// the last of them (whose membership it gives).
+    Apply {
+        committed: Vec<Committed>,
+        snapshot: Option<ConfState>,
+    },
+}
+
+/// What applying one entry produced.
+enum Outcome<R> {
+    Normal(R),
+    ConfChange(ConfState),
+    Empty,
+}
+
+/// The apply task's report of one job.
+enum Done<R> {
+    Restored(u64),
+    Applied {
+        results: Vec<(u64, u64, Outcome<R>)>,
+        snapshot: Option<(u64, ConfState, Vec<u8>)>,
+    },
+    Failed(Error),
+}
+
+async fn apply_loop<M: StateMachine>(
+    mut sm: M,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    done: mpsc::UnboundedSender<Done<M::Response>>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let report = match job {
+            Job::Restore(snapshot) => {
+                let index = snapshot.get_metadata().index;
+                tracing::info!(index, "restoring state machine from leader snapshot");
+                match sm.restore(&snapshot).await {
+                    Ok(()) => Done::Restored(index),
+                    Err(e) => Done::Failed(Error::Restore(e)),
+                }
+            }
+            Job::Apply {
+                committed,
+                snapshot,
+            } => {
+                let mut results = Vec::with_capacity(committed.len());
+                for entry in &committed {
+                    let outcome = match &entry.kind {
+                        CommittedKind::Normal { .. } => Outcome::Normal(sm.apply(entry).await),
+                        CommittedKind::ConfChange { conf_state, .. } => {
+                            sm.apply(entry).await;
+                            Outcome::ConfChange(conf_state.clone())
+                        }
+                        CommittedKind::Empty => {
+                            sm.apply(entry).await;
+                            Outcome::Empty
+                        }
+                    };
+                    results.push((entry.index, entry.term, outcome));
+                }
+                let snapshot = match (snapshot, committed.last()) {
+                    (Some(cs), Some(last)) => Some((last.index, cs, sm.snapshot())),
+                    _ => None,
+                };
+                Done::Applied { results, snapshot }
+            }
+        };
+        let failed = matches!(report, Done::Failed(_));
+        if done.send(report).is_err() || failed {
+            return;
+        }
+    }
 }
 
 struct Pending<T> {
@@ -266,15 +359,20 @@ struct Pending<T> {
     reply: oneshot::Sender<Result<T, ProposeError>>,
 }
 
-struct Driver<S: LogStore, M: StateMachine, T> {
+struct Driver<S: LogStore, R, T> {
     replica: Replica<S>,
-    state_machine: M,
     transport: T,
     config: DriverConfig,
-    commands: mpsc::Receiver<Command<M::Response>>,
+    commands: mpsc::Receiver<Command<R>>,
     inbox: mpsc::Receiver<Message>,
     status: watch::Sender<NodeStatus>,
-    proposals: VecDeque<Pending<M::Response>>,
+    /// To the apply task.
+    jobs: mpsc::UnboundedSender<Job>,
+    /// From the apply task.
+    done: mpsc::UnboundedReceiver<Done<R>>,
+    /// Highest index the state machine has applied (or restored to).
+    sm_applied: u64,
+    proposals: VecDeque<Pending<R>>,
     conf_changes: VecDeque<Pending<ConfState>>,
     /// Read requests sent to raft, by context, with the time they were made. Raft drops
     /// a read silently when there is no leader; such reads expire after the proposal
@@ -299,7 +397,7 @@ fn blocking<R>(may_block: bool, f: impl FnOnce() -> R) -> R {
     }
 }
 
-impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
+impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
     async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -311,9 +409,22 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 _ = ticker.tick() => {
                     self.replica.tick();
                     self.expire_reads();
+                    if self.replica.has_staged() && !self.replica.has_ready() {
+                        // Nothing else is coming to carry the staged writes.
+                        let replica = &mut self.replica;
+                        blocking(replica.store().may_block(), || replica.flush())?;
+                    }
                 }
+                done = self.done.recv() => match done {
+                    Some(done) => self.on_done(done)?,
+                    // The apply task only ends early by panicking.
+                    None => return Err(Error::ApplyStopped),
+                },
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(msg) = self.inbox.recv() => self.on_message(msg),
+            }
+            while let Ok(done) = self.done.try_recv() {
+                self.on_done(done)?;
             }
             // Take everything else already waiting, commands and peer messages alike, so
             // they share one Ready (one fsync).
@@ -329,10 +440,12 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                     Err(_) => break,
                 }
             }
-            self.process_ready().await?;
+            self.process_ready()?;
         }
         tracing::info!("raft node stopping");
         self.fail_all(ProposeError::Stopped);
+        let replica = &mut self.replica;
+        blocking(replica.store().may_block(), || replica.flush())?;
         Ok(())
     }
 
@@ -360,7 +473,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         }
     }
 
-    fn on_command(&mut self, cmd: Command<M::Response>) {
+    fn on_command(&mut self, cmd: Command<R>) {
         match cmd {
             Command::Propose { data, reply } => match self.replica.propose(Vec::new(), data) {
                 Ok(at) => self.proposals.push_back(Pending { at, reply }),
@@ -392,7 +505,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         }
     }
 
-    async fn process_ready(&mut self) -> Result<(), Error> {
+    fn process_ready(&mut self) -> Result<(), Error> {
         while self.replica.has_ready() {
             let transport = &self.transport;
             let replica = &mut self.replica;
@@ -400,12 +513,12 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             let out = blocking(may_block, || {
                 replica.handle_ready(&mut |msgs| transport.send(msgs))
             })?;
-            self.on_ready(out).await?;
+            self.on_ready(out);
         }
         Ok(())
     }
 
-    async fn on_ready(&mut self, out: ReadyOutput) -> Result<(), Error> {
+    fn on_ready(&mut self, out: ReadyOutput) {
         if !out.messages.is_empty() {
             self.transport.send(out.messages);
         }
@@ -417,44 +530,14 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             }
         }
         if let Some(snapshot) = out.snapshot {
-            let index = snapshot.get_metadata().index;
-            tracing::info!(index, "restoring state machine from leader snapshot");
-            self.state_machine
-                .restore(&snapshot)
-                .await
-                .map_err(Error::Restore)?;
-            // Proposals at or below the snapshot were either committed before (then the
-            // proposer saw it) or overwritten; their outcome is unknown here.
-            drop_through(&mut self.proposals, index);
-            drop_through(&mut self.conf_changes, index);
+            let _ = self.jobs.send(Job::Restore(snapshot));
         }
-        let mut last_applied = None;
-        for entry in &out.committed {
-            let response = self.state_machine.apply(entry).await;
-            last_applied = Some(entry.index);
-            match &entry.kind {
-                CommittedKind::Normal { .. } => {
-                    resolve(&mut self.proposals, entry.index, entry.term, response)
-                }
-                CommittedKind::ConfChange { conf_state, .. } => resolve(
-                    &mut self.conf_changes,
-                    entry.index,
-                    entry.term,
-                    conf_state.clone(),
-                ),
-                CommittedKind::Empty => {}
-            }
-            drop_through(&mut self.proposals, entry.index);
-            drop_through(&mut self.conf_changes, entry.index);
-        }
-        if let Some(index) = last_applied {
-            self.replica.advance_apply(index);
-        }
-        if self.replica.should_snapshot() {
-            let data = self.state_machine.snapshot();
-            let replica = &mut self.replica;
-            let may_block = replica.store().may_block();
-            blocking(may_block, || replica.save_snapshot(data))?;
+        if !out.committed.is_empty() {
+            let snapshot = self.replica.take_snapshot_request().map(|(_, cs)| cs);
+            let _ = self.jobs.send(Job::Apply {
+                committed: out.committed,
+                snapshot,
+            });
         }
         for rs in out.read_states {
             let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
@@ -464,7 +547,51 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
                 self.ready_reads.push((rs.index, reply));
             }
         }
-        let applied = self.replica.applied_index();
+        self.answer_reads();
+        self.publish_status();
+    }
+
+    /// Takes the apply task's report.
+    fn on_done(&mut self, done: Done<R>) -> Result<(), Error> {
+        match done {
+            Done::Failed(e) => return Err(e),
+            Done::Restored(index) => {
+                // Proposals at or below the snapshot were either committed before (then
+                // the proposer saw it) or overwritten; their outcome is unknown here.
+                drop_through(&mut self.proposals, index);
+                drop_through(&mut self.conf_changes, index);
+                self.sm_applied = self.sm_applied.max(index);
+            }
+            Done::Applied { results, snapshot } => {
+                for (index, term, outcome) in results {
+                    match outcome {
+                        Outcome::Normal(response) => {
+                            resolve(&mut self.proposals, index, term, response)
+                        }
+                        Outcome::ConfChange(cs) => resolve(&mut self.conf_changes, index, term, cs),
+                        Outcome::Empty => {}
+                    }
+                    drop_through(&mut self.proposals, index);
+                    drop_through(&mut self.conf_changes, index);
+                    self.sm_applied = self.sm_applied.max(index);
+                }
+                self.replica.advance_apply(self.sm_applied);
+                if let Some((index, cs, data)) = snapshot {
+                    self.replica.stage_snapshot(index, cs, data)?;
+                }
+            }
+        }
+        self.answer_reads();
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Answers the reads whose read index the state machine has reached.
+    fn answer_reads(&mut self) {
+        if self.ready_reads.is_empty() {
+            return;
+        }
+        let applied = self.sm_applied;
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
             .into_iter()
             .partition(|(index, _)| *index <= applied);
@@ -472,8 +599,6 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
         for (_, reply) in due {
             let _ = reply.send(Ok(applied));
         }
-        self.publish_status();
-        Ok(())
     }
 
     fn publish_status(&self) {
@@ -484,7 +609,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> Driver<S, M, T> {
             leader_id: role.leader_id,
             term: role.term,
             commit: self.replica.commit_index(),
-            applied: self.replica.applied_index(),
+            applied: self.sm_applied,
             last_index: self.replica.last_index(),
             conf_state: self.replica.conf_state().clone(),
         };

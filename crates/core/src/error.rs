@@ -41,6 +41,9 @@ pub enum Error {
     /// The driver task is gone.
     #[error("raft node stopped")]
     Stopped,
+    /// The task applying committed entries ended (the state machine panicked).
+    #[error("the state machine's apply task stopped")]
+    ApplyStopped,
 }
 
 /// Why a proposal (command, membership change, read) did not succeed.

@@ -50,7 +50,7 @@ pub use replica::{
     Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig, RoleChange,
 };
 pub use state_machine::StateMachine;
-pub use storage::{make_snapshot, voters, LogStore, LogWrite, MemLogStore};
+pub use storage::{make_snapshot, voters, LocalSnapshot, LogStore, LogWrite, MemLogStore};
 pub use transport::Transport;
 
 /// The `raft` crate this engine is built on, re-exported so users name the same types.

@@ -9,13 +9,14 @@
 
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    Snapshot,
 };
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_proto::ConfChangeI;
 
 use crate::error::{Error, ProposeError};
-use crate::storage::{make_snapshot, LogStore, LogWrite};
+use crate::storage::{make_snapshot, LocalSnapshot, LogStore, LogWrite};
 
 /// Tunables of one replica. Times are in ticks.
 #[derive(Debug, Clone)]
@@ -156,6 +157,14 @@ pub struct Replica<S: LogStore> {
     snapshot_index: u64,
     /// Membership recorded in the latest snapshot saved to (or received into) the store.
     snapshot_conf_state: ConfState,
+    /// Highest index a snapshot was asked for with [`Replica::take_snapshot_request`].
+    snapshot_requested: u64,
+    /// A local snapshot waiting to be written with the next Ready (or [`Replica::flush`]).
+    staged_snapshot: Option<LocalSnapshot>,
+    /// A commit index learnt after the last write, waiting likewise. The commit index
+    /// need not be durable (raft recomputes it); keeping it lets a restart replay
+    /// committed entries at once.
+    staged_commit: Option<HardState>,
     last_role: RoleChange,
 }
 
@@ -198,6 +207,9 @@ impl<S: LogStore> Replica<S> {
             handed_out: applied,
             applied,
             snapshot_index: applied,
+            snapshot_requested: applied,
+            staged_snapshot: None,
+            staged_commit: None,
             last_role,
         };
         Ok((replica, (applied > 0).then_some(snapshot)))
@@ -399,10 +411,20 @@ impl<S: LogStore> Replica<S> {
         let committed = ready.take_committed_entries();
         out.read_states = ready.take_read_states();
 
+        // One write for the whole Ready, carrying what earlier calls staged: a local
+        // snapshot and the commit index.
+        let hard_state = match ready.hs() {
+            Some(hs) => {
+                self.staged_commit = None;
+                Some(hs.clone())
+            }
+            None => self.staged_commit.take(),
+        };
         let write = LogWrite {
+            local_snapshot: self.staged_snapshot.take(),
             snapshot: has_snapshot.then(|| snapshot.clone()),
             entries: ready.take_entries(),
-            hard_state: ready.hs().cloned(),
+            hard_state,
             must_sync: ready.must_sync(),
         };
         if !write.is_empty() {
@@ -414,6 +436,7 @@ impl<S: LogStore> Replica<S> {
             self.handed_out = meta.index;
             self.applied = meta.index;
             self.snapshot_index = meta.index;
+            self.snapshot_requested = meta.index;
             self.snapshot_conf_state = self.conf_state.clone();
             out.snapshot = Some(snapshot);
         }
@@ -427,14 +450,10 @@ impl<S: LogStore> Replica<S> {
             self.raw.advance_apply_to(self.applied);
         }
         if let Some(commit) = light.commit_index() {
-            // The commit index is not required to be durable (raft recomputes it), but
-            // keeping it lets a restart replay committed entries at once.
+            // Written with the next Ready or flush, not in a write of its own.
             let mut hs = self.raw.raft.hard_state();
             hs.commit = commit;
-            self.raw.store().write(LogWrite {
-                hard_state: Some(hs),
-                ..Default::default()
-            })?;
+            self.staged_commit = Some(hs);
         }
         out.messages.extend(light.take_messages());
         self.hand_out(light.take_committed_entries(), &mut out.committed)?;
@@ -538,7 +557,8 @@ impl<S: LogStore> Replica<S> {
     }
 
     /// Saves `data` (the state machine's snapshot at [`Replica::applied_index`]) and
-    /// compacts the log behind it, keeping `log_retain` entries.
+    /// compacts the log behind it, keeping `log_retain` entries. The write is staged:
+    /// it goes out with the next [`Replica::handle_ready`] or [`Replica::flush`].
     pub fn save_snapshot(&mut self, data: Vec<u8>) -> Result<(), Error> {
         if self.applied != self.handed_out {
             return Err(Error::SnapshotBehind {
@@ -546,16 +566,75 @@ impl<S: LogStore> Replica<S> {
                 handed_out: self.handed_out,
             });
         }
-        let index = self.applied;
+        let conf_state = self.conf_state.clone();
+        self.stage_snapshot(self.applied, conf_state, data)
+    }
+
+    /// For a state machine applied on its own task: whether the entries handed out so
+    /// far call for a snapshot once applied. Returns the index to take it at (the last
+    /// entry handed out) and the membership as of that entry; the caller snapshots the
+    /// state machine right after applying that entry and gives the data to
+    /// [`Replica::stage_snapshot`]. Asks at most once per index.
+    pub fn take_snapshot_request(&mut self) -> Option<(u64, ConfState)> {
+        let at = self.handed_out;
+        if at <= self.snapshot_requested {
+            return None;
+        }
+        let due = at >= self.snapshot_requested + self.cfg.snapshot_interval.max(1)
+            || self.conf_state != self.snapshot_conf_state;
+        if !due {
+            return None;
+        }
+        self.snapshot_requested = at;
+        Some((at, self.conf_state.clone()))
+    }
+
+    /// Stages a snapshot of the state machine taken right after applying `index`, with
+    /// membership `conf_state` as of that entry, and the compaction behind it. Written
+    /// with the next Ready or [`Replica::flush`]; one at or below the latest is ignored.
+    pub fn stage_snapshot(
+        &mut self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<(), Error> {
         if index <= self.snapshot_index {
             return Ok(());
         }
+        if index > self.applied {
+            return Err(Error::SnapshotBehind {
+                applied: self.applied,
+                handed_out: index,
+            });
+        }
         let term = self.raw.raft.raft_log.term(index)?;
-        let snapshot = make_snapshot(index, term, self.conf_state.clone(), data);
         let compact_to = index.saturating_sub(self.cfg.log_retain);
-        self.raw.store().save_snapshot(snapshot, compact_to)?;
+        let snapshot = make_snapshot(index, term, conf_state.clone(), data);
+        self.staged_snapshot = Some(LocalSnapshot {
+            snapshot,
+            compact_to,
+        });
         self.snapshot_index = index;
-        self.snapshot_conf_state = self.conf_state.clone();
+        self.snapshot_requested = self.snapshot_requested.max(index);
+        self.snapshot_conf_state = conf_state;
+        Ok(())
+    }
+
+    /// Whether a snapshot or commit index is staged and not yet written.
+    pub fn has_staged(&self) -> bool {
+        self.staged_snapshot.is_some() || self.staged_commit.is_some()
+    }
+
+    /// Writes what is staged now (unsynced), when no Ready is coming to carry it.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let write = LogWrite {
+            local_snapshot: self.staged_snapshot.take(),
+            hard_state: self.staged_commit.take(),
+            ..Default::default()
+        };
+        if !write.is_empty() {
+            self.raw.store().write(write)?;
+        }
         Ok(())
     }
 }

@@ -9,9 +9,27 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+/// A snapshot of the local state machine to save, and how far to compact the log
+/// behind it.
+#[derive(Debug, Clone)]
+pub struct LocalSnapshot {
+    /// The snapshot; its index is at most the last index of the log.
+    pub snapshot: Snapshot,
+    /// Drop the log up to and including this index (at most the snapshot's index).
+    pub compact_to: u64,
+}
+
 /// One Ready's worth of state to persist, written atomically.
+///
+/// Parts are applied in this order: `local_snapshot`, `snapshot`, `entries`,
+/// `hard_state`. A received `snapshot` replaces the log, so a `local_snapshot` at or
+/// below it is moot and skipped.
 #[derive(Debug, Default, Clone)]
 pub struct LogWrite {
+    /// A snapshot of the local state machine, saved in the same batch as the rest, so
+    /// that a Ready costs one write. Need not be durable on its own: losing it only
+    /// means replaying more of the log.
+    pub local_snapshot: Option<LocalSnapshot>,
     /// A snapshot received from the leader: replaces the whole log.
     pub snapshot: Option<Snapshot>,
     /// New entries; an entry whose index is already present truncates the log there first.
@@ -26,7 +44,10 @@ pub struct LogWrite {
 impl LogWrite {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+        self.local_snapshot.is_none()
+            && self.snapshot.is_none()
+            && self.entries.is_empty()
+            && self.hard_state.is_none()
     }
 }
 
@@ -48,8 +69,19 @@ pub trait LogStore: raft::Storage + Send + 'static {
 
     /// Saves a snapshot of the local state machine and drops the log up to and
     /// including `compact_to` (which is at most the snapshot's index). Need not sync:
-    /// losing it on power failure only means replaying more of the log.
-    fn save_snapshot(&self, snapshot: Snapshot, compact_to: u64) -> raft::Result<()>;
+    /// losing it on power failure only means replaying more of the log. A snapshot at
+    /// or below the latest one is ignored; one beyond the log is an error.
+    ///
+    /// The same as a [`LogWrite`] carrying only [`LogWrite::local_snapshot`].
+    fn save_snapshot(&self, snapshot: Snapshot, compact_to: u64) -> raft::Result<()> {
+        self.write(LogWrite {
+            local_snapshot: Some(LocalSnapshot {
+                snapshot,
+                compact_to,
+            }),
+            ..Default::default()
+        })
+    }
 
     /// The latest snapshot (metadata and data), or an empty one when there is none.
     fn latest_snapshot(&self) -> raft::Result<Snapshot>;
@@ -78,9 +110,9 @@ pub trait LogStore: raft::Storage + Send + 'static {
         };
         self.write(LogWrite {
             snapshot: Some(snapshot),
-            entries: Vec::new(),
             hard_state: Some(hs),
             must_sync: true,
+            ..Default::default()
         })
     }
 }
@@ -215,15 +247,51 @@ impl raft::Storage for MemLogStore {
     }
 }
 
+impl MemCore {
+    /// Checks a local snapshot against the log; `Ok(false)` when it is not newer.
+    fn check_local(&self, local: &LocalSnapshot) -> raft::Result<bool> {
+        let index = local.snapshot.get_metadata().index;
+        if index <= self.snapshot.get_metadata().index {
+            return Ok(false);
+        }
+        if index > self.last_index() || local.compact_to > index {
+            return Err(store_err(format!(
+                "snapshot at {index} (compact to {}) beyond last index {}",
+                local.compact_to,
+                self.last_index()
+            )));
+        }
+        Ok(true)
+    }
+
+    fn save_local(&mut self, local: LocalSnapshot) {
+        let compact_to = local.compact_to;
+        self.snapshot = local.snapshot;
+        if compact_to > self.truncated.0 {
+            let term = self.entries[(compact_to - self.first_index()) as usize].term;
+            let drop = (compact_to - self.truncated.0) as usize;
+            self.entries.drain(..drop);
+            self.truncated = (compact_to, term);
+        }
+    }
+}
+
 impl LogStore for MemLogStore {
     fn write(&self, write: LogWrite) -> raft::Result<()> {
         let mut core = self.wl();
-        // Check the append against the log as it will be after the snapshot, before
-        // changing anything, so a rejected write leaves the store as it was.
+        // Check everything before changing anything, so a rejected write leaves the
+        // store as it was.
+        let local = match write.local_snapshot {
+            Some(local) if write.snapshot.is_none() && core.check_local(&local)? => Some(local),
+            _ => None,
+        };
         if let Some(first) = write.entries.first() {
             let (first_index, last_index) = match &write.snapshot {
                 Some(snap) => (snap.get_metadata().index + 1, snap.get_metadata().index),
-                None => (core.first_index(), core.last_index()),
+                None => {
+                    let compacted = local.as_ref().map_or(0, |l| l.compact_to);
+                    (core.first_index().max(compacted + 1), core.last_index())
+                }
             };
             if first.index < first_index || first.index > last_index + 1 {
                 return Err(store_err(format!(
@@ -232,6 +300,9 @@ impl LogStore for MemLogStore {
                     last_index + 1
                 )));
             }
+        }
+        if let Some(local) = local {
+            core.save_local(local);
         }
         if let Some(snap) = write.snapshot {
             let meta = snap.get_metadata();
@@ -250,28 +321,6 @@ impl LogStore for MemLogStore {
         }
         if let Some(hs) = write.hard_state {
             core.hard_state = hs;
-        }
-        Ok(())
-    }
-
-    fn save_snapshot(&self, snapshot: Snapshot, compact_to: u64) -> raft::Result<()> {
-        let mut core = self.wl();
-        let index = snapshot.get_metadata().index;
-        if index <= core.snapshot.get_metadata().index {
-            return Ok(());
-        }
-        if index > core.last_index() || compact_to > index {
-            return Err(store_err(format!(
-                "snapshot at {index} (compact to {compact_to}) beyond last index {}",
-                core.last_index()
-            )));
-        }
-        core.snapshot = snapshot;
-        if compact_to > core.truncated.0 {
-            let term = core.entries[(compact_to - core.first_index()) as usize].term;
-            let drop = (compact_to - core.truncated.0) as usize;
-            core.entries.drain(..drop);
-            core.truncated = (compact_to, term);
         }
         Ok(())
     }

@@ -16,14 +16,14 @@ use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, StorageError, NO_LIMIT};
 
-use crate::storage::{make_snapshot, voters, LogStore, LogWrite};
+use crate::storage::{LocalSnapshot, make_snapshot, voters, LogStore, LogWrite};
 
 /// One check of the suite: panics when the fresh store it is given misbehaves.
 pub type Check<S> = fn(S);
 
 /// Runs every check of the suite, each on a fresh store from `open`.
 pub fn run_log_store_suite<S: LogStore>(mut open: impl FnMut() -> S) {
-    let checks: [(&str, Check<S>); 14] = [
+    let checks: [(&str, Check<S>); 17] = [
         (
             "empty_store_is_truncated_at_zero",
             empty_store_is_truncated_at_zero,
@@ -58,6 +58,18 @@ pub fn run_log_store_suite<S: LogStore>(mut open: impl FnMut() -> S) {
         (
             "rejected_write_changes_nothing",
             rejected_write_changes_nothing,
+        ),
+        (
+            "local_snapshot_rides_with_entries",
+            local_snapshot_rides_with_entries,
+        ),
+        (
+            "rejected_local_snapshot_changes_nothing",
+            rejected_local_snapshot_changes_nothing,
+        ),
+        (
+            "compaction_step_by_step_keeps_reads_right",
+            compaction_step_by_step_keeps_reads_right,
         ),
     ];
     for (name, check) in checks {
@@ -540,6 +552,7 @@ pub fn leader_snapshot_with_entries_and_hard_state<S: LogStore>(store: S) {
             entries: entries(21, 22, 3),
             hard_state: Some(hard_state(3, 2, 21)),
             must_sync: true,
+            ..Default::default()
         })
         .unwrap();
     assert_log(&store, what, 21, 22, &[(20, 3), (21, 3), (22, 3)]);
@@ -609,7 +622,7 @@ pub fn hard_state_round_trips<S: LogStore>(store: S) {
             entries: entries(1, 2, 3),
             hard_state: Some(hard_state(3, 2, 2)),
             must_sync: true,
-            snapshot: None,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(
@@ -624,6 +637,92 @@ pub fn hard_state_round_trips<S: LogStore>(store: S) {
         "{what}: after empty write"
     );
     assert_log(&store, what, 1, 2, &[(2, 3)]);
+}
+
+/// A local snapshot, its compaction, new entries and a hard state in one write all
+/// land; a received snapshot in the same write makes the local one moot.
+pub fn local_snapshot_rides_with_entries<S: LogStore>(store: S) {
+    let what = "local snapshot at 8 (compact to 5) with entries 11..=12";
+    append(&store, entries(1, 10, 1)).unwrap();
+    store
+        .write(LogWrite {
+            local_snapshot: Some(LocalSnapshot {
+                snapshot: make_snapshot(8, 1, voters([1]), b"at 8".to_vec()),
+                compact_to: 5,
+            }),
+            entries: entries(11, 12, 2),
+            hard_state: Some(hard_state(2, 1, 10)),
+            must_sync: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_log(&store, what, 6, 12, &[(5, 1), (6, 1), (10, 1), (11, 2), (12, 2)]);
+    assert_eq!(read(&store, 6, 13, None).unwrap().len(), 7, "{what}");
+    assert_eq!(store.latest_snapshot().unwrap().get_metadata().index, 8);
+    assert_eq!(store.initial_state().unwrap().hard_state, hard_state(2, 1, 10));
+
+    let what = "received snapshot at 20 beside a local one at 12";
+    store
+        .write(LogWrite {
+            local_snapshot: Some(LocalSnapshot {
+                snapshot: make_snapshot(12, 2, voters([1]), b"at 12".to_vec()),
+                compact_to: 12,
+            }),
+            snapshot: Some(make_snapshot(20, 3, voters([1, 2]), b"at 20".to_vec())),
+            must_sync: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_log(&store, what, 21, 20, &[(20, 3)]);
+    let snap = store.latest_snapshot().unwrap();
+    assert_eq!((snap.get_metadata().index, &snap.data[..]), (20, &b"at 20"[..]));
+}
+
+/// A write whose local snapshot lies beyond the log fails whole.
+pub fn rejected_local_snapshot_changes_nothing<S: LogStore>(store: S) {
+    let what = "local snapshot beyond the log";
+    append(&store, entries(1, 5, 1)).unwrap();
+    let r = store.write(LogWrite {
+        local_snapshot: Some(LocalSnapshot {
+            snapshot: make_snapshot(9, 1, voters([1]), Vec::new()),
+            compact_to: 3,
+        }),
+        entries: entries(6, 6, 1),
+        must_sync: true,
+        ..Default::default()
+    });
+    assert!(r.is_err(), "{what}: must fail");
+    assert_log(&store, what, 1, 5, &[(0, 0), (5, 1)]);
+    assert_eq!(store.latest_snapshot().unwrap().get_metadata().index, 0);
+}
+
+/// The consensus service's pattern: every write appends one entry and compacts one
+/// behind a snapshot; reads, terms and bounds stay right all along.
+pub fn compaction_step_by_step_keeps_reads_right<S: LogStore>(store: S) {
+    let what = "append one, compact one";
+    let retain = 20;
+    append(&store, entries(1, retain, 1)).unwrap();
+    for i in (retain + 1)..=(retain + 300) {
+        let applied = i - 1;
+        store
+            .write(LogWrite {
+                local_snapshot: Some(LocalSnapshot {
+                    snapshot: make_snapshot(applied, 1 + applied / 100, voters([1]), Vec::new()),
+                    compact_to: applied - retain + 1,
+                }),
+                entries: vec![entry(i, 1 + i / 100)],
+                hard_state: Some(hard_state(1 + i / 100, 1, applied)),
+                must_sync: true,
+                ..Default::default()
+            })
+            .unwrap();
+        let first = applied - retain + 2;
+        assert_log(&store, what, first, i, &[(first - 1, 1 + (first - 1) / 100), (i, 1 + i / 100)]);
+        let got = read(&store, first, i + 1, None).unwrap();
+        assert_eq!(got.len() as u64, i + 1 - first, "{what}: entries at {i}");
+        assert_eq!(got[0], entry(first, 1 + first / 100), "{what}: first entry at {i}");
+        assert!(is_compacted(&read(&store, first - 1, i, None)), "{what}: compacted at {i}");
+    }
 }
 
 /// A write that fails (here: a snapshot with entries that do not follow it) leaves
@@ -642,6 +741,7 @@ pub fn rejected_write_changes_nothing<S: LogStore>(store: S) {
         entries: entries(12, 12, 2),
         hard_state: Some(hard_state(2, 1, 12)),
         must_sync: true,
+        ..Default::default()
     });
     assert!(r.is_err(), "{what}: entries after a gap must fail");
     assert_log(&store, what, 1, 5, &[(0, 0), (5, 1)]);

@@ -51,6 +51,16 @@
 /// Package `common`: messages shared by every CITA-Cloud service.
 #[rustfmt::skip]
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
+
+/// Largest gRPC message (in bytes) our CITA services and clients encode or decode.
+///
+/// tonic refuses messages over 4 MiB by default, which a block near that size, or a
+/// raft append carrying several blocks, would exceed forever. Every server and client
+/// of ours sets this limit instead: a block must fit in it with room for a raft
+/// message's framing (raft batches entries up to 4 MiB per message, and an entry
+/// larger than that travels alone).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 pub mod common {
     include!("generated/common.rs");
 }

@@ -5,16 +5,17 @@
 //! `first_index`, `last_index`, `initial_state` and `term` of the truncated index never
 //! touch the disk; entries and snapshot data are read from RocksDB.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use craft_core::{LogStore, LogWrite};
+use craft_core::{LocalSnapshot, LogStore, LogWrite};
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, ReadOptions, WriteBatch, WriteOptions,
-    DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, ReadOptions,
+    WriteBatch, WriteOptions, DB,
 };
 
 use crate::error::StorageError;
@@ -24,6 +25,10 @@ use crate::layout::{
 };
 
 /// How a [`RocksLogStore`] is opened.
+///
+/// The defaults size RocksDB for a raft log rather than a database: the log is written
+/// once, read back mostly from the in-memory tail, and dropped from the front, so a
+/// small block cache and small memtables are enough.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Whether writes that raft marks `must_sync` wait for fsync. Default `true`.
@@ -31,11 +36,23 @@ pub struct StoreOptions {
     /// Turn off for benchmarks only: without it an acknowledged write can be lost on
     /// power failure (a process crash alone loses nothing, the WAL is still written).
     pub sync: bool,
+    /// Bytes of recent log entries kept in memory, so that sending and applying them
+    /// never reads RocksDB. Default 8 MiB; the newest entry is always kept.
+    pub entry_cache_bytes: usize,
+    /// RocksDB block cache, shared by both column families. Default 1 MiB.
+    pub block_cache_bytes: usize,
+    /// RocksDB memtable size per column family. Default 2 MiB.
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { sync: true }
+        Self {
+            sync: true,
+            entry_cache_bytes: 8 << 20,
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 2 << 20,
+        }
     }
 }
 
@@ -45,11 +62,34 @@ impl StoreOptions {
         self.sync = sync;
         self
     }
+
+    /// Sets [`StoreOptions::entry_cache_bytes`].
+    pub fn with_entry_cache_bytes(mut self, bytes: usize) -> Self {
+        self.entry_cache_bytes = bytes;
+        self
+    }
+
+    /// Sets [`StoreOptions::block_cache_bytes`].
+    pub fn with_block_cache_bytes(mut self, bytes: usize) -> Self {
+        self.block_cache_bytes = bytes;
+        self
+    }
+
+    /// Sets [`StoreOptions::write_buffer_bytes`].
+    pub fn with_write_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.write_buffer_bytes = bytes;
+        self
+    }
 }
 
-/// What the store keeps in memory, always equal to what is on disk.
+/// Entries dropped with point deletes at most; a longer run becomes one range delete.
+/// Point deletes cost nothing to later reads, while every range tombstone in a
+/// memtable is fragmented again by every read and iterator.
+const MAX_POINT_DELETES: u64 = 4096;
+
+/// What the store knows about the log's shape, always equal to what is on disk.
 #[derive(Debug, Clone, Default)]
-struct Cached {
+struct Meta {
     hard_state: HardState,
     snapshot_meta: SnapshotMetadata,
     /// Index and term of the last entry dropped from the log.
@@ -58,23 +98,108 @@ struct Cached {
     last_index: u64,
 }
 
-impl Cached {
+impl Meta {
     fn first_index(&self) -> u64 {
         self.truncated.0 + 1
     }
 }
 
+/// The recent tail of the log in memory: the terms of every entry written since the
+/// store was opened, and the entries themselves up to a byte budget. Both end at the
+/// log's last index.
+#[derive(Debug, Default)]
+struct Tail {
+    /// Terms of `[terms_start, last_index]`.
+    terms: VecDeque<u64>,
+    terms_start: u64,
+    /// Entries `[last_index + 1 - entries.len(), last_index]`.
+    entries: VecDeque<Entry>,
+    entries_bytes: usize,
+}
+
+fn entry_bytes(e: &Entry) -> usize {
+    e.data.len() + e.context.len() + 32
+}
+
+impl Tail {
+    fn empty_at(next: u64) -> Self {
+        Self {
+            terms_start: next,
+            ..Default::default()
+        }
+    }
+
+    fn entries_start(&self, last_index: u64) -> u64 {
+        last_index + 1 - self.entries.len() as u64
+    }
+
+    fn term(&self, idx: u64) -> Option<u64> {
+        let offset = idx.checked_sub(self.terms_start)?;
+        self.terms.get(usize::try_from(offset).ok()?).copied()
+    }
+
+    /// Drops everything at or after `index` (a conflicting suffix being replaced).
+    fn truncate_from(&mut self, index: u64, last_index: u64) {
+        if index < self.terms_start {
+            self.terms.clear();
+            self.terms_start = index;
+        } else {
+            self.terms.truncate((index - self.terms_start) as usize);
+        }
+        let start = self.entries_start(last_index);
+        let keep = index.saturating_sub(start) as usize;
+        while self.entries.len() > keep {
+            if let Some(e) = self.entries.pop_back() {
+                self.entries_bytes -= entry_bytes(&e);
+            }
+        }
+    }
+
+    /// Drops everything up to and including `index` (compaction).
+    fn compact_to(&mut self, index: u64) {
+        while self.terms_start <= index && !self.terms.is_empty() {
+            self.terms.pop_front();
+            self.terms_start += 1;
+        }
+        self.terms_start = self.terms_start.max(index + 1);
+        while self.entries.front().is_some_and(|e| e.index <= index) {
+            if let Some(e) = self.entries.pop_front() {
+                self.entries_bytes -= entry_bytes(&e);
+            }
+        }
+    }
+
+    fn push(&mut self, entry: Entry, budget: usize) {
+        self.terms.push_back(entry.term);
+        self.entries_bytes += entry_bytes(&entry);
+        self.entries.push_back(entry);
+        while self.entries_bytes > budget && self.entries.len() > 1 {
+            if let Some(e) = self.entries.pop_front() {
+                self.entries_bytes -= entry_bytes(&e);
+            }
+        }
+    }
+}
+
+struct State {
+    meta: Meta,
+    tail: Tail,
+}
+
 struct Inner {
     db: DB,
     path: PathBuf,
-    sync: bool,
-    cached: RwLock<Cached>,
+    options: StoreOptions,
+    state: RwLock<State>,
 }
 
 /// A durable [`LogStore`] (and [`raft::Storage`]) on RocksDB.
 ///
 /// Clones share the same database. The on-disk layout is described in
-/// [`crate::layout`].
+/// [`crate::layout`]. The truncation point, the last index, the hard state, the latest
+/// snapshot's metadata, the terms of recent entries and (within
+/// [`StoreOptions::entry_cache_bytes`]) the recent entries themselves are kept in
+/// memory, so raft's reads of the tail of the log never touch the disk.
 #[derive(Clone)]
 pub struct RocksLogStore {
     inner: Arc<Inner>,
@@ -82,20 +207,28 @@ pub struct RocksLogStore {
 
 impl std::fmt::Debug for RocksLogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let cached = self.read_cached();
+        let state = self.read_state();
         f.debug_struct("RocksLogStore")
             .field("path", &self.inner.path)
-            .field("sync", &self.inner.sync)
-            .field("truncated", &cached.truncated)
-            .field("last_index", &cached.last_index)
+            .field("sync", &self.inner.options.sync)
+            .field("truncated", &state.meta.truncated)
+            .field("last_index", &state.meta.last_index)
+            .field("cached_entries", &state.tail.entries.len())
             .finish_non_exhaustive()
     }
 }
 
-fn descriptor(name: &str) -> ColumnFamilyDescriptor {
+fn descriptor(name: &str, options: &StoreOptions, cache: &Cache) -> ColumnFamilyDescriptor {
     let mut opts = rocksdb::Options::default();
     // Built without compression libraries; say so rather than rely on the fallback.
     opts.set_compression_type(DBCompressionType::None);
+    opts.set_write_buffer_size(options.write_buffer_bytes.max(64 << 10));
+    opts.set_max_write_buffer_number(2);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Index blocks count against the (small) cache instead of growing on the side.
+    table.set_cache_index_and_filter_blocks(true);
+    opts.set_block_based_table_factory(&table);
     ColumnFamilyDescriptor::new(name, opts)
 }
 
@@ -149,6 +282,21 @@ fn key_after(index: u64) -> [u8; 9] {
     out
 }
 
+/// Deletes the entries `[low, high]`: point deletes for a short run, one range delete
+/// for a long one.
+fn delete_entries(batch: &mut WriteBatch, log: &ColumnFamily, low: u64, high: u64) {
+    if low > high {
+        return;
+    }
+    if high - low < MAX_POINT_DELETES {
+        for index in low..=high {
+            batch.delete_cf(log, entry_key(index));
+        }
+    } else {
+        batch.delete_range_cf(log, &entry_key(low)[..], &key_after(high)[..]);
+    }
+}
+
 fn get_state<M: protobuf::Message>(db: &DB, key: &'static [u8]) -> Result<Option<M>, StorageError> {
     let state = cf(db, STATE_CF)?;
     let value = db
@@ -162,9 +310,9 @@ fn get_state<M: protobuf::Message>(db: &DB, key: &'static [u8]) -> Result<Option
         .transpose()
 }
 
-/// Reads everything the cache holds from disk, checking the log's ends agree with the
-/// truncation point.
-fn load_cached(db: &DB) -> Result<Cached, StorageError> {
+/// Reads the log's shape from disk, checking the log's ends agree with the truncation
+/// point.
+fn load_meta(db: &DB) -> Result<Meta, StorageError> {
     let hard_state = get_state::<HardState>(db, HARD_STATE_KEY)?.unwrap_or_default();
     let snapshot_meta = get_state::<SnapshotMetadata>(db, SNAPSHOT_META_KEY)?.unwrap_or_default();
     let state = cf(db, STATE_CF)?;
@@ -209,7 +357,7 @@ fn load_cached(db: &DB) -> Result<Cached, StorageError> {
         }
         _ => truncated.0,
     };
-    Ok(Cached {
+    Ok(Meta {
         hard_state,
         snapshot_meta,
         truncated,
@@ -229,28 +377,47 @@ impl RocksLogStore {
         let mut db_opts = rocksdb::Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
-        let db =
-            DB::open_cf_descriptors(&db_opts, path, [descriptor(LOG_CF), descriptor(STATE_CF)])
-                .map_err(|source| StorageError::Rocks {
-                    context: format!("open {}", path.display()).into(),
-                    source,
-                })?;
-        let cached = load_cached(&db)?;
+        // A raft log is small and short-lived: little memory, few threads, little
+        // housekeeping.
+        let write_buffer = options.write_buffer_bytes.max(64 << 10);
+        db_opts.set_db_write_buffer_size(write_buffer * 4);
+        db_opts.set_max_total_wal_size((write_buffer * 8) as u64);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(2);
+        db_opts.set_max_log_file_size(1 << 20);
+        db_opts.set_stats_dump_period_sec(0);
+        db_opts.set_stats_persist_period_sec(0);
+        db_opts.set_max_open_files(256);
+        let cache = Cache::new_lru_cache(options.block_cache_bytes.max(64 << 10));
+        let db = DB::open_cf_descriptors(
+            &db_opts,
+            path,
+            [
+                descriptor(LOG_CF, &options, &cache),
+                descriptor(STATE_CF, &options, &cache),
+            ],
+        )
+        .map_err(|source| StorageError::Rocks {
+            context: format!("open {}", path.display()).into(),
+            source,
+        })?;
+        let meta = load_meta(&db)?;
         tracing::info!(
             path = %path.display(),
-            first_index = cached.first_index(),
-            last_index = cached.last_index,
-            term = cached.hard_state.term,
-            commit = cached.hard_state.commit,
-            snapshot_index = cached.snapshot_meta.index,
+            first_index = meta.first_index(),
+            last_index = meta.last_index,
+            term = meta.hard_state.term,
+            commit = meta.hard_state.commit,
+            snapshot_index = meta.snapshot_meta.index,
             "opened raft log store"
         );
+        let tail = Tail::empty_at(meta.last_index + 1);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_owned(),
-                sync: options.sync,
-                cached: RwLock::new(cached),
+                options,
+                state: RwLock::new(State { meta, tail }),
             }),
         })
     }
@@ -260,18 +427,18 @@ impl RocksLogStore {
         &self.inner.path
     }
 
-    fn read_cached(&self) -> RwLockReadGuard<'_, Cached> {
-        // The cache is replaced in one assignment after each successful write, so a
-        // panic elsewhere cannot leave it half updated.
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        // The state is changed only after a successful write and by infallible steps,
+        // so a panic elsewhere cannot leave it half updated.
         self.inner
-            .cached
+            .state
             .read()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_cached(&self) -> RwLockWriteGuard<'_, Cached> {
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
         self.inner
-            .cached
+            .state
             .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -280,7 +447,7 @@ impl RocksLogStore {
         cf(&self.inner.db, name)
     }
 
-    /// Reads the entry at `index`, which the cache says is in the log.
+    /// Reads the entry at `index` from disk, which the metadata says is in the log.
     fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
         let value = self
             .inner
@@ -297,20 +464,20 @@ impl RocksLogStore {
         decode_entry(index, &value)
     }
 
-    /// Reads entries `[low, high)`, all of which the cache says are in the log, stopping
-    /// once they exceed `max_size` (but returning at least one).
+    /// Reads entries `[low, high)` from disk, all of which the metadata says are in the
+    /// log, stopping once they exceed `max_size` (but returning at least one). Returns
+    /// whether the size limit cut the read short.
     fn read_entries(
         &self,
         low: u64,
         high: u64,
         max_size: Option<u64>,
-    ) -> Result<Vec<Entry>, StorageError> {
+        ents: &mut Vec<Entry>,
+    ) -> Result<bool, StorageError> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(entry_key(high).to_vec());
         let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(LOG_CF)?, opts);
         it.seek(entry_key(low));
-        let wanted = usize::try_from(high - low).unwrap_or(usize::MAX);
-        let mut ents = Vec::with_capacity(wanted.min(1024));
         let mut size = 0u64;
         let mut next = low;
         while next < high {
@@ -328,8 +495,8 @@ impl RocksLogStore {
             next += 1;
             if max_size.is_some_and(|max| size > max) {
                 // One over the limit: limit_size below drops it (or keeps it if alone).
-                raft::util::limit_size(&mut ents, max_size);
-                return Ok(ents);
+                raft::util::limit_size(ents, max_size);
+                return Ok(true);
             }
             it.next();
         }
@@ -343,7 +510,7 @@ impl RocksLogStore {
                 reason: "entry missing from the log".to_owned(),
             });
         }
-        Ok(ents)
+        Ok(false)
     }
 
     fn read_snapshot(&self, meta: &SnapshotMetadata) -> Result<Snapshot, StorageError> {
@@ -361,7 +528,7 @@ impl RocksLogStore {
 
     fn commit(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
         let mut opts = WriteOptions::default();
-        opts.set_sync(sync && self.inner.sync);
+        opts.set_sync(sync && self.inner.options.sync);
         self.inner
             .db
             .write_opt(batch, &opts)
@@ -384,29 +551,84 @@ impl RocksLogStore {
         Ok(())
     }
 
+    /// Adds a local snapshot and its compaction to `batch`, updating `next`. Returns
+    /// the compaction point when the log is compacted, `None` when nothing is to be
+    /// written (the snapshot is not newer than the latest).
+    fn stage_local_snapshot(
+        &self,
+        batch: &mut WriteBatch,
+        state: &State,
+        next: &mut Meta,
+        local: &LocalSnapshot,
+    ) -> Result<Option<Option<u64>>, StorageError> {
+        let index = local.snapshot.get_metadata().index;
+        if index <= next.snapshot_meta.index {
+            return Ok(None);
+        }
+        if index > next.last_index || local.compact_to > index {
+            return Err(StorageError::SnapshotBeyondLog {
+                index,
+                compact_to: local.compact_to,
+                last_index: next.last_index,
+            });
+        }
+        self.put_snapshot(batch, &local.snapshot)?;
+        next.snapshot_meta = local.snapshot.get_metadata().clone();
+        let compact_to = local.compact_to;
+        if compact_to <= next.truncated.0 {
+            return Ok(Some(None));
+        }
+        // compact_to is in [first_index, last_index] here.
+        let term = match state.tail.term(compact_to) {
+            Some(term) => term,
+            None if compact_to == index => local.snapshot.get_metadata().term,
+            None => self.read_entry(compact_to)?.term,
+        };
+        delete_entries(batch, self.cf(LOG_CF)?, next.first_index(), compact_to);
+        next.truncated = (compact_to, term);
+        batch.put_cf(
+            self.cf(STATE_CF)?,
+            TRUNCATED_KEY,
+            encode_truncated(next.truncated),
+        );
+        Ok(Some(Some(compact_to)))
+    }
+
     /// [`LogStore::write`] with this crate's error type.
     pub fn write_batch(&self, write: LogWrite) -> Result<(), StorageError> {
-        let mut cached = self.write_cached();
-        let mut next = cached.clone();
+        let mut state = self.write_state();
+        let mut next = state.meta.clone();
         let mut batch = WriteBatch::default();
         let log = self.cf(LOG_CF)?;
-        let state = self.cf(STATE_CF)?;
         let mut hard_state_changed = false;
+
+        // Build the whole batch first; memory changes only once it is written.
+        let mut compacted = None;
+        if let (Some(local), None) = (&write.local_snapshot, &write.snapshot) {
+            if let Some(c) = self.stage_local_snapshot(&mut batch, &state, &mut next, local)? {
+                compacted = c;
+            }
+        }
 
         if let Some(snapshot) = &write.snapshot {
             let meta = snapshot.get_metadata();
-            batch.delete_range_cf(log, &entry_key(0)[..], &LOG_END[..]);
+            delete_entries(&mut batch, log, next.first_index(), next.last_index);
             next.truncated = (meta.index, meta.term);
             next.last_index = meta.index;
             if next.hard_state.commit < meta.index {
                 next.hard_state.commit = meta.index;
                 hard_state_changed = true;
             }
-            batch.put_cf(state, TRUNCATED_KEY, encode_truncated(next.truncated));
+            batch.put_cf(
+                self.cf(STATE_CF)?,
+                TRUNCATED_KEY,
+                encode_truncated(next.truncated),
+            );
             self.put_snapshot(&mut batch, snapshot)?;
             next.snapshot_meta = meta.clone();
         }
 
+        let mut truncated_from = None;
         if let (Some(first), Some(last)) = (write.entries.first(), write.entries.last()) {
             let contiguous = write
                 .entries
@@ -423,8 +645,9 @@ impl RocksLogStore {
                 });
             }
             if first.index <= next.last_index {
-                // Conflicting suffix: drop it (and anything past it) before appending.
-                batch.delete_range_cf(log, &entry_key(first.index)[..], &LOG_END[..]);
+                // Conflicting suffix: drop what the new entries do not overwrite.
+                delete_entries(&mut batch, log, last.index + 1, next.last_index);
+                truncated_from = Some(first.index);
             }
             for entry in &write.entries {
                 let value = encode(entry, || format!("entry {}", entry.index))?;
@@ -433,27 +656,40 @@ impl RocksLogStore {
             next.last_index = last.index;
         }
 
-        if let Some(hs) = write.hard_state {
-            next.hard_state = hs;
+        if let Some(hs) = &write.hard_state {
+            next.hard_state = hs.clone();
             hard_state_changed = true;
         }
         if hard_state_changed {
             let value = encode(&next.hard_state, || "hard state".to_owned())?;
-            batch.put_cf(state, HARD_STATE_KEY, value);
+            batch.put_cf(self.cf(STATE_CF)?, HARD_STATE_KEY, value);
         }
 
         if batch.is_empty() {
             return Ok(());
         }
         self.commit(batch, write.must_sync)?;
+
+        // Written: bring the in-memory view in line.
+        let old_last = state.meta.last_index;
         if let Some(snapshot) = &write.snapshot {
             tracing::info!(
                 index = snapshot.get_metadata().index,
                 term = snapshot.get_metadata().term,
                 "installed snapshot, log replaced"
             );
+            state.tail = Tail::empty_at(snapshot.get_metadata().index + 1);
+        } else if let Some(c) = compacted {
+            state.tail.compact_to(c);
         }
-        *cached = next;
+        if let Some(from) = truncated_from {
+            state.tail.truncate_from(from, old_last);
+        }
+        let budget = self.inner.options.entry_cache_bytes;
+        for entry in write.entries {
+            state.tail.push(entry, budget);
+        }
+        state.meta = next;
         Ok(())
     }
 
@@ -463,55 +699,54 @@ impl RocksLogStore {
         snapshot: Snapshot,
         compact_to: u64,
     ) -> Result<(), StorageError> {
-        let mut cached = self.write_cached();
-        let index = snapshot.get_metadata().index;
-        if index <= cached.snapshot_meta.index {
-            return Ok(());
-        }
-        if index > cached.last_index || compact_to > index {
-            return Err(StorageError::SnapshotBeyondLog {
-                index,
+        self.write_batch(LogWrite {
+            local_snapshot: Some(LocalSnapshot {
+                snapshot,
                 compact_to,
-                last_index: cached.last_index,
-            });
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Entries `[low, high)`, from memory where the tail holds them.
+    fn get_entries(
+        &self,
+        state: &State,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let cached_from = state.tail.entries_start(state.meta.last_index);
+        let wanted = usize::try_from(high - low).unwrap_or(usize::MAX);
+        let mut ents = Vec::with_capacity(wanted.min(1024));
+        if low < cached_from {
+            let disk_high = high.min(cached_from);
+            if self.read_entries(low, disk_high, max_size, &mut ents)? || disk_high == high {
+                return Ok(ents);
+            }
         }
-        let mut next = cached.clone();
-        let mut batch = WriteBatch::default();
-        self.put_snapshot(&mut batch, &snapshot)?;
-        next.snapshot_meta = snapshot.get_metadata().clone();
-        if compact_to > cached.truncated.0 {
-            // compact_to is in [first_index, last_index] here.
-            let term = self.read_entry(compact_to)?.term;
-            batch.delete_range_cf(
-                self.cf(LOG_CF)?,
-                &entry_key(0)[..],
-                &key_after(compact_to)[..],
-            );
-            next.truncated = (compact_to, term);
-            batch.put_cf(
-                self.cf(STATE_CF)?,
-                TRUNCATED_KEY,
-                encode_truncated(next.truncated),
-            );
-        }
-        self.commit(batch, false)?;
-        tracing::debug!(
-            index,
-            compact_to,
-            first_index = next.first_index(),
-            "saved snapshot"
+        let from = low.max(cached_from);
+        let skip = (from - cached_from) as usize;
+        ents.extend(
+            state
+                .tail
+                .entries
+                .iter()
+                .skip(skip)
+                .take((high - from) as usize)
+                .cloned(),
         );
-        *cached = next;
-        Ok(())
+        raft::util::limit_size(&mut ents, max_size);
+        Ok(ents)
     }
 }
 
 impl raft::Storage for RocksLogStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        let cached = self.read_cached();
+        let state = self.read_state();
         Ok(RaftState::new(
-            cached.hard_state.clone(),
-            cached.snapshot_meta.get_conf_state().clone(),
+            state.meta.hard_state.clone(),
+            state.meta.snapshot_meta.get_conf_state().clone(),
         ))
     }
 
@@ -522,50 +757,54 @@ impl raft::Storage for RocksLogStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let cached = self.read_cached();
-        if low < cached.first_index() {
+        let state = self.read_state();
+        if low < state.meta.first_index() {
             return Err(raft::Error::Store(raft::StorageError::Compacted));
         }
-        if high > cached.last_index + 1 || low > high {
+        if high > state.meta.last_index + 1 || low > high {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
         if low == high {
             return Ok(Vec::new());
         }
         // Hold the lock while reading so no write changes the range underneath.
-        Ok(self.read_entries(low, high, max_size.into())?)
+        Ok(self.get_entries(&state, low, high, max_size.into())?)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let cached = self.read_cached();
-        if idx == cached.truncated.0 {
-            return Ok(cached.truncated.1);
+        let state = self.read_state();
+        let meta = &state.meta;
+        if idx == meta.truncated.0 {
+            return Ok(meta.truncated.1);
         }
-        if idx < cached.first_index() {
+        if idx < meta.first_index() {
             return Err(raft::Error::Store(raft::StorageError::Compacted));
         }
-        if idx > cached.last_index {
+        if idx > meta.last_index {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        if let Some(term) = state.tail.term(idx) {
+            return Ok(term);
         }
         Ok(self.read_entry(idx)?.term)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.read_cached().first_index())
+        Ok(self.read_state().meta.first_index())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.read_cached().last_index)
+        Ok(self.read_state().meta.last_index)
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let cached = self.read_cached();
-        if cached.snapshot_meta.index < request_index {
+        let meta = self.read_state().meta.snapshot_meta.clone();
+        if meta.index < request_index {
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        Ok(self.read_snapshot(&cached.snapshot_meta)?)
+        Ok(self.read_snapshot(&meta)?)
     }
 }
 
@@ -574,12 +813,50 @@ impl LogStore for RocksLogStore {
         Ok(self.write_batch(write)?)
     }
 
-    fn save_snapshot(&self, snapshot: Snapshot, compact_to: u64) -> raft::Result<()> {
-        Ok(self.save_local_snapshot(snapshot, compact_to)?)
+    fn latest_snapshot(&self) -> raft::Result<Snapshot> {
+        let meta = self.read_state().meta.snapshot_meta.clone();
+        Ok(self.read_snapshot(&meta)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64, len: usize) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![7u8; len].into(),
+            ..Default::default()
+        }
     }
 
-    fn latest_snapshot(&self) -> raft::Result<Snapshot> {
-        let cached = self.read_cached();
-        Ok(self.read_snapshot(&cached.snapshot_meta)?)
+    #[test]
+    fn tail_keeps_terms_and_a_byte_budget_of_entries() {
+        let mut tail = Tail::empty_at(1);
+        for i in 1..=10 {
+            tail.push(entry(i, 1 + i / 5, 68), 400);
+        }
+        // 100 bytes an entry: the newest four fit the budget.
+        assert_eq!(tail.entries.len(), 4);
+        assert_eq!(tail.entries_start(10), 7);
+        assert_eq!(tail.term(1), Some(1));
+        assert_eq!(tail.term(10), Some(3));
+        assert_eq!(tail.term(11), None);
+
+        tail.truncate_from(9, 10);
+        assert_eq!((tail.entries.len(), tail.term(9)), (2, None));
+        assert_eq!(tail.entries_start(8), 7);
+        tail.compact_to(7);
+        assert_eq!((tail.entries.len(), tail.term(7), tail.term(8)), (1, None, Some(2)));
+        assert_eq!(tail.entries_bytes, 100);
+
+        // Truncating below what the terms cover restarts them there.
+        tail.truncate_from(3, 8);
+        assert_eq!((tail.terms_start, tail.terms.len(), tail.entries.len()), (3, 0, 0));
+        // An entry larger than the budget is still kept, alone.
+        tail.push(entry(3, 4, 1000), 400);
+        assert_eq!((tail.entries.len(), tail.term(3)), (1, Some(4)));
     }
 }

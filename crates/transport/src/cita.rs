@@ -123,7 +123,9 @@ impl CitaNetwork {
             .tcp_nodelay(true);
         Ok(Self {
             inner: Arc::new(Inner {
-                client: NetworkServiceClient::new(endpoint.connect_lazy()),
+                client: NetworkServiceClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
                 origins: RwLock::new(HashMap::new()),
                 queues: PeerQueues::new(cfg.queue_capacity),
                 inbound: RwLock::new(None),

@@ -227,7 +227,9 @@ impl NetworkService for NodePort {
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
-        let client = NetworkMsgHandlerServiceClient::new(endpoint.connect_lazy());
+        let client = NetworkMsgHandlerServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES);
         if let Some(slot) = self.net.slot(self.me) {
             *slot.handler.write().unwrap_or_else(|e| e.into_inner()) = Some(client);
         }

@@ -1,11 +1,14 @@
-//! Per-peer bounded send queues, each drained by its own task.
+//! Per-peer bounded send queues, each drained by its own task with several sends in
+//! flight.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt as _;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Counters of one peer's queue.
 #[derive(Debug, Default)]
@@ -22,17 +25,30 @@ struct Peer<T> {
 }
 
 /// A bounded queue and a sender task per peer, created on first use. A slow or dead
-/// peer fills only its own queue; pushing never waits.
+/// peer fills only its own queue; pushing never waits. Each sender keeps up to
+/// `in_flight` sends going at once, started in queue order, so one slow round trip
+/// does not hold back the messages behind it (raft tolerates the rare reordering).
 pub struct PeerQueues<T> {
     capacity: usize,
+    in_flight: usize,
     peers: Mutex<HashMap<u64, Peer<T>>>,
 }
 
+/// Sends in flight per peer by default.
+pub const DEFAULT_IN_FLIGHT: usize = 8;
+
 impl<T: Send + 'static> PeerQueues<T> {
-    /// Queues of `capacity` items each.
+    /// Queues of `capacity` items each, [`DEFAULT_IN_FLIGHT`] sends in flight per peer.
     pub fn new(capacity: usize) -> Self {
+        Self::with_in_flight(capacity, DEFAULT_IN_FLIGHT)
+    }
+
+    /// Queues of `capacity` items each, `in_flight` sends in flight per peer (1 sends
+    /// strictly one at a time).
+    pub fn with_in_flight(capacity: usize, in_flight: usize) -> Self {
         Self {
             capacity: capacity.max(1),
+            in_flight: in_flight.max(1),
             peers: Mutex::new(HashMap::new()),
         }
     }
@@ -46,19 +62,26 @@ impl<T: Send + 'static> PeerQueues<T> {
         Fut: Future<Output = bool> + Send,
     {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let in_flight = self.in_flight;
         let entry = peers.entry(peer).or_insert_with(|| {
-            let (tx, mut rx) = mpsc::channel::<T>(self.capacity);
+            let (tx, rx) = mpsc::channel::<T>(self.capacity);
             let stats = Arc::new(PeerStats::default());
             let task_stats = stats.clone();
             let mut send = make_sender();
             tokio::spawn(async move {
-                while let Some(item) = rx.recv().await {
-                    if send(item).await {
-                        task_stats.sent.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        task_stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                ReceiverStream::new(rx)
+                    .map(|item| send(item))
+                    .buffer_unordered(in_flight)
+                    .for_each(|delivered| {
+                        let counter = if delivered {
+                            &task_stats.sent
+                        } else {
+                            &task_stats.dropped
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        std::future::ready(())
+                    })
+                    .await;
             });
             Peer { tx, stats }
         });
@@ -99,12 +122,13 @@ impl<T: Send + 'static> PeerQueues<T> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
 
     #[tokio::test]
     async fn slow_peer_fills_only_its_own_queue() {
-        let q: PeerQueues<u32> = PeerQueues::new(2);
+        let q: PeerQueues<u32> = PeerQueues::with_in_flight(2, 1);
         let (fast_tx, mut fast_rx) = mpsc::unbounded_channel();
         // Peer 1 never finishes a send; peer 2 delivers.
         for i in 0..10 {
@@ -130,5 +154,40 @@ mod tests {
         let (_, _, dropped1) = stats[0];
         // One in flight, two queued, the rest dropped.
         assert!(dropped1 >= 7, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_send_does_not_hold_back_the_ones_behind_it() {
+        let q: PeerQueues<u32> = PeerQueues::with_in_flight(16, 4);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for i in 0..4u32 {
+            let tx = tx.clone();
+            q.push(1, i, move || {
+                move |v: u32| {
+                    let tx = tx.clone();
+                    async move {
+                        if v == 0 {
+                            // The first send stalls until the test ends.
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        tx.send(v).is_ok()
+                    }
+                }
+            });
+        }
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(rx.recv().await.unwrap());
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2, 3]);
+        // The counters follow each delivery on the sender task.
+        for _ in 0..100 {
+            if q.stats() == vec![(1, 3, 0)] {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(q.stats(), vec![(1, 3, 0)]);
     }
 }

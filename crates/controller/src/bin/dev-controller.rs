@@ -46,6 +46,13 @@ struct Args {
     /// Do not fsync chain.log (benchmarks of an instant controller only).
     #[arg(long)]
     no_fsync: bool,
+    /// Pad each proposal's data to this many bytes.
+    #[arg(long, default_value_t = 0)]
+    block_bytes: usize,
+    /// Write the call counters and block latency histogram (JSON) to this file twice a
+    /// second.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
 }
 
 fn parse_validators(list: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -89,8 +96,22 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         delay: Duration::from_millis(args.delay_ms),
         no_fsync: args.no_fsync,
+        block_bytes: args.block_bytes,
     })
     .context("opening the chain")?;
+    if let Some(path) = args.stats_file.clone() {
+        let chain = chain.clone();
+        tokio::spawn(async move {
+            let tmp = path.with_extension("tmp");
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let json = chain.stats().to_json();
+                if let Err(e) = std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)) {
+                    tracing::warn!(path = %path.display(), error = %e, "writing stats failed");
+                }
+            }
+        });
+    }
     tracing::info!(listen = %args.listen, height = chain.height(), "development controller starting");
     let pusher = chain.clone();
     let consensus = args.consensus.clone();
@@ -104,7 +125,11 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     tonic::transport::Server::builder()
-        .add_service(Consensus2ControllerServiceServer::new(chain))
+        .add_service(
+            Consensus2ControllerServiceServer::new(chain)
+                .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
+        )
         .serve_with_shutdown(args_listen, async {
             let _ = tokio::signal::ctrl_c().await;
         })

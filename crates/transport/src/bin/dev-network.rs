@@ -58,7 +58,9 @@ async fn main() -> anyhow::Result<()> {
     let mut servers = tokio::task::JoinSet::new();
     for (i, port) in (1u64..).zip(ports) {
         let addr = SocketAddr::new(args.host, port);
-        let svc = NetworkServiceServer::new(net.service(i));
+        let svc = NetworkServiceServer::new(net.service(i))
+            .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr} for node {i}"))?;
