@@ -1,8 +1,20 @@
-//! `cargo xtask bench`: the criterion/engine benches and a cluster bench of real
-//! processes (release builds). Prints tables and writes JSON under `target/bench/`.
+//! `cargo xtask bench`: the criterion benches, then a cluster bench of real processes
+//! (optimised builds) that can run any CITA-Cloud consensus binary, side by side with
+//! ours.
+//!
+//! Every figure of the cluster bench is taken from outside the consensus processes, so
+//! it means the same for any implementation:
+//! - blocks/s from the development controllers' chains;
+//! - block latency from each controller's own clock, from the `GetProposal` that
+//!   produced a block to the `CommitBlock` of that block (the leader's controller);
+//! - CPU (user + system) and RSS of the consensus processes from `/proc`;
+//! - per block and node: controller calls (counted by the controllers), network
+//!   messages (`SendMsg`/`Broadcast`, counted by the development network), and log
+//!   lines (the consensus logs). RocksDB writes and fsyncs come from our own metrics
+//!   and are shown only where a node exports them.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,8 +22,23 @@ use serde::Serialize;
 
 use crate::cluster::{build_profile, scrape, Cluster, Profile, Spec};
 
+/// How to build the existing service for `--compare` / `--consensus-bin`.
+const REFERENCE_HELP: &str = "\
+Building the existing CITA-Cloud service (cita-cloud/consensus_raft) outside this clone:
+  1. get the sources of cita-cloud/consensus_raft and of its git dependencies
+     cita-cloud/cloud-common-rs and JLerxky/raft-rs side by side, e.g. in /work/ref;
+  2. in consensus_raft/Cargo.toml point them at the local copies:
+       raft = { path = \"../raft-rs\", default-features = false, features = [\"prost-codec\"] }
+       cloud-util = { package = \"cloud-util\", path = \"../cloud-common-rs/cloud-util\" }
+       cita_cloud_proto = { package = \"cita_cloud_proto\", path = \"../cloud-common-rs/cloud-proto\" }
+  3. apt-get install -y protobuf-compiler (raft-proto's build needs protoc), then
+     cargo build --release in consensus_raft;
+  4. cargo xtask bench --cluster-only --compare /work/ref/consensus_raft/target/release/consensus
+Never commit those sources or binaries.";
+
 /// `cargo xtask bench`
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = REFERENCE_HELP)]
 pub struct Args {
     /// Seconds measured per cluster case.
     #[arg(long, default_value_t = 15)]
@@ -22,162 +49,394 @@ pub struct Args {
     /// Use debug binaries (checks the bench itself; figures are not representative).
     #[arg(long)]
     pub debug: bool,
+    /// Run this CITA consensus binary instead of ours; repeat to mix binaries in one
+    /// cluster (node i runs the ((i - 1) mod count)-th).
+    #[arg(long = "consensus-bin")]
+    pub consensus_bins: Vec<PathBuf>,
+    /// Run ours and this binary back to back and print both rows and the ratios.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Cluster sizes.
+    #[arg(long, value_delimiter = ',', default_values_t = [3usize, 5])]
+    pub nodes: Vec<usize>,
+    /// Seconds of the idle case (block_interval 3, the service's default timing); 0
+    /// skips it.
+    #[arg(long, default_value_t = 30)]
+    pub idle_secs: u64,
+    /// Artificial controller delay on every call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub controller_delay_ms: u64,
+    /// Pad blocks to this many bytes.
+    #[arg(long, default_value_t = 0)]
+    pub block_bytes: usize,
+    /// Instead of the cases above: one 3-node cluster for this many seconds, printing
+    /// blocks/s per minute (does the rate hold up?).
+    #[arg(long)]
+    pub soak: Option<u64>,
 }
 
-/// One cluster bench result.
-#[derive(Debug, Serialize)]
-pub struct ClusterResult {
-    nodes: usize,
-    controller_delay_ms: u64,
-    blocks_per_sec: f64,
-    p50_block_ms: f64,
-    p99_block_ms: f64,
-    median_fsync_ms: f64,
-    median_rpc_ms: f64,
-    limit_blocks_per_sec: f64,
+/// What one cluster case measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// Which binaries ran.
+    pub label: String,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Blocks committed per second.
+    pub blocks_per_sec: f64,
+    /// Median block latency (ms).
+    pub p50_ms: f64,
+    /// 99th percentile block latency (ms).
+    pub p99_ms: f64,
+    /// CPU of all consensus processes per block (ms).
+    pub cpu_ms_per_block: f64,
+    /// Largest resident set of a consensus process at the end (MB).
+    pub rss_mb: f64,
+    /// Per block and node: controller calls.
+    pub controller_calls: f64,
+    /// Per block and node: network messages sent.
+    pub network_msgs: f64,
+    /// Per block and node: RocksDB write batches (ours only).
+    pub store_writes: Option<f64>,
+    /// Per block and node: fsyncs (ours only).
+    pub fsyncs: Option<f64>,
+    /// Per block and node: log lines.
+    pub log_lines: f64,
 }
 
-/// Cumulative histogram buckets `le -> count` for `name`, summed over `samples`.
-fn buckets(samples: &[BTreeMap<String, f64>], name: &str) -> BTreeMap<u64, f64> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    let mut out: BTreeMap<u64, f64> = BTreeMap::new();
-    for s in samples {
-        for (k, v) in s {
-            if let Some(rest) = k.strip_prefix(&prefix) {
-                let le = rest.trim_end_matches("\"}");
-                let nanos = if le == "+Inf" {
-                    u64::MAX
-                } else {
-                    le.parse::<f64>()
-                        .map(|f| (f * 1e9) as u64)
-                        .unwrap_or(u64::MAX)
-                };
-                *out.entry(nanos).or_default() += v;
+/// What the idle case measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleResult {
+    /// Which binaries ran.
+    pub label: String,
+    /// Mean CPU of one consensus process, percent of one core.
+    pub cpu_percent: f64,
+    /// Largest resident set of a consensus process (MB).
+    pub rss_mb: f64,
+}
+
+/// Counters read at one moment.
+#[derive(Debug, Default)]
+struct Sample {
+    at: Option<Instant>,
+    height: u64,
+    cpu_ticks: u64,
+    controller_calls: f64,
+    network_msgs: f64,
+    latency: BTreeMap<u64, f64>,
+    store_writes: Option<f64>,
+    fsyncs: Option<f64>,
+    log_lines: f64,
+}
+
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// `(utime + stime)` clock ticks of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the `(comm)`, which may contain spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // state is field 3 of the whole line, utime 14, stime 15: here indices 0, 11, 12.
+    let get = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+/// Resident set of a process in MB.
+fn rss_mb(pid: u32) -> f64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0.0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0)
+}
+
+fn count_lines(path: &Path) -> f64 {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count() as f64)
+        .unwrap_or(0.0)
+}
+
+fn consensus_pids(cluster: &Cluster) -> Vec<u32> {
+    cluster
+        .state
+        .nodes
+        .iter()
+        .filter_map(|n| n.consensus_pid)
+        .collect()
+}
+
+fn sample(cluster: &Cluster) -> Sample {
+    let mut s = Sample {
+        at: Some(Instant::now()),
+        ..Default::default()
+    };
+    s.height = cluster
+        .views()
+        .iter()
+        .map(|v| v.chain_height)
+        .max()
+        .unwrap_or(0);
+    s.cpu_ticks = consensus_pids(cluster).into_iter().map(cpu_ticks).sum();
+    for n in &cluster.state.nodes {
+        let dir = cluster.node_dir(n.index);
+        if let Some(stats) = read_json(&dir.join("controller-stats.json")) {
+            for call in ["get_proposal", "check_proposal", "commit_block"] {
+                s.controller_calls += stats[call].as_f64().unwrap_or(0.0);
+            }
+            for bucket in stats["latency_us"].as_array().into_iter().flatten() {
+                let le = bucket[0].as_u64().unwrap_or(0);
+                let le = if le == 0 { u64::MAX } else { le };
+                *s.latency.entry(le).or_default() += bucket[1].as_f64().unwrap_or(0.0);
+            }
+        }
+        s.log_lines += count_lines(&dir.join("consensus.log"));
+        if let Some(m) = scrape(n.metrics_port) {
+            if let Some(w) = m.get("consensus_store_writes_total") {
+                *s.store_writes.get_or_insert(0.0) += w;
+            }
+            if let Some(f) = m.get("consensus_fsync_latency_seconds_count") {
+                *s.fsyncs.get_or_insert(0.0) += f;
             }
         }
     }
-    out
+    if let Some(net) = read_json(&cluster.dir.join("network-stats.json")) {
+        s.network_msgs = net["send_msg"].as_f64().unwrap_or(0.0) + net["broadcast"].as_f64().unwrap_or(0.0);
+    }
+    s
 }
 
-/// The `q` quantile in milliseconds of the difference of two cumulative histograms,
-/// interpolated linearly inside the bucket.
+/// The `q` quantile (ms) of the histogram growth between two samples (`le` in µs,
+/// counts per bucket), interpolated inside the bucket.
 fn quantile(before: &BTreeMap<u64, f64>, after: &BTreeMap<u64, f64>, q: f64) -> f64 {
     let counts: Vec<(u64, f64)> = after
         .iter()
         .map(|(le, v)| (*le, v - before.get(le).copied().unwrap_or(0.0)))
         .collect();
-    let total = counts.last().map(|c| c.1).unwrap_or(0.0);
+    let total: f64 = counts.iter().map(|c| c.1).sum();
     if total <= 0.0 {
         return f64::NAN;
     }
     let target = total * q;
-    let mut prev_le = 0u64;
-    let mut prev_count = 0.0;
+    let (mut seen, mut prev_le) = (0.0, 0u64);
     for (le, count) in counts {
-        if count >= target {
+        if count > 0.0 && seen + count >= target {
             if le == u64::MAX {
-                return prev_le as f64 / 1e6;
+                return prev_le as f64 / 1e3;
             }
-            let frac = if count > prev_count {
-                (target - prev_count) / (count - prev_count)
-            } else {
-                1.0
-            };
-            return (prev_le as f64 + frac * (le - prev_le) as f64) / 1e6;
+            let frac = (target - seen) / count;
+            return (prev_le as f64 + frac * (le - prev_le) as f64) / 1e3;
         }
+        seen += count;
         prev_le = le;
-        prev_count = count;
     }
     f64::NAN
 }
 
-fn fine_buckets() -> Vec<f64> {
-    let mut b = Vec::new();
-    let mut x = 0.00005;
-    while x < 2.0 {
-        b.push((x * 1e6_f64).round() / 1e6);
-        x *= 1.15;
+fn label(bins: &[PathBuf]) -> String {
+    if bins.is_empty() {
+        return "ours".into();
     }
-    b.dedup();
-    b
+    bins.iter()
+        .map(|b| b.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
-fn bench_cluster(
+/// The timing the issue's comparison uses: 50 ms tick, heartbeat 3, election 20.
+fn throughput_spec(args: &Args, nodes: usize, bins: &[PathBuf]) -> Spec {
+    Spec {
+        tick_ms: 50,
+        heartbeat_tick: 3,
+        election_tick: 20,
+        controller_delay_ms: args.controller_delay_ms,
+        controller_no_fsync: true,
+        consensus_bins: bins.to_vec(),
+        block_bytes: args.block_bytes,
+        stats: true,
+        ..Spec::new(nodes, 0)
+    }
+}
+
+fn wait_height(cluster: &Cluster, height: u64, within: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !cluster.views().iter().any(|v| v.chain_height >= height) {
+        anyhow::ensure!(
+            start.elapsed() < within,
+            "cluster in {} reached no height {height} within {within:?}",
+            cluster.dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn per(x: f64, blocks: f64, nodes: usize) -> f64 {
+    x / blocks / nodes as f64
+}
+
+fn bench_case(
     root: &Path,
     bin_dir: &Path,
+    args: &Args,
     nodes: usize,
-    delay: u64,
-    secs: u64,
-) -> anyhow::Result<ClusterResult> {
-    let dir = root
-        .join("target")
-        .join("bench")
-        .join(format!("cluster-{nodes}n-{delay}ms"));
+    bins: &[PathBuf],
+    tag: &str,
+) -> anyhow::Result<CaseResult> {
+    let dir = root.join("target").join("bench").join(format!("{tag}-{nodes}n"));
+    let spec = throughput_spec(args, nodes, bins);
+    let cluster = Cluster::create(&dir, bin_dir, &spec, false)?;
+    let result = (|| {
+        wait_height(&cluster, 20, Duration::from_secs(60))?;
+        let s0 = sample(&cluster);
+        std::thread::sleep(Duration::from_secs(args.secs));
+        let s1 = sample(&cluster);
+        let elapsed = match (s0.at, s1.at) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            _ => args.secs as f64,
+        };
+        let blocks = (s1.height - s0.height) as f64;
+        anyhow::ensure!(blocks > 0.0, "no blocks committed during the measurement");
+        let ticks = clock_ticks_per_sec();
+        let rss = consensus_pids(&cluster)
+            .into_iter()
+            .map(rss_mb)
+            .fold(0.0, f64::max);
+        let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        Ok(CaseResult {
+            label: label(bins),
+            nodes,
+            blocks_per_sec: blocks / elapsed,
+            p50_ms: quantile(&s0.latency, &s1.latency, 0.5),
+            p99_ms: quantile(&s0.latency, &s1.latency, 0.99),
+            cpu_ms_per_block: (s1.cpu_ticks - s0.cpu_ticks) as f64 / ticks * 1000.0 / blocks,
+            rss_mb: rss,
+            controller_calls: per(s1.controller_calls - s0.controller_calls, blocks, nodes),
+            network_msgs: per(s1.network_msgs - s0.network_msgs, blocks, nodes),
+            store_writes: delta(s0.store_writes, s1.store_writes).map(|d| per(d, blocks, nodes)),
+            fsyncs: delta(s0.fsyncs, s1.fsyncs).map(|d| per(d, blocks, nodes)),
+            log_lines: per(s1.log_lines - s0.log_lines, blocks, nodes),
+        })
+    })();
+    cluster.down();
+    result
+}
+
+fn bench_idle(root: &Path, bin_dir: &Path, args: &Args, bins: &[PathBuf], tag: &str) -> anyhow::Result<IdleResult> {
+    let dir = root.join("target").join("bench").join(format!("{tag}-idle"));
+    // The service's default timing: 200 ms tick, heartbeat every 15, election 50.
     let spec = Spec {
-        controller_delay_ms: delay,
-        buckets: Some(fine_buckets()),
-        controller_no_fsync: true,
-        ..Spec::new(nodes, 0)
+        tick_ms: 200,
+        heartbeat_tick: 15,
+        election_tick: 50,
+        consensus_bins: bins.to_vec(),
+        stats: true,
+        ..Spec::new(3, 3)
     };
     let cluster = Cluster::create(&dir, bin_dir, &spec, false)?;
     let result = (|| {
-        let start = Instant::now();
-        while !cluster.views().iter().any(|v| v.chain_height >= 20) {
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(60),
-                "cluster made no progress"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let scrape_all = || -> Vec<BTreeMap<String, f64>> {
-            cluster
-                .state
-                .nodes
-                .iter()
-                .filter_map(|n| scrape(n.metrics_port))
-                .collect()
-        };
-        let height = || {
-            cluster
-                .views()
-                .iter()
-                .map(|v| v.chain_height)
-                .max()
-                .unwrap_or(0)
-        };
-        let m0 = scrape_all();
-        let (h0, t0) = (height(), Instant::now());
-        std::thread::sleep(Duration::from_secs(secs));
-        let m1 = scrape_all();
-        let (h1, t1) = (height(), Instant::now());
-        let rate = (h1 - h0) as f64 / (t1 - t0).as_secs_f64();
-        let lat = |q| {
-            quantile(
-                &buckets(&m0, "consensus_block_latency_seconds"),
-                &buckets(&m1, "consensus_block_latency_seconds"),
-                q,
-            )
-        };
-        let fsync = quantile(
-            &buckets(&m0, "consensus_fsync_latency_seconds"),
-            &buckets(&m1, "consensus_fsync_latency_seconds"),
-            0.5,
-        );
-        let rpc = quantile(
-            &buckets(&m0, "consensus_check_proposal_seconds"),
-            &buckets(&m1, "consensus_check_proposal_seconds"),
-            0.5,
-        );
-        Ok(ClusterResult {
-            nodes,
-            controller_delay_ms: delay,
-            blocks_per_sec: rate,
-            p50_block_ms: lat(0.5),
-            p99_block_ms: lat(0.99),
-            median_fsync_ms: fsync,
-            median_rpc_ms: rpc,
-            limit_blocks_per_sec: 1000.0 / (fsync + 4.0 * rpc),
+        wait_height(&cluster, 2, Duration::from_secs(60))?;
+        let pids = consensus_pids(&cluster);
+        let t0 = Instant::now();
+        let c0: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+        std::thread::sleep(Duration::from_secs(args.idle_secs));
+        let c1: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = (c1 - c0) as f64 / clock_ticks_per_sec() / secs / pids.len().max(1) as f64;
+        Ok(IdleResult {
+            label: label(bins),
+            cpu_percent: cpu * 100.0,
+            rss_mb: pids.iter().map(|p| rss_mb(*p)).fold(0.0, f64::max),
         })
+    })();
+    cluster.down();
+    result
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+fn print_header() {
+    println!(
+        "{:<10} {:>5} {:>9} {:>8} {:>8} {:>9} {:>7} | per block and node: {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "binary", "nodes", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b", "RSS MB", "ctl", "msgs", "writes", "fsyncs", "logs"
+    );
+}
+
+fn print_case(name: &str, r: &CaseResult) {
+    println!(
+        "{:<10} {:>5} {:>9.1} {:>8.2} {:>8.2} {:>9.2} {:>7.1} | {:>26.2} {:>6.2} {:>6} {:>6} {:>6.2}",
+        name,
+        r.nodes,
+        r.blocks_per_sec,
+        r.p50_ms,
+        r.p99_ms,
+        r.cpu_ms_per_block,
+        r.rss_mb,
+        r.controller_calls,
+        r.network_msgs,
+        opt(r.store_writes),
+        opt(r.fsyncs),
+        r.log_lines,
+    );
+}
+
+fn soak(root: &Path, bin_dir: &Path, args: &Args, secs: u64) -> anyhow::Result<()> {
+    let dir = root.join("target").join("bench").join("soak");
+    let spec = throughput_spec(args, 3, &args.consensus_bins);
+    let cluster = Cluster::create(&dir, bin_dir, &spec, false)?;
+    let result = (|| {
+        wait_height(&cluster, 20, Duration::from_secs(60))?;
+        println!("soak: 3 nodes, block_interval 0, {secs} s ({})", label(&args.consensus_bins));
+        println!("{:>7} {:>10} {:>9} {:>9} {:>10}", "minute", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b");
+        let start = Instant::now();
+        let mut prev = sample(&cluster);
+        let mut rates = Vec::new();
+        let mut minute = 0;
+        while start.elapsed() < Duration::from_secs(secs) {
+            let left = Duration::from_secs(secs).saturating_sub(start.elapsed());
+            std::thread::sleep(left.min(Duration::from_secs(60)));
+            let now = sample(&cluster);
+            let elapsed = match (prev.at, now.at) {
+                (Some(a), Some(b)) => (b - a).as_secs_f64(),
+                _ => 60.0,
+            };
+            let blocks = (now.height - prev.height) as f64;
+            minute += 1;
+            let rate = blocks / elapsed;
+            rates.push(rate);
+            println!(
+                "{minute:>7} {rate:>10.1} {:>9.2} {:>9.2} {:>10.2}",
+                quantile(&prev.latency, &now.latency, 0.5),
+                quantile(&prev.latency, &now.latency, 0.99),
+                (now.cpu_ticks - prev.cpu_ticks) as f64 / clock_ticks_per_sec() * 1000.0 / blocks.max(1.0),
+            );
+            prev = now;
+        }
+        if let (Some(first), Some(last)) = (rates.first(), rates.last()) {
+            println!("last minute / first minute: {:.3}", last / first);
+        }
+        Ok(())
     })();
     cluster.down();
     result
@@ -185,13 +444,14 @@ fn bench_cluster(
 
 /// Runs the benches.
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
+    for bin in args.consensus_bins.iter().chain(&args.compare) {
+        anyhow::ensure!(bin.is_file(), "no consensus binary at {}\n\n{REFERENCE_HELP}", bin.display());
+    }
     if !args.cluster_only {
         // `--workspace`: the same feature resolution as the binaries built below, so one
         // optimised RocksDB build serves both.
         crate::ci::cargo(root, &["bench", "--workspace"], &[])?;
     }
-    // The bench profile (optimised like release) shares one RocksDB build with
-    // `cargo bench` above.
     let bin_dir = build_profile(
         root,
         if args.debug {
@@ -200,36 +460,67 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             Profile::Bench
         },
     )?;
-    let mut results = Vec::new();
+    if let Some(secs) = args.soak {
+        return soak(root, &bin_dir, args, secs);
+    }
+    let runs: Vec<(String, Vec<PathBuf>)> = match &args.compare {
+        Some(other) => vec![("ours".into(), Vec::new()), ("theirs".into(), vec![other.clone()])],
+        None => vec![(label(&args.consensus_bins), args.consensus_bins.clone())],
+    };
     println!(
-        "\ncluster bench: block_interval = 0, fsync on, loopback, {} s per case",
-        args.secs
+        "\ncluster bench: block_interval 0, tick 50 ms, heartbeat 3, election 20, fsync on for ours, \
+         instant development controller, {} s per case{}",
+        args.secs,
+        if args.debug { " (DEBUG binaries)" } else { "" }
     );
-    println!(
-        "{:>5} {:>8} {:>10} {:>9} {:>9} {:>11} {:>10} {:>12}",
-        "nodes", "ctl ms", "blocks/s", "p50 ms", "p99 ms", "fsync p50", "rpc p50", "limit/s"
-    );
-    for nodes in [3, 5] {
-        for delay in [0, 1] {
-            let r = bench_cluster(root, &bin_dir, nodes, delay, args.secs)?;
-            println!(
-                "{:>5} {:>8} {:>10.1} {:>9.2} {:>9.2} {:>11.3} {:>10.3} {:>12.1}",
-                r.nodes,
-                r.controller_delay_ms,
-                r.blocks_per_sec,
-                r.p50_block_ms,
-                r.p99_block_ms,
-                r.median_fsync_ms,
-                r.median_rpc_ms,
-                r.limit_blocks_per_sec
-            );
-            results.push(r);
+    for (name, bins) in &runs {
+        println!("{name}: {}", label(bins));
+    }
+    print_header();
+    let mut cases: Vec<(String, CaseResult)> = Vec::new();
+    for &nodes in &args.nodes {
+        for (i, (name, bins)) in runs.iter().enumerate() {
+            let r = bench_case(root, &bin_dir, args, nodes, bins, &format!("case{i}"))?;
+            print_case(name, &r);
+            cases.push((name.clone(), r));
+        }
+    }
+    let mut idle = Vec::new();
+    if args.idle_secs > 0 {
+        println!("\nidle: 3 nodes, block_interval 3, tick 200 ms, heartbeat 15, election 50, {} s", args.idle_secs);
+        for (i, (name, bins)) in runs.iter().enumerate() {
+            let r = bench_idle(root, &bin_dir, args, bins, &format!("case{i}"))?;
+            println!("{name:<10} CPU {:.3}% of a core per consensus process, RSS {:.1} MB", r.cpu_percent, r.rss_mb);
+            idle.push((name.clone(), r));
+        }
+    }
+    if args.compare.is_some() {
+        println!("\nratios, ours / theirs:");
+        for &nodes in &args.nodes {
+            let find = |who: &str| cases.iter().find(|(n, r)| n == who && r.nodes == nodes).map(|(_, r)| r);
+            if let (Some(a), Some(b)) = (find("ours"), find("theirs")) {
+                println!(
+                    "{nodes} nodes: blocks/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU per block {:.2}x, RSS {:.2}x",
+                    a.blocks_per_sec / b.blocks_per_sec,
+                    a.p50_ms / b.p50_ms,
+                    a.p99_ms / b.p99_ms,
+                    a.cpu_ms_per_block / b.cpu_ms_per_block,
+                    a.rss_mb / b.rss_mb,
+                );
+            }
+        }
+        if let [(_, a), (_, b)] = idle.as_slice() {
+            println!("idle: CPU {:.2}x, RSS {:.2}x", a.cpu_percent / b.cpu_percent, a.rss_mb / b.rss_mb);
         }
     }
     let out = root.join("target").join("bench");
     std::fs::create_dir_all(&out)?;
     let path = out.join("cluster.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&results)?)
+    let json = serde_json::json!({
+        "cases": cases.iter().map(|(n, r)| serde_json::json!({"run": n, "result": r})).collect::<Vec<_>>(),
+        "idle": idle.iter().map(|(n, r)| serde_json::json!({"run": n, "result": r})).collect::<Vec<_>>(),
+    });
+    std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
         .with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
@@ -240,13 +531,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantile_of_histogram_difference() {
-        let before: BTreeMap<u64, f64> =
-            [(1_000_000, 0.0), (2_000_000, 0.0), (u64::MAX, 0.0)].into();
-        let after: BTreeMap<u64, f64> =
-            [(1_000_000, 50.0), (2_000_000, 100.0), (u64::MAX, 100.0)].into();
+    fn quantile_of_histogram_growth() {
+        // Buckets of 1 ms and 2 ms (in µs); 50 samples in each after, none before.
+        let before: BTreeMap<u64, f64> = [(1000, 0.0), (2000, 0.0), (u64::MAX, 0.0)].into();
+        let after: BTreeMap<u64, f64> = [(1000, 50.0), (2000, 50.0), (u64::MAX, 0.0)].into();
         assert!((quantile(&before, &after, 0.5) - 1.0).abs() < 1e-9);
         assert!((quantile(&before, &after, 0.75) - 1.5).abs() < 1e-9);
         assert!(quantile(&before, &before, 0.5).is_nan());
+    }
+
+    #[test]
+    fn proc_stat_fields_parse() {
+        let me = std::process::id();
+        // Our own process has used some CPU and has a resident set.
+        let _ = (0..200_000u64).fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b));
+        assert!(rss_mb(me) > 0.0);
+        assert!(cpu_ticks(u32::MAX) == 0);
     }
 }

@@ -104,6 +104,13 @@ pub struct Spec {
     pub buckets: Option<Vec<f64>>,
     /// Development controllers skip their fsync (an "instant" controller for benches).
     pub controller_no_fsync: bool,
+    /// Consensus binaries, node `i` running `consensus_bins[(i - 1) % len]`; empty runs
+    /// ours from the build directory.
+    pub consensus_bins: Vec<PathBuf>,
+    /// Proposal data size the development controllers pad blocks to (0: no padding).
+    pub block_bytes: usize,
+    /// Controllers and the network write their counters to `stats.json` files.
+    pub stats: bool,
 }
 
 impl Spec {
@@ -120,6 +127,9 @@ impl Spec {
             controller_delay_ms: 0,
             buckets: None,
             controller_no_fsync: false,
+            consensus_bins: Vec::new(),
+            block_bytes: 0,
+            stats: false,
         }
     }
 }
@@ -143,6 +153,9 @@ pub struct NodeInfo {
     pub consensus_pid: Option<u32>,
     /// Running controller process.
     pub controller_pid: Option<u32>,
+    /// The consensus binary this node runs (ours from `bin_dir` when absent).
+    #[serde(default)]
+    pub consensus_bin: Option<PathBuf>,
 }
 
 /// What `cluster.json` records.
@@ -438,6 +451,8 @@ impl Cluster {
                     metrics_port: p[3],
                     consensus_pid: None,
                     controller_pid: None,
+                    consensus_bin: (!spec.consensus_bins.is_empty())
+                        .then(|| spec.consensus_bins[(i - 1) % spec.consensus_bins.len()].clone()),
                 }
             })
             .collect();
@@ -457,15 +472,15 @@ impl Cluster {
             .iter()
             .map(|n| n.network_port.to_string())
             .collect();
-        let pid = spawn_logged(
-            Command::new(bin_dir.join("dev-network"))
-                .arg("--ports")
-                .arg(net_ports.join(","))
-                .arg("--partition-file")
-                .arg(dir.join("partition")),
-            &dir.join("network.log"),
-            detach,
-        )?;
+        let mut net = Command::new(bin_dir.join("dev-network"));
+        net.arg("--ports")
+            .arg(net_ports.join(","))
+            .arg("--partition-file")
+            .arg(dir.join("partition"));
+        if spec.stats {
+            net.arg("--stats-file").arg(dir.join("network-stats.json"));
+        }
+        let pid = spawn_logged(&mut net, &dir.join("network.log"), detach)?;
         cluster.state.network_pid = Some(pid);
         cluster.save()?;
         let validators: Vec<String> = cluster
@@ -478,7 +493,8 @@ impl Cluster {
             let node = cluster.state.nodes[i - 1].clone();
             let nd = cluster.node_dir(i);
             fs::create_dir_all(&nd)?;
-            fs::write(nd.join("node_address"), format!("0x{}\n", node.address))?;
+            // No trailing newline: the existing service refuses one.
+            fs::write(nd.join("node_address"), format!("0x{}", node.address))?;
             let buckets = spec
                 .buckets
                 .as_ref()
@@ -526,6 +542,12 @@ impl Cluster {
             if spec.controller_no_fsync {
                 cmd.arg("--no-fsync");
             }
+            if spec.block_bytes > 0 {
+                cmd.arg("--block-bytes").arg(spec.block_bytes.to_string());
+            }
+            if spec.stats {
+                cmd.arg("--stats-file").arg(nd.join("controller-stats.json"));
+            }
             for (h, members) in &spec.schedule {
                 let list: Vec<String> = members.iter().map(|m| node_address(*m)).collect();
                 cmd.arg("--validators-at")
@@ -546,8 +568,12 @@ impl Cluster {
         if let Some(pid) = self.state.nodes[i - 1].consensus_pid {
             anyhow::ensure!(!pid_alive(pid), "node {i} is running (pid {pid})");
         }
+        let bin = self.state.nodes[i - 1]
+            .consensus_bin
+            .clone()
+            .unwrap_or_else(|| self.state.bin_dir.join("consensus"));
         let pid = spawn_logged(
-            Command::new(self.state.bin_dir.join("consensus"))
+            Command::new(bin)
                 .arg("run")
                 .arg("-c")
                 .arg(nd.join("config.toml"))

@@ -64,6 +64,12 @@ pub struct ConsensusConfig {
     /// A leader that gets no valid proposal for this many seconds hands leadership to
     /// another validator (craft addition; 0 disables).
     pub transfer_leader_after_secs: u64,
+    /// Bytes of recent raft log entries kept in memory (craft addition).
+    pub entry_cache_bytes: usize,
+    /// RocksDB block cache in bytes (craft addition).
+    pub rocksdb_block_cache_bytes: usize,
+    /// RocksDB memtable size per column family in bytes (craft addition).
+    pub rocksdb_write_buffer_bytes: usize,
 }
 
 impl Default for ConsensusConfig {
@@ -96,6 +102,9 @@ impl Default for ConsensusConfig {
             handler_host: "127.0.0.1".into(),
             log_retain: 200,
             transfer_leader_after_secs: 60,
+            entry_cache_bytes: 8 << 20,
+            rocksdb_block_cache_bytes: 1 << 20,
+            rocksdb_write_buffer_bytes: 2 << 20,
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub last_commit_latency_us: IntGauge,
     /// Seconds per synced raft log write.
     pub fsync_latency: Histogram,
+    /// Raft log writes (one RocksDB write batch each), synced or not.
+    pub store_writes: IntCounter,
     /// Seconds per `CheckProposal` call (a loopback gRPC round trip to the controller).
     pub check_latency: Histogram,
     /// Raft messages handed to the network, per peer.
@@ -62,6 +64,8 @@ impl Metrics {
         };
         let proposals = IntCounter::new("proposals_total", "proposals made as leader")?;
         registry.register(Box::new(proposals.clone()))?;
+        let store_writes = IntCounter::new("store_writes_total", "raft log write batches")?;
+        registry.register(Box::new(store_writes.clone()))?;
         Ok(Self {
             height: gauge("height", "committed chain height")?,
             term: gauge("term", "raft term")?,
@@ -77,6 +81,7 @@ impl Metrics {
                 "latency of the last block, microseconds",
             )?,
             fsync_latency: histogram("fsync_latency_seconds", "synced raft log write time")?,
+            store_writes,
             check_latency: histogram("check_proposal_seconds", "CheckProposal round trip time")?,
             messages_sent: counter_vec(
                 "messages_sent_total",

@@ -99,13 +99,24 @@ async fn run_node(
     );
     let metrics = Metrics::new(&cfg.metrics_buckets).context("creating metrics")?;
     let rocks =
-        RocksLogStore::open(&cfg.raft_data_path, StoreOptions::default()).with_context(|| {
+        RocksLogStore::open(
+            &cfg.raft_data_path,
+            StoreOptions::default()
+                .with_entry_cache_bytes(cfg.entry_cache_bytes)
+                .with_block_cache_bytes(cfg.rocksdb_block_cache_bytes)
+                .with_write_buffer_bytes(cfg.rocksdb_write_buffer_bytes),
+        )
+        .with_context(|| {
             format!(
                 "opening raft data at {} (consensus_raft.raft_data_path)",
                 cfg.raft_data_path
             )
         })?;
-    let store = TimedStore::new(rocks, metrics.fsync_latency.clone());
+    let store = TimedStore::new(
+        rocks,
+        metrics.fsync_latency.clone(),
+        metrics.store_writes.clone(),
+    );
     let controller_addr = format!("http://{}:{}", cfg.service_host, cfg.controller_port);
     tracing::info!(addr = %controller_addr, "controller grpc addr");
     let controller = Arc::new(

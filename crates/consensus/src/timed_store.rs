@@ -1,21 +1,26 @@
-//! A [`LogStore`] wrapper that records synced write latency.
+//! A [`LogStore`] wrapper that counts writes and records synced write latency.
 
 use craft_core::raft::eraftpb::{Entry, Snapshot};
 use craft_core::raft::{GetEntriesContext, RaftState};
 use craft_core::{LogStore, LogWrite};
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 
-/// Times every synced write of the inner store into a histogram.
+/// Counts the writes of the inner store and times every synced one into a histogram.
 #[derive(Clone)]
 pub struct TimedStore<S> {
     inner: S,
     fsync: Histogram,
+    writes: IntCounter,
 }
 
 impl<S> TimedStore<S> {
     /// Wraps `inner`.
-    pub fn new(inner: S, fsync: Histogram) -> Self {
-        Self { inner, fsync }
+    pub fn new(inner: S, fsync: Histogram, writes: IntCounter) -> Self {
+        Self {
+            inner,
+            fsync,
+            writes,
+        }
     }
 }
 
@@ -48,15 +53,15 @@ impl<S: LogStore> raft::Storage for TimedStore<S> {
 
 impl<S: LogStore> LogStore for TimedStore<S> {
     fn write(&self, write: LogWrite) -> raft::Result<()> {
+        if !write.is_empty() {
+            self.writes.inc();
+        }
         if write.must_sync {
             let _t = self.fsync.start_timer();
             self.inner.write(write)
         } else {
             self.inner.write(write)
         }
-    }
-    fn save_snapshot(&self, snapshot: Snapshot, compact_to: u64) -> raft::Result<()> {
-        self.inner.save_snapshot(snapshot, compact_to)
     }
     fn latest_snapshot(&self) -> raft::Result<Snapshot> {
         self.inner.latest_snapshot()

@@ -48,10 +48,6 @@
 //! assert!(StatusCode::ok().is_ok());
 //! ```
 
-/// Package `common`: messages shared by every CITA-Cloud service.
-#[rustfmt::skip]
-#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
-
 /// Largest gRPC message (in bytes) our CITA services and clients encode or decode.
 ///
 /// tonic refuses messages over 4 MiB by default, which a block near that size, or a
@@ -60,6 +56,10 @@
 /// message's framing (raft batches entries up to 4 MiB per message, and an entry
 /// larger than that travels alone).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Package `common`: messages shared by every CITA-Cloud service.
+#[rustfmt::skip]
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
 
 pub mod common {
     include!("generated/common.rs");

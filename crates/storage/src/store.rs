@@ -21,7 +21,7 @@ use rocksdb::{
 use crate::error::StorageError;
 use crate::layout::{
     decode_truncated, encode_truncated, entry_index, entry_key, entry_key_name, state_key_name,
-    HARD_STATE_KEY, LOG_CF, LOG_END, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, STATE_CF, TRUNCATED_KEY,
+    HARD_STATE_KEY, LOG_CF, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, STATE_CF, TRUNCATED_KEY,
 };
 
 /// How a [`RocksLogStore`] is opened.

@@ -61,7 +61,7 @@ fn run_writer(dir: &Path) {
                 entries: (first..=last).map(|i| crash_entry(i, term)).collect(),
                 hard_state: Some(hard_state(term, 1, last)),
                 must_sync: true,
-                snapshot: None,
+                ..Default::default()
             })
             .unwrap();
         writeln!(out, "acked {last} {term}").unwrap();

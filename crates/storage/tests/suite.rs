@@ -108,6 +108,7 @@ fn reopen_keeps_hard_state_entries_snapshot_and_truncation() {
             entries: entries(41, 42, 4),
             hard_state: None,
             must_sync: true,
+            ..Default::default()
         })
         .unwrap();
     let before = observe(&store);
@@ -157,6 +158,11 @@ fn replica_restarts_from_rocks_log_store() {
                 }
             }
         }
+        // The last commit index is staged for the next Ready; a node going down writes
+        // it out.
+        assert!(replica.has_staged());
+        replica.flush().unwrap();
+        assert!(!replica.has_staged());
     }
     let store = RocksLogStore::open(dir.path(), StoreOptions::default()).unwrap();
     let last = proposed.last().unwrap();

@@ -7,6 +7,7 @@
 //! origin. Links can be cut to simulate partitions.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct DevNetwork {
     nodes: Vec<Slot>,
     cuts: RwLock<HashSet<(u64, u64)>>,
     delivery: PeerQueues<NetworkMsg>,
+    send_msg_calls: AtomicU64,
+    broadcast_calls: AtomicU64,
 }
 
 impl std::fmt::Debug for DevNetwork {
@@ -49,7 +52,24 @@ impl DevNetwork {
                 .collect(),
             cuts: RwLock::new(HashSet::new()),
             delivery: PeerQueues::new(4096),
+            send_msg_calls: AtomicU64::new(0),
+            broadcast_calls: AtomicU64::new(0),
         })
+    }
+
+    /// Counters as JSON: `send_msg` and `broadcast` calls, `delivered` and `dropped`
+    /// messages (summed over nodes), for benchmarks.
+    pub fn stats_json(&self) -> String {
+        let (delivered, dropped) = self
+            .delivery
+            .stats()
+            .iter()
+            .fold((0, 0), |(a, b), (_, s, d)| (a + s, b + d));
+        format!(
+            "{{\"send_msg\":{},\"broadcast\":{},\"delivered\":{delivered},\"dropped\":{dropped}}}",
+            self.send_msg_calls.load(Ordering::Relaxed),
+            self.broadcast_calls.load(Ordering::Relaxed),
+        )
     }
 
     /// Number of nodes.
@@ -188,6 +208,7 @@ fn ok() -> Response<StatusCode> {
 #[tonic::async_trait]
 impl NetworkService for NodePort {
     async fn send_msg(&self, req: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+        self.net.send_msg_calls.fetch_add(1, Ordering::Relaxed);
         let msg = req.into_inner();
         let to = msg.origin;
         if self.net.slot(to).is_none() {
@@ -198,6 +219,7 @@ impl NetworkService for NodePort {
     }
 
     async fn broadcast(&self, req: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+        self.net.broadcast_calls.fetch_add(1, Ordering::Relaxed);
         let msg = req.into_inner();
         for to in 1..=self.net.len() as u64 {
             if to != self.me {

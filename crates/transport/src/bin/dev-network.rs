@@ -28,6 +28,9 @@ struct Args {
     /// File of cut links (`A B` or `A *` per line), re-read continuously.
     #[arg(long)]
     partition_file: Option<PathBuf>,
+    /// Write message counters (JSON) to this file twice a second.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -54,6 +57,19 @@ async fn main() -> anyhow::Result<()> {
     let net = DevNetwork::new(ports.len());
     if let Some(path) = args.partition_file.clone() {
         tokio::spawn(net.clone().follow_partition_file(path));
+    }
+    if let Some(path) = args.stats_file.clone() {
+        let net = net.clone();
+        tokio::spawn(async move {
+            let tmp = path.with_extension("tmp");
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let json = net.stats_json();
+                if let Err(e) = std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)) {
+                    tracing::warn!(path = %path.display(), error = %e, "writing stats failed");
+                }
+            }
+        });
     }
     let mut servers = tokio::task::JoinSet::new();
     for (i, port) in (1u64..).zip(ports) {
