@@ -409,11 +409,6 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 _ = ticker.tick() => {
                     self.replica.tick();
                     self.expire_reads();
-                    if self.replica.has_staged() && !self.replica.has_ready() {
-                        // Nothing else is coming to carry the staged writes.
-                        let replica = &mut self.replica;
-                        blocking(replica.store().may_block(), || replica.flush())?;
-                    }
                 }
                 done = self.done.recv() => match done {
                     Some(done) => self.on_done(done)?,

@@ -68,6 +68,10 @@ impl ReplicaConfig {
             pre_vote: self.pre_vote,
             max_size_per_msg: self.max_size_per_msg,
             max_inflight_msgs: self.max_inflight_msgs,
+            // No extra round of empty appends per commit: followers learn the commit
+            // index from the next append, or from the broadcast at the next tick (see
+            // `Replica::tick`). Under load that halves the messages per entry.
+            skip_bcast_commit: true,
             ..Default::default()
         }
     }
@@ -165,6 +169,11 @@ pub struct Replica<S: LogStore> {
     /// need not be durable (raft recomputes it); keeping it lets a restart replay
     /// committed entries at once.
     staged_commit: Option<HardState>,
+    /// The commit index the leader last made sure every follower was sent.
+    commit_broadcast: u64,
+    /// A tick passed with staged writes: the next `handle_ready` writes them even if
+    /// raft has nothing to persist, so nothing stays staged longer than a tick.
+    flush_due: bool,
     last_role: RoleChange,
 }
 
@@ -210,6 +219,8 @@ impl<S: LogStore> Replica<S> {
             snapshot_requested: applied,
             staged_snapshot: None,
             staged_commit: None,
+            commit_broadcast: 0,
+            flush_due: false,
             last_role,
         };
         Ok((replica, (applied > 0).then_some(snapshot)))
@@ -286,8 +297,24 @@ impl<S: LogStore> Replica<S> {
     }
 
     /// Advances logical time by one tick. Returns whether there may be a Ready.
+    ///
+    /// A leader whose commit index moved since the last tick also sends it to every
+    /// follower (an empty append where nothing else is due), so that followers apply
+    /// within a tick even when no new entry follows. Writes staged by earlier calls
+    /// become due: the next [`Replica::handle_ready`] makes them.
     pub fn tick(&mut self) -> bool {
-        self.raw.tick()
+        let mut ready = self.raw.tick();
+        let committed = self.raw.raft.raft_log.committed;
+        if self.is_leader() && committed > self.commit_broadcast {
+            self.raw.raft.bcast_append();
+            self.commit_broadcast = committed;
+            ready = true;
+        }
+        if self.has_staged() {
+            self.flush_due = true;
+            ready = true;
+        }
+        ready
     }
 
     /// Starts an election now. A replica that is not a voter (still joining, a learner,
@@ -370,7 +397,7 @@ impl<S: LogStore> Replica<S> {
 
     /// Whether [`Replica::handle_ready`] has work.
     pub fn has_ready(&self) -> bool {
-        self.raw.has_ready()
+        self.raw.has_ready() || (self.flush_due && self.has_staged())
     }
 
     fn not_leader(&self) -> ProposeError {
@@ -396,6 +423,9 @@ impl<S: LogStore> Replica<S> {
     ) -> Result<ReadyOutput, Error> {
         let mut out = ReadyOutput::default();
         if !self.raw.has_ready() {
+            if self.flush_due {
+                self.flush()?;
+            }
             return Ok(out);
         }
         let mut ready = self.raw.ready();
@@ -420,15 +450,24 @@ impl<S: LogStore> Replica<S> {
             }
             None => self.staged_commit.take(),
         };
-        let write = LogWrite {
-            local_snapshot: self.staged_snapshot.take(),
-            snapshot: has_snapshot.then(|| snapshot.clone()),
-            entries: ready.take_entries(),
-            hard_state,
-            must_sync: ready.must_sync(),
-        };
-        if !write.is_empty() {
-            self.raw.store().write(write)?;
+        let entries = ready.take_entries();
+        if !ready.must_sync() && !has_snapshot && entries.is_empty() && !self.flush_due {
+            // Only the commit index moved (a new term or vote would need a sync): it
+            // need not be durable, so it waits for the next write instead of costing
+            // one of its own.
+            self.staged_commit = hard_state;
+        } else {
+            let write = LogWrite {
+                local_snapshot: self.staged_snapshot.take(),
+                snapshot: has_snapshot.then(|| snapshot.clone()),
+                entries,
+                hard_state,
+                must_sync: ready.must_sync(),
+            };
+            if !write.is_empty() {
+                self.raw.store().write(write)?;
+            }
+            self.flush_due = false;
         }
         if has_snapshot {
             let meta = snapshot.get_metadata();
@@ -625,8 +664,9 @@ impl<S: LogStore> Replica<S> {
         self.staged_snapshot.is_some() || self.staged_commit.is_some()
     }
 
-    /// Writes what is staged now (unsynced), when no Ready is coming to carry it.
+    /// Writes what is staged now (unsynced), e.g. before shutting down.
     pub fn flush(&mut self) -> Result<(), Error> {
+        self.flush_due = false;
         let write = LogWrite {
             local_snapshot: self.staged_snapshot.take(),
             hard_state: self.staged_commit.take(),
