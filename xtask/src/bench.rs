@@ -144,7 +144,12 @@ fn cpu_ticks(pid: u32) -> u64 {
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // state is field 3 of the whole line, utime 14, stime 15: here indices 0, 11, 12.
-    let get = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     get(11) + get(12)
 }
 
@@ -220,7 +225,8 @@ fn sample(cluster: &Cluster) -> Sample {
         }
     }
     if let Some(net) = read_json(&cluster.dir.join("network-stats.json")) {
-        s.network_msgs = net["send_msg"].as_f64().unwrap_or(0.0) + net["broadcast"].as_f64().unwrap_or(0.0);
+        s.network_msgs =
+            net["send_msg"].as_f64().unwrap_or(0.0) + net["broadcast"].as_f64().unwrap_or(0.0);
     }
     s
 }
@@ -302,7 +308,10 @@ fn bench_case(
     bins: &[PathBuf],
     tag: &str,
 ) -> anyhow::Result<CaseResult> {
-    let dir = root.join("target").join("bench").join(format!("{tag}-{nodes}n"));
+    let dir = root
+        .join("target")
+        .join("bench")
+        .join(format!("{tag}-{nodes}n"));
     let spec = throughput_spec(args, nodes, bins);
     let cluster = Cluster::create(&dir, bin_dir, &spec, false)?;
     let result = (|| {
@@ -341,8 +350,17 @@ fn bench_case(
     result
 }
 
-fn bench_idle(root: &Path, bin_dir: &Path, args: &Args, bins: &[PathBuf], tag: &str) -> anyhow::Result<IdleResult> {
-    let dir = root.join("target").join("bench").join(format!("{tag}-idle"));
+fn bench_idle(
+    root: &Path,
+    bin_dir: &Path,
+    args: &Args,
+    bins: &[PathBuf],
+    tag: &str,
+) -> anyhow::Result<IdleResult> {
+    let dir = root
+        .join("target")
+        .join("bench")
+        .join(format!("{tag}-idle"));
     // The service's default timing: 200 ms tick, heartbeat every 15, election 50.
     let spec = Spec {
         tick_ms: 200,
@@ -407,8 +425,14 @@ fn soak(root: &Path, bin_dir: &Path, args: &Args, secs: u64) -> anyhow::Result<(
     let cluster = Cluster::create(&dir, bin_dir, &spec, false)?;
     let result = (|| {
         wait_height(&cluster, 20, Duration::from_secs(60))?;
-        println!("soak: 3 nodes, block_interval 0, {secs} s ({})", label(&args.consensus_bins));
-        println!("{:>7} {:>10} {:>9} {:>9} {:>10}", "minute", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b");
+        println!(
+            "soak: 3 nodes, block_interval 0, {secs} s ({})",
+            label(&args.consensus_bins)
+        );
+        println!(
+            "{:>7} {:>10} {:>9} {:>9} {:>10}",
+            "minute", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b"
+        );
         let start = Instant::now();
         let mut prev = sample(&cluster);
         let mut rates = Vec::new();
@@ -429,7 +453,8 @@ fn soak(root: &Path, bin_dir: &Path, args: &Args, secs: u64) -> anyhow::Result<(
                 "{minute:>7} {rate:>10.1} {:>9.2} {:>9.2} {:>10.2}",
                 quantile(&prev.latency, &now.latency, 0.5),
                 quantile(&prev.latency, &now.latency, 0.99),
-                (now.cpu_ticks - prev.cpu_ticks) as f64 / clock_ticks_per_sec() * 1000.0 / blocks.max(1.0),
+                (now.cpu_ticks - prev.cpu_ticks) as f64 / clock_ticks_per_sec() * 1000.0
+                    / blocks.max(1.0),
             );
             prev = now;
         }
@@ -445,7 +470,11 @@ fn soak(root: &Path, bin_dir: &Path, args: &Args, secs: u64) -> anyhow::Result<(
 /// Runs the benches.
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     for bin in args.consensus_bins.iter().chain(&args.compare) {
-        anyhow::ensure!(bin.is_file(), "no consensus binary at {}\n\n{REFERENCE_HELP}", bin.display());
+        anyhow::ensure!(
+            bin.is_file(),
+            "no consensus binary at {}\n\n{REFERENCE_HELP}",
+            bin.display()
+        );
     }
     if !args.cluster_only {
         // `--workspace`: the same feature resolution as the binaries built below, so one
@@ -464,7 +493,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         return soak(root, &bin_dir, args, secs);
     }
     let runs: Vec<(String, Vec<PathBuf>)> = match &args.compare {
-        Some(other) => vec![("ours".into(), Vec::new()), ("theirs".into(), vec![other.clone()])],
+        Some(other) => vec![
+            ("ours".into(), Vec::new()),
+            ("theirs".into(), vec![other.clone()]),
+        ],
         None => vec![(label(&args.consensus_bins), args.consensus_bins.clone())],
     };
     println!(
@@ -487,17 +519,28 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     }
     let mut idle = Vec::new();
     if args.idle_secs > 0 {
-        println!("\nidle: 3 nodes, block_interval 3, tick 200 ms, heartbeat 15, election 50, {} s", args.idle_secs);
+        println!(
+            "\nidle: 3 nodes, block_interval 3, tick 200 ms, heartbeat 15, election 50, {} s",
+            args.idle_secs
+        );
         for (i, (name, bins)) in runs.iter().enumerate() {
             let r = bench_idle(root, &bin_dir, args, bins, &format!("case{i}"))?;
-            println!("{name:<10} CPU {:.3}% of a core per consensus process, RSS {:.1} MB", r.cpu_percent, r.rss_mb);
+            println!(
+                "{name:<10} CPU {:.3}% of a core per consensus process, RSS {:.1} MB",
+                r.cpu_percent, r.rss_mb
+            );
             idle.push((name.clone(), r));
         }
     }
     if args.compare.is_some() {
         println!("\nratios, ours / theirs:");
         for &nodes in &args.nodes {
-            let find = |who: &str| cases.iter().find(|(n, r)| n == who && r.nodes == nodes).map(|(_, r)| r);
+            let find = |who: &str| {
+                cases
+                    .iter()
+                    .find(|(n, r)| n == who && r.nodes == nodes)
+                    .map(|(_, r)| r)
+            };
             if let (Some(a), Some(b)) = (find("ours"), find("theirs")) {
                 println!(
                     "{nodes} nodes: blocks/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU per block {:.2}x, RSS {:.2}x",
@@ -510,7 +553,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             }
         }
         if let [(_, a), (_, b)] = idle.as_slice() {
-            println!("idle: CPU {:.2}x, RSS {:.2}x", a.cpu_percent / b.cpu_percent, a.rss_mb / b.rss_mb);
+            println!(
+                "idle: CPU {:.2}x, RSS {:.2}x",
+                a.cpu_percent / b.cpu_percent,
+                a.rss_mb / b.rss_mb
+            );
         }
     }
     let out = root.join("target").join("bench");

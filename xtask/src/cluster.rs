@@ -546,7 +546,8 @@ impl Cluster {
                 cmd.arg("--block-bytes").arg(spec.block_bytes.to_string());
             }
             if spec.stats {
-                cmd.arg("--stats-file").arg(nd.join("controller-stats.json"));
+                cmd.arg("--stats-file")
+                    .arg(nd.join("controller-stats.json"));
             }
             for (h, members) in &spec.schedule {
                 let list: Vec<String> = members.iter().map(|m| node_address(*m)).collect();

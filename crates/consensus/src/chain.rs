@@ -72,7 +72,10 @@ impl PreCheckSlot {
     }
 
     /// The check started for exactly `proposal`, if any.
-    fn take(&self, proposal: &Proposal) -> Option<tokio::task::JoinHandle<Result<bool, ControllerError>>> {
+    fn take(
+        &self,
+        proposal: &Proposal,
+    ) -> Option<tokio::task::JoinHandle<Result<bool, ControllerError>>> {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match slot.take() {
             Some(pre) if pre.proposal == *proposal => Some(pre.result),

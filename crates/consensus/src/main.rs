@@ -60,7 +60,12 @@ fn main() -> anyhow::Result<()> {
         cfg.log_to_stdout = true;
     }
     let _guard = consensus::logging::init(&cfg)?;
+    // One worker: the service's work is a chain of small steps, and a second worker
+    // mostly adds cross-thread wake-ups. Multi-threaded all the same, so that a
+    // RocksDB write can leave the worker (`block_in_place`) and other tasks go on
+    // during the fsync.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -98,20 +98,19 @@ async fn run_node(
         "consensus starting"
     );
     let metrics = Metrics::new(&cfg.metrics_buckets).context("creating metrics")?;
-    let rocks =
-        RocksLogStore::open(
-            &cfg.raft_data_path,
-            StoreOptions::default()
-                .with_entry_cache_bytes(cfg.entry_cache_bytes)
-                .with_block_cache_bytes(cfg.rocksdb_block_cache_bytes)
-                .with_write_buffer_bytes(cfg.rocksdb_write_buffer_bytes),
+    let rocks = RocksLogStore::open(
+        &cfg.raft_data_path,
+        StoreOptions::default()
+            .with_entry_cache_bytes(cfg.entry_cache_bytes)
+            .with_block_cache_bytes(cfg.rocksdb_block_cache_bytes)
+            .with_write_buffer_bytes(cfg.rocksdb_write_buffer_bytes),
+    )
+    .with_context(|| {
+        format!(
+            "opening raft data at {} (consensus_raft.raft_data_path)",
+            cfg.raft_data_path
         )
-        .with_context(|| {
-            format!(
-                "opening raft data at {} (consensus_raft.raft_data_path)",
-                cfg.raft_data_path
-            )
-        })?;
+    })?;
     let store = TimedStore::new(
         rocks,
         metrics.fsync_latency.clone(),

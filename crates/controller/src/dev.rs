@@ -121,7 +121,11 @@ impl DevStats {
 
     fn committed(&self, height: u64) {
         self.blocks.fetch_add(1, Ordering::Relaxed);
-        let at = self.proposed.lock().unwrap_or_else(|e| e.into_inner()).take_if(|(h, _)| *h == height);
+        let at = self
+            .proposed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_if(|(h, _)| *h == height);
         if let Some((_, at)) = at {
             let us = at.elapsed().as_micros() as u64;
             let i = self.buckets.partition_point(|b| *b < us);
@@ -175,7 +179,9 @@ pub fn is_valid_block(height: u64, data: &[u8]) -> bool {
         && parts.next().and_then(|h| h.parse::<u64>().ok()) == Some(height)
         && parts.next().is_some()
         && parts.next().is_some()
-        && parts.next().is_none_or(|pad| pad.bytes().all(|b| b == b'x'))
+        && parts
+            .next()
+            .is_none_or(|pad| pad.bytes().all(|b| b == b'x'))
         && parts.next().is_none()
 }
 
@@ -341,9 +347,13 @@ impl DevChain {
                     let sync = !self.cfg.no_fsync;
                     if let Some(log) = st.log.as_mut() {
                         let line = format!("{} {}\n", p.height, hex::encode(&p.data));
-                        let written = log
-                            .write_all(line.as_bytes())
-                            .and_then(|_| if sync { log.sync_data() } else { Ok(()) });
+                        let written = log.write_all(line.as_bytes()).and_then(|_| {
+                            if sync {
+                                log.sync_data()
+                            } else {
+                                Ok(())
+                            }
+                        });
                         if let Err(e) = written {
                             tracing::error!(error = %e, "writing chain.log failed");
                             return Err(CODE_STORAGE);

@@ -247,7 +247,8 @@ where
     let span = tracing::info_span!("raft", node_id = replica.id());
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let applier = tokio::spawn(apply_loop(state_machine, jobs_rx, done_tx).instrument(span.clone()));
+    let applier =
+        tokio::spawn(apply_loop(state_machine, jobs_rx, done_tx).instrument(span.clone()));
     let sm_applied = replica.applied_index();
     let mut task = Driver {
         replica,

@@ -16,7 +16,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, StorageError, NO_LIMIT};
 
-use crate::storage::{LocalSnapshot, make_snapshot, voters, LogStore, LogWrite};
+use crate::storage::{make_snapshot, voters, LocalSnapshot, LogStore, LogWrite};
 
 /// One check of the suite: panics when the fresh store it is given misbehaves.
 pub type Check<S> = fn(S);
@@ -656,10 +656,19 @@ pub fn local_snapshot_rides_with_entries<S: LogStore>(store: S) {
             ..Default::default()
         })
         .unwrap();
-    assert_log(&store, what, 6, 12, &[(5, 1), (6, 1), (10, 1), (11, 2), (12, 2)]);
+    assert_log(
+        &store,
+        what,
+        6,
+        12,
+        &[(5, 1), (6, 1), (10, 1), (11, 2), (12, 2)],
+    );
     assert_eq!(read(&store, 6, 13, None).unwrap().len(), 7, "{what}");
     assert_eq!(store.latest_snapshot().unwrap().get_metadata().index, 8);
-    assert_eq!(store.initial_state().unwrap().hard_state, hard_state(2, 1, 10));
+    assert_eq!(
+        store.initial_state().unwrap().hard_state,
+        hard_state(2, 1, 10)
+    );
 
     let what = "received snapshot at 20 beside a local one at 12";
     store
@@ -675,7 +684,10 @@ pub fn local_snapshot_rides_with_entries<S: LogStore>(store: S) {
         .unwrap();
     assert_log(&store, what, 21, 20, &[(20, 3)]);
     let snap = store.latest_snapshot().unwrap();
-    assert_eq!((snap.get_metadata().index, &snap.data[..]), (20, &b"at 20"[..]));
+    assert_eq!(
+        (snap.get_metadata().index, &snap.data[..]),
+        (20, &b"at 20"[..])
+    );
 }
 
 /// A write whose local snapshot lies beyond the log fails whole.
@@ -717,11 +729,24 @@ pub fn compaction_step_by_step_keeps_reads_right<S: LogStore>(store: S) {
             })
             .unwrap();
         let first = applied - retain + 2;
-        assert_log(&store, what, first, i, &[(first - 1, 1 + (first - 1) / 100), (i, 1 + i / 100)]);
+        assert_log(
+            &store,
+            what,
+            first,
+            i,
+            &[(first - 1, 1 + (first - 1) / 100), (i, 1 + i / 100)],
+        );
         let got = read(&store, first, i + 1, None).unwrap();
         assert_eq!(got.len() as u64, i + 1 - first, "{what}: entries at {i}");
-        assert_eq!(got[0], entry(first, 1 + first / 100), "{what}: first entry at {i}");
-        assert!(is_compacted(&read(&store, first - 1, i, None)), "{what}: compacted at {i}");
+        assert_eq!(
+            got[0],
+            entry(first, 1 + first / 100),
+            "{what}: first entry at {i}"
+        );
+        assert!(
+            is_compacted(&read(&store, first - 1, i, None)),
+            "{what}: compacted at {i}"
+        );
     }
 }
 

@@ -184,9 +184,18 @@ fn crashed_nodes_restart_from_their_stores() {
     // (the newest commit index and snapshot may not have been written yet: neither
     // needs to be durable), and the leader brings back the rest.
     let restored = c.sm(follower).clone();
-    assert!(restored.applied_index >= 5, "replayed only to {}", restored.applied_index);
-    assert_eq!(restored.applied[..], before.applied[..restored.applied.len()]);
-    c.run_until(500, "restarted follower caught up", |c| c.sm(follower) == &before || c.sm(follower).applied_index > before.applied_index);
+    assert!(
+        restored.applied_index >= 5,
+        "replayed only to {}",
+        restored.applied_index
+    );
+    assert_eq!(
+        restored.applied[..],
+        before.applied[..restored.applied.len()]
+    );
+    c.run_until(500, "restarted follower caught up", |c| {
+        c.sm(follower) == &before || c.sm(follower).applied_index > before.applied_index
+    });
 
     c.crash(follower);
     replicate_on_live(&mut c, leader, 10);

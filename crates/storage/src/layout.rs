@@ -29,7 +29,6 @@ pub fn entry_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-
 /// The index an entry key stands for, or `None` when it is not 8 bytes long.
 pub(crate) fn entry_index(key: &[u8]) -> Option<u64> {
     let bytes: [u8; 8] = key.try_into().ok()?;

@@ -849,12 +849,18 @@ mod tests {
         assert_eq!((tail.entries.len(), tail.term(9)), (2, None));
         assert_eq!(tail.entries_start(8), 7);
         tail.compact_to(7);
-        assert_eq!((tail.entries.len(), tail.term(7), tail.term(8)), (1, None, Some(2)));
+        assert_eq!(
+            (tail.entries.len(), tail.term(7), tail.term(8)),
+            (1, None, Some(2))
+        );
         assert_eq!(tail.entries_bytes, 100);
 
         // Truncating below what the terms cover restarts them there.
         tail.truncate_from(3, 8);
-        assert_eq!((tail.terms_start, tail.terms.len(), tail.entries.len()), (3, 0, 0));
+        assert_eq!(
+            (tail.terms_start, tail.terms.len(), tail.entries.len()),
+            (3, 0, 0)
+        );
         // An entry larger than the budget is still kept, alone.
         tail.push(entry(3, 4, 1000), 400);
         assert_eq!((tail.entries.len(), tail.term(3)), (1, Some(4)));

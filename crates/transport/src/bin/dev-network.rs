@@ -65,7 +65,9 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 let json = net.stats_json();
-                if let Err(e) = std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)) {
+                if let Err(e) =
+                    std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path))
+                {
                     tracing::warn!(path = %path.display(), error = %e, "writing stats failed");
                 }
             }
