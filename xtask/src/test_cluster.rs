@@ -272,11 +272,85 @@ fn follower_catch_up(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.safe()
 }
 
+/// Controller calls of 2 s each (twice the election timeout) slow blocks down but
+/// never stop ticks, heartbeats or votes: the leader and the term stay.
+fn slow_controller_keeps_leader(r: &mut Run<'_>) -> anyhow::Result<()> {
+    r.progress(1, "first block through the slow controller")?;
+    let leader = r.leader()?;
+    let term = r.cluster.views()[leader - 1].term;
+    r.checks.push(format!("leader {leader} in term {term:?}"));
+    let mut changed = None;
+    let from = max_height(&r.cluster.views(), true);
+    r.wait(
+        &format!("three more blocks after {from}, leader and term unchanged"),
+        |v| {
+            if let Some((i, n)) = v.iter().enumerate().find(|(i, n)| {
+                n.alive
+                    && n.term.is_some()
+                    && (n.term != term || (*i + 1 == leader && n.role != Some(3)))
+            }) {
+                changed.get_or_insert(format!(
+                    "node {} in term {:?}, role {:?}",
+                    i + 1,
+                    n.term,
+                    n.role
+                ));
+            }
+            changed.is_some() || max_height(v, true) >= from + 3
+        },
+    )?;
+    if let Some(what) = changed {
+        bail!("leadership changed under a slow controller: {what}");
+    }
+    r.checks.push("no leader change, no new term".into());
+    r.safe()
+}
+
+/// Blocks of the configured size reach every node's controller.
+fn blocks_of_size(r: &mut Run<'_>) -> anyhow::Result<()> {
+    let bytes = r.spec.block_bytes;
+    r.wait(
+        &format!("every node commits 3 blocks of {bytes} bytes"),
+        |v| v.iter().all(|n| n.chain_height >= 3),
+    )?;
+    let chains = r.cluster.chains();
+    for (i, c) in chains.iter().enumerate() {
+        let hex = c
+            .get(&3)
+            .with_context(|| format!("node {} has no block 3", i + 1))?;
+        anyhow::ensure!(
+            hex.len() == 2 * bytes,
+            "node {}: block 3 has {} bytes, expected {bytes}",
+            i + 1,
+            hex.len() / 2
+        );
+    }
+    r.checks
+        .push(format!("every node's block 3 is {bytes} bytes"));
+    r.safe()
+}
+
 fn scenarios() -> Vec<(&'static str, Spec, Scenario)> {
     let mut removal = spec(3);
     removal.schedule = vec![(20, vec![1, 2]), (70, vec![1, 2, 3])];
+    let slow = Spec {
+        controller_delay_ms: 2000,
+        ..spec(3)
+    };
+    let sized = |bytes: usize| Spec {
+        block_bytes: bytes,
+        ..spec(3)
+    };
     vec![
-        ("steady_progress", spec(3), steady_progress as Scenario),
+        (
+            "slow_controller_keeps_leader",
+            slow,
+            slow_controller_keeps_leader as Scenario,
+        ),
+        ("blocks_1kib", sized(1 << 10), blocks_of_size),
+        ("blocks_1mib", sized(1 << 20), blocks_of_size),
+        ("blocks_8mib", sized(8 << 20), blocks_of_size),
+        ("steady_progress", spec(3), steady_progress),
         ("leader_kill_restart", spec(3), leader_kill_restart),
         ("all_killed_restart", spec(3), all_killed_restart),
         ("partitioned_leader_heal", spec(3), partitioned_leader_heal),
