@@ -70,7 +70,7 @@ impl<T: Send + 'static> PeerQueues<T> {
             let mut send = make_sender();
             tokio::spawn(async move {
                 ReceiverStream::new(rx)
-                    .map(|item| send(item))
+                    .map(&mut send)
                     .buffer_unordered(in_flight)
                     .for_each(|delivered| {
                         let counter = if delivered {
