@@ -506,7 +506,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         if args.debug { " (DEBUG binaries)" } else { "" }
     );
     for (name, bins) in &runs {
-        println!("{name}: {}", label(bins));
+        if *name != label(bins) {
+            println!("{name}: {}", label(bins));
+        }
     }
     print_header();
     let mut cases: Vec<(String, CaseResult)> = Vec::new();
