@@ -103,8 +103,8 @@ impl Default for ConsensusConfig {
             log_retain: 200,
             transfer_leader_after_secs: 60,
             entry_cache_bytes: 8 << 20,
-            rocksdb_block_cache_bytes: 1 << 20,
-            rocksdb_write_buffer_bytes: 2 << 20,
+            rocksdb_block_cache_bytes: 512 << 10,
+            rocksdb_write_buffer_bytes: 1 << 20,
         }
     }
 }

@@ -39,9 +39,9 @@ pub struct StoreOptions {
     /// Bytes of recent log entries kept in memory, so that sending and applying them
     /// never reads RocksDB. Default 8 MiB; the newest entry is always kept.
     pub entry_cache_bytes: usize,
-    /// RocksDB block cache, shared by both column families. Default 1 MiB.
+    /// RocksDB block cache, shared by both column families. Default 512 KiB.
     pub block_cache_bytes: usize,
-    /// RocksDB memtable size per column family. Default 2 MiB.
+    /// RocksDB memtable size per column family. Default 1 MiB.
     pub write_buffer_bytes: usize,
 }
 
@@ -50,8 +50,8 @@ impl Default for StoreOptions {
         Self {
             sync: true,
             entry_cache_bytes: 8 << 20,
-            block_cache_bytes: 1 << 20,
-            write_buffer_bytes: 2 << 20,
+            block_cache_bytes: 512 << 10,
+            write_buffer_bytes: 1 << 20,
         }
     }
 }
