@@ -69,6 +69,10 @@ pub struct Args {
     /// Pad blocks to this many bytes.
     #[arg(long, default_value_t = 0)]
     pub block_bytes: usize,
+    /// Run every case this many times, binaries alternating, and report the median of
+    /// each figure (a loopback cluster on a shared machine varies from run to run).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Instead of the cases above: one 3-node cluster for this many seconds, printing
     /// blocks/s per minute (does the rate hold up?).
     #[arg(long)]
@@ -390,6 +394,38 @@ fn bench_idle(
     result
 }
 
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// Each figure's median over `results` (all of one binary and size).
+fn median_case(results: Vec<CaseResult>) -> CaseResult {
+    let m = |f: fn(&CaseResult) -> f64| median(results.iter().map(f).collect());
+    let mo = |f: fn(&CaseResult) -> Option<f64>| {
+        let xs: Vec<f64> = results.iter().filter_map(f).collect();
+        (!xs.is_empty()).then(|| median(xs))
+    };
+    CaseResult {
+        label: results.first().map(|r| r.label.clone()).unwrap_or_default(),
+        nodes: results.first().map_or(0, |r| r.nodes),
+        blocks_per_sec: m(|r| r.blocks_per_sec),
+        p50_ms: m(|r| r.p50_ms),
+        p99_ms: m(|r| r.p99_ms),
+        cpu_ms_per_block: m(|r| r.cpu_ms_per_block),
+        rss_mb: m(|r| r.rss_mb),
+        controller_calls: m(|r| r.controller_calls),
+        network_msgs: m(|r| r.network_msgs),
+        store_writes: mo(|r| r.store_writes),
+        fsyncs: mo(|r| r.fsyncs),
+        log_lines: m(|r| r.log_lines),
+    }
+}
+
 fn opt(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
 }
@@ -513,9 +549,23 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     print_header();
     let mut cases: Vec<(String, CaseResult)> = Vec::new();
     for &nodes in &args.nodes {
-        for (i, (name, bins)) in runs.iter().enumerate() {
-            let r = bench_case(root, &bin_dir, args, nodes, bins, &format!("case{i}"))?;
-            print_case(name, &r);
+        let mut all: Vec<Vec<CaseResult>> = vec![Vec::new(); runs.len()];
+        for round in 0..args.rounds.max(1) {
+            for (i, (name, bins)) in runs.iter().enumerate() {
+                let r = bench_case(root, &bin_dir, args, nodes, bins, &format!("case{i}"))?;
+                if args.rounds > 1 {
+                    print_case(&format!("{name} #{}", round + 1), &r);
+                }
+                all[i].push(r);
+            }
+        }
+        for ((name, _), results) in runs.iter().zip(all) {
+            let r = median_case(results);
+            if args.rounds > 1 {
+                print_case(&format!("{name} med"), &r);
+            } else {
+                print_case(name, &r);
+            }
             cases.push((name.clone(), r));
         }
     }
@@ -587,6 +637,13 @@ mod tests {
         assert!((quantile(&before, &after, 0.5) - 1.0).abs() < 1e-9);
         assert!((quantile(&before, &after, 0.75) - 1.5).abs() < 1e-9);
         assert!(quantile(&before, &before, 0.5).is_nan());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
     }
 
     #[test]
