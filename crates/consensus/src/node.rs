@@ -186,7 +186,9 @@ async fn run_node(
                 .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Accepted sockets get TCP_NODELAY, as tonic gives its own listeners: small
+            // answers must not wait for the peer's delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             wait_stop(stop_rx.clone()),
         );
     let server = tokio::spawn(server);

@@ -229,7 +229,8 @@ impl KvNode {
             tonic::transport::Server::builder()
                 .add_service(RaftPeerServer::new(PeerService::new(inbound)))
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(raft_listener),
+                    tonic::transport::server::TcpIncoming::from(raft_listener)
+                        .with_nodelay(Some(true)),
                     shutdown.wait(),
                 )
                 .instrument(span.clone()),
