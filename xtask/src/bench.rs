@@ -106,6 +106,9 @@ pub struct CaseResult {
     pub fsyncs: Option<f64>,
     /// Per block and node: log lines.
     pub log_lines: f64,
+    /// Share of the machine's CPU time the hypervisor took away during the case
+    /// (`steal` in `/proc/stat`): high values mean the figures are not comparable.
+    pub steal_percent: f64,
 }
 
 /// What the idle case measured.
@@ -131,6 +134,22 @@ struct Sample {
     store_writes: Option<f64>,
     fsyncs: Option<f64>,
     log_lines: f64,
+    /// `(steal, all)` clock ticks of the whole machine.
+    machine: (u64, u64),
+}
+
+/// `(steal, all)` clock ticks of the machine from the `cpu` line of `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (fields.get(7).copied().unwrap_or(0), fields.iter().sum())
 }
 
 fn read_json(path: &Path) -> Option<serde_json::Value> {
@@ -197,6 +216,7 @@ fn consensus_pids(cluster: &Cluster) -> Vec<u32> {
 fn sample(cluster: &Cluster) -> Sample {
     let mut s = Sample {
         at: Some(Instant::now()),
+        machine: machine_ticks(),
         ..Default::default()
     };
     s.height = cluster
@@ -348,6 +368,8 @@ fn bench_case(
             store_writes: delta(s0.store_writes, s1.store_writes).map(|d| per(d, blocks, nodes)),
             fsyncs: delta(s0.fsyncs, s1.fsyncs).map(|d| per(d, blocks, nodes)),
             log_lines: per(s1.log_lines - s0.log_lines, blocks, nodes),
+            steal_percent: 100.0 * (s1.machine.0 - s0.machine.0) as f64
+                / (s1.machine.1 - s0.machine.1).max(1) as f64,
         })
     })();
     cluster.down();
@@ -423,6 +445,7 @@ fn median_case(results: Vec<CaseResult>) -> CaseResult {
         store_writes: mo(|r| r.store_writes),
         fsyncs: mo(|r| r.fsyncs),
         log_lines: m(|r| r.log_lines),
+        steal_percent: m(|r| r.steal_percent),
     }
 }
 
@@ -432,14 +455,14 @@ fn opt(x: Option<f64>) -> String {
 
 fn print_header() {
     println!(
-        "{:<10} {:>5} {:>9} {:>8} {:>8} {:>9} {:>7} | per block and node: {:>6} {:>6} {:>6} {:>6} {:>6}",
-        "binary", "nodes", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b", "RSS MB", "ctl", "msgs", "writes", "fsyncs", "logs"
+        "{:<10} {:>5} {:>9} {:>8} {:>8} {:>9} {:>7} {:>6} | per block and node: {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "binary", "nodes", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b", "RSS MB", "steal", "ctl", "msgs", "writes", "fsyncs", "logs"
     );
 }
 
 fn print_case(name: &str, r: &CaseResult) {
     println!(
-        "{:<10} {:>5} {:>9.1} {:>8.2} {:>8.2} {:>9.2} {:>7.1} | {:>26.2} {:>6.2} {:>6} {:>6} {:>6.2}",
+        "{:<10} {:>5} {:>9.1} {:>8.2} {:>8.2} {:>9.2} {:>7.1} {:>5.1}% | {:>26.2} {:>6.2} {:>6} {:>6} {:>6.2}",
         name,
         r.nodes,
         r.blocks_per_sec,
@@ -447,6 +470,7 @@ fn print_case(name: &str, r: &CaseResult) {
         r.p99_ms,
         r.cpu_ms_per_block,
         r.rss_mb,
+        r.steal_percent,
         r.controller_calls,
         r.network_msgs,
         opt(r.store_writes),
