@@ -139,12 +139,10 @@ impl<C: Controller> BlockStateMachine<C> {
         }
         let started = Instant::now();
         let controller = self.controller.clone();
+        // The leader's early check, unless it failed or was cancelled: then check
+        // again here, with retries.
         let early = match self.prechecks.take(&proposal) {
-            Some(handle) => match handle.await {
-                Ok(Ok(ok)) => Some(ok),
-                // Failed or cancelled: check again below, with retries.
-                _ => None,
-            },
+            Some(handle) => handle.await.ok().and_then(Result::ok),
             None => None,
         };
         let checked = match early {
