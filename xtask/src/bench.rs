@@ -94,6 +94,9 @@ pub struct CaseResult {
     pub p99_ms: f64,
     /// CPU of all consensus processes per block (ms).
     pub cpu_ms_per_block: f64,
+    /// CPU of the development controllers and network per block (ms): the harness's
+    /// share of the machine, the same work whichever consensus binary runs.
+    pub harness_cpu_ms_per_block: f64,
     /// Largest resident set of a consensus process at the end (MB).
     pub rss_mb: f64,
     /// Per block and node: controller calls.
@@ -128,6 +131,7 @@ struct Sample {
     at: Option<Instant>,
     height: u64,
     cpu_ticks: u64,
+    harness_ticks: u64,
     controller_calls: f64,
     network_msgs: f64,
     latency: BTreeMap<u64, f64>,
@@ -226,6 +230,14 @@ fn sample(cluster: &Cluster) -> Sample {
         .max()
         .unwrap_or(0);
     s.cpu_ticks = consensus_pids(cluster).into_iter().map(cpu_ticks).sum();
+    s.harness_ticks = cluster
+        .state
+        .nodes
+        .iter()
+        .filter_map(|n| n.controller_pid)
+        .chain(cluster.state.network_pid)
+        .map(cpu_ticks)
+        .sum();
     for n in &cluster.state.nodes {
         let dir = cluster.node_dir(n.index);
         if let Some(stats) = read_json(&dir.join("controller-stats.json")) {
@@ -362,6 +374,8 @@ fn bench_case(
             p50_ms: quantile(&s0.latency, &s1.latency, 0.5),
             p99_ms: quantile(&s0.latency, &s1.latency, 0.99),
             cpu_ms_per_block: (s1.cpu_ticks - s0.cpu_ticks) as f64 / ticks * 1000.0 / blocks,
+            harness_cpu_ms_per_block: (s1.harness_ticks - s0.harness_ticks) as f64 / ticks * 1000.0
+                / blocks,
             rss_mb: rss,
             controller_calls: per(s1.controller_calls - s0.controller_calls, blocks, nodes),
             network_msgs: per(s1.network_msgs - s0.network_msgs, blocks, nodes),
@@ -439,6 +453,7 @@ fn median_case(results: Vec<CaseResult>) -> CaseResult {
         p50_ms: m(|r| r.p50_ms),
         p99_ms: m(|r| r.p99_ms),
         cpu_ms_per_block: m(|r| r.cpu_ms_per_block),
+        harness_cpu_ms_per_block: m(|r| r.harness_cpu_ms_per_block),
         rss_mb: m(|r| r.rss_mb),
         controller_calls: m(|r| r.controller_calls),
         network_msgs: m(|r| r.network_msgs),
@@ -455,14 +470,14 @@ fn opt(x: Option<f64>) -> String {
 
 fn print_header() {
     println!(
-        "{:<10} {:>5} {:>9} {:>8} {:>8} {:>9} {:>7} {:>6} | per block and node: {:>6} {:>6} {:>6} {:>6} {:>6}",
-        "binary", "nodes", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b", "RSS MB", "steal", "ctl", "msgs", "writes", "fsyncs", "logs"
+        "{:<10} {:>5} {:>9} {:>8} {:>8} {:>9} {:>7} {:>6} {:>8} | per block and node: {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "binary", "nodes", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b", "RSS MB", "steal", "dev ms/b", "ctl", "msgs", "writes", "fsyncs", "logs"
     );
 }
 
 fn print_case(name: &str, r: &CaseResult) {
     println!(
-        "{:<10} {:>5} {:>9.1} {:>8.2} {:>8.2} {:>9.2} {:>7.1} {:>5.1}% | {:>26.2} {:>6.2} {:>6} {:>6} {:>6.2}",
+        "{:<10} {:>5} {:>9.1} {:>8.2} {:>8.2} {:>9.2} {:>7.1} {:>5.1}% {:>8.2} | {:>26.2} {:>6.2} {:>6} {:>6} {:>6.2}",
         name,
         r.nodes,
         r.blocks_per_sec,
@@ -471,6 +486,7 @@ fn print_case(name: &str, r: &CaseResult) {
         r.cpu_ms_per_block,
         r.rss_mb,
         r.steal_percent,
+        r.harness_cpu_ms_per_block,
         r.controller_calls,
         r.network_msgs,
         opt(r.store_writes),

@@ -67,6 +67,8 @@ pub struct NodeStatus {
     pub last_index: u64,
     /// Current membership.
     pub conf_state: ConfState,
+    /// Peer messages refused before reaching raft since start ([`crate::gate`]).
+    pub refused_messages: u64,
 }
 
 /// The raft role, as a plain value that can be compared and printed.
@@ -464,8 +466,18 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
     }
 
     fn on_message(&mut self, msg: Message) {
-        if let Err(e) = self.replica.step(msg) {
-            tracing::debug!(error = %e, "peer message rejected");
+        match self.replica.step(msg) {
+            Ok(()) => {}
+            Err(e @ Error::Refused { .. }) => {
+                // Logged sparingly: a hostile peer must not flood the log either.
+                let n = self.replica.refused();
+                if n.is_power_of_two() {
+                    tracing::warn!(error = %e, refused = n, "peer message refused");
+                } else {
+                    tracing::debug!(error = %e, refused = n, "peer message refused");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "peer message rejected"),
         }
     }
 
@@ -608,6 +620,7 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
             applied: self.sm_applied,
             last_index: self.replica.last_index(),
             conf_state: self.replica.conf_state().clone(),
+            refused_messages: self.replica.refused(),
         };
         self.status.send_if_modified(|old| {
             if *old != status {

@@ -8,17 +8,17 @@ pub enum Error {
     /// The raft library refused an operation, or storage failed underneath it.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
-    /// A message addressed to another replica reached this one.
-    #[error("message for raft id {to} delivered to {id}")]
-    Misrouted {
-        /// Intended recipient.
-        to: u64,
-        /// This replica.
-        id: u64,
+    /// A peer's message failed the checks in front of raft ([`crate::gate`]) and was
+    /// dropped.
+    #[error("{kind:?} from raft id {from} refused: {reason}")]
+    Refused {
+        /// The claimed sender.
+        from: u64,
+        /// The message type.
+        kind: MessageType,
+        /// Which check it failed.
+        reason: crate::gate::Rejection,
     },
-    /// A peer sent a message type that only the local node may generate.
-    #[error("local-only message type {0:?} from a peer")]
-    LocalMessage(MessageType),
     /// A committed entry could not be decoded.
     #[error("committed entry {index} is corrupt: {reason}")]
     Corrupt {

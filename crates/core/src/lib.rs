@@ -36,6 +36,7 @@
 
 mod driver;
 mod error;
+pub mod gate;
 pub mod logging;
 mod replica;
 mod state_machine;

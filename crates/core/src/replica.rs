@@ -174,6 +174,8 @@ pub struct Replica<S: LogStore> {
     /// A tick passed with staged writes: the next `handle_ready` writes them even if
     /// raft has nothing to persist, so nothing stays staged longer than a tick.
     flush_due: bool,
+    /// Peer messages refused by the gate.
+    refused: u64,
     last_role: RoleChange,
 }
 
@@ -221,6 +223,7 @@ impl<S: LogStore> Replica<S> {
             staged_commit: None,
             commit_broadcast: 0,
             flush_due: false,
+            refused: 0,
             last_role,
         };
         Ok((replica, (applied > 0).then_some(snapshot)))
@@ -328,23 +331,35 @@ impl<S: LogStore> Replica<S> {
         Ok(self.raw.campaign()?)
     }
 
-    /// Feeds a message from a peer. Messages for another replica, or local-only message
-    /// types, are rejected so a misrouted or forged message never reaches raft.
+    /// Feeds a message from a peer. It first passes the checks of [`crate::gate`]: a
+    /// message for another replica, of a local-only or unexpected type, or one that
+    /// would trip an assertion inside raft-rs is refused ([`Error::Refused`]) and never
+    /// reaches raft.
     pub fn step(&mut self, msg: Message) -> Result<(), Error> {
-        if msg.to != self.cfg.id {
-            return Err(Error::Misrouted {
-                to: msg.to,
-                id: self.cfg.id,
+        let view = crate::gate::View {
+            id: self.cfg.id,
+            term: self.raw.raft.term,
+            leader_id: self.raw.raft.leader_id,
+            last_index: self.raw.raft.raft_log.last_index(),
+        };
+        if let Err(reason) = crate::gate::check(&msg, &view) {
+            self.refused += 1;
+            return Err(Error::Refused {
+                from: msg.from,
+                kind: msg.get_msg_type(),
+                reason,
             });
-        }
-        if raft::raw_node::is_local_msg(msg.get_msg_type()) {
-            return Err(Error::LocalMessage(msg.get_msg_type()));
         }
         match self.raw.step(msg) {
             // Messages from peers raft does not know (e.g. removed ones) are routine.
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// How many peer messages [`Replica::step`] refused since open.
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// Proposes a command. On success the entry is in the leader's log (not yet
