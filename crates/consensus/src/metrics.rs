@@ -35,6 +35,9 @@ pub struct Metrics {
     pub messages_sent: IntCounterVec,
     /// Raft messages dropped (full queue or failed send), per peer.
     pub messages_dropped: IntCounterVec,
+    /// Peer raft messages refused before reaching raft (they would have tripped an
+    /// assertion in raft-rs, or were of a kind peers never send), since start.
+    pub refused_messages: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,6 +91,10 @@ impl Metrics {
                 "raft messages handed to the network",
             )?,
             messages_dropped: counter_vec("messages_dropped_total", "raft messages dropped")?,
+            refused_messages: gauge(
+                "refused_messages",
+                "peer raft messages refused before reaching raft, since start",
+            )?,
             registry,
         })
     }

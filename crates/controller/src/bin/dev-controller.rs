@@ -69,7 +69,7 @@ fn parse_validators(list: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
