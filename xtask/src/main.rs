@@ -7,6 +7,7 @@ mod bench;
 mod ci;
 mod cluster;
 mod codegen;
+mod fuzz;
 mod fuzz_sim;
 mod test_cluster;
 mod tidy;
@@ -39,6 +40,8 @@ enum Command {
     TestCluster(test_cluster::Args),
     /// Run the core's deterministic simulation over many seeds.
     FuzzSim(fuzz_sim::Args),
+    /// Hostile-input tests of every network decoder with many generated inputs.
+    Fuzz(fuzz::Args),
     /// Everything CI runs: fmt, clippy, simulation fuzzing, tests, integration clusters.
     Ci(ci::Args),
     /// Benchmarks: storage and replication benches, and a multi-process cluster bench.
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(&root, &args),
         Command::TestCluster(args) => test_cluster::run(&root, &args),
         Command::FuzzSim(args) => fuzz_sim::run(&root, &args),
+        Command::Fuzz(args) => fuzz::run(&root, &args),
         Command::Ci(args) => ci::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
     };

@@ -8,6 +8,7 @@
 
 pub mod chain;
 pub mod config;
+pub mod hostile;
 pub mod logging;
 pub mod metrics;
 pub mod node;

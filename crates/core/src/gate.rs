@@ -31,6 +31,12 @@ pub enum Rejection {
     NoTerm,
     /// A read request or answer without exactly one entry (its context).
     BadReadContext,
+    /// A read request carrying a term (raft-rs sends them with term 0 and asserts so
+    /// when forwarding one).
+    ReadWithTerm,
+    /// A term or index at or above 2^62: no real log gets there, and raft-rs adds to
+    /// them without checking for overflow.
+    OutOfRange,
     /// Heartbeat commit past the end of the local log.
     CommitPastLog,
     /// Append entries not numbered `index + 1, index + 2, ...`.
@@ -46,7 +52,8 @@ pub enum Rejection {
     BadConfState,
     /// `MsgTimeoutNow` from someone other than the leader followed, or for a newer term.
     ForgedTimeoutNow,
-    /// An append response acknowledging entries this leader does not have.
+    /// An append response about entries this leader does not have, or with a rejection
+    /// hint past the rejected index.
     AckPastLog,
 }
 
@@ -60,6 +67,8 @@ impl Rejection {
             Rejection::BadSender => "bad_sender",
             Rejection::NoTerm => "no_term",
             Rejection::BadReadContext => "bad_read_context",
+            Rejection::ReadWithTerm => "read_with_term",
+            Rejection::OutOfRange => "out_of_range",
             Rejection::CommitPastLog => "commit_past_log",
             Rejection::NotContiguous => "not_contiguous",
             Rejection::BadEntryTerm => "bad_entry_term",
@@ -76,6 +85,27 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Terms and indexes from peers must stay below this: raft-rs computes `term + 1` and
+/// `index + 1` unchecked, and no log grows to 2^62 entries or elections.
+pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
+
+fn in_range(msg: &Message) -> bool {
+    let snap = msg.get_snapshot().get_metadata();
+    [
+        msg.term,
+        msg.log_term,
+        msg.index,
+        msg.commit,
+        msg.reject_hint,
+        msg.request_snapshot,
+        snap.index,
+        snap.term,
+    ]
+    .into_iter()
+    .chain(msg.entries.iter().flat_map(|e| [e.index, e.term]))
+    .all(|v| v < MAX_TERM_OR_INDEX)
 }
 
 /// What the gate needs to know about the receiving replica.
@@ -107,11 +137,19 @@ pub fn check(msg: &Message, view: &View) -> Result<(), Rejection> {
     if msg.from == 0 || msg.from == view.id {
         return Err(Rejection::BadSender);
     }
+    if !in_range(msg) {
+        return Err(Rejection::OutOfRange);
+    }
     match kind {
         // A follower's read request travels with term 0, as raft-rs sends it.
         MsgReadIndex => {
             if msg.entries.len() != 1 {
                 return Err(Rejection::BadReadContext);
+            }
+            // A follower forwards it to its leader, and raft-rs refuses to send one
+            // that carries a term.
+            if msg.term != 0 {
+                return Err(Rejection::ReadWithTerm);
             }
             return Ok(());
         }
@@ -129,7 +167,11 @@ pub fn check(msg: &Message, view: &View) -> Result<(), Rejection> {
         MsgReadIndexResp if msg.entries.len() != 1 => Err(Rejection::BadReadContext),
         MsgHeartbeat if msg.commit > view.last_index => Err(Rejection::CommitPastLog),
         MsgAppend => check_append(msg),
-        MsgAppendResponse if !msg.reject && msg.index > view.last_index => {
+        // A follower only acknowledges, or rejects at, entries it was sent, and its
+        // rejection hint is at most the index it rejected.
+        MsgAppendResponse
+            if msg.index > view.last_index || (msg.reject && msg.reject_hint > msg.index) =>
+        {
             Err(Rejection::AckPastLog)
         }
         MsgSnapshot => check_snapshot(msg),
@@ -260,6 +302,9 @@ mod tests {
             check(&msg(MessageType::MsgReadIndex), &v),
             Err(Rejection::BadReadContext)
         );
+        let mut read = msg(MessageType::MsgReadIndex);
+        read.entries = vec![Entry::default()].into();
+        assert_eq!(check(&read, &v), Err(Rejection::ReadWithTerm));
         assert_eq!(
             check(&msg(MessageType::MsgPropose), &v),
             Err(Rejection::UnexpectedType)
@@ -274,7 +319,7 @@ mod tests {
         let mut overflow = msg(MessageType::MsgAppend);
         overflow.index = u64::MAX;
         overflow.entries = vec![entry(0, 5)].into();
-        assert_eq!(check(&overflow, &v), Err(Rejection::NotContiguous));
+        assert_eq!(check(&overflow, &v), Err(Rejection::OutOfRange));
         let mut future = msg(MessageType::MsgAppend);
         future.index = 10;
         future.entries = vec![entry(11, 6)].into();
@@ -309,6 +354,14 @@ mod tests {
         let mut ack = msg(MessageType::MsgAppendResponse);
         ack.index = 11;
         assert_eq!(check(&ack, &v), Err(Rejection::AckPastLog));
+        let mut huge = msg(MessageType::MsgHeartbeat);
+        huge.term = u64::MAX;
+        assert_eq!(check(&huge, &v), Err(Rejection::OutOfRange));
+        let mut hint = msg(MessageType::MsgAppendResponse);
+        hint.reject = true;
+        hint.index = 9;
+        hint.reject_hint = 10;
+        assert_eq!(check(&hint, &v), Err(Rejection::AckPastLog));
     }
 
     #[test]
