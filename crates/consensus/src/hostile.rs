@@ -34,7 +34,11 @@ pub struct Rng(u64);
 impl Rng {
     /// Seeded; a zero seed is replaced by a fixed one.
     pub fn new(seed: u64) -> Self {
-        Self(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+        Self(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
     }
 
     /// The next 64 random bits.
@@ -109,13 +113,22 @@ pub fn forged_raft(to: u64, from: u64) -> Vec<(&'static str, Message)> {
     let mut hup = base(MessageType::MsgHup, 0);
     hup.from = to;
     vec![
-        ("MsgReadIndex without entries", base(MessageType::MsgReadIndex, 0)),
+        (
+            "MsgReadIndex without entries",
+            base(MessageType::MsgReadIndex, 0),
+        ),
         ("empty MsgPropose", base(MessageType::MsgPropose, 0)),
         ("heartbeat committing past the log", heartbeat),
         ("non-contiguous MsgAppend", gap),
         ("snapshot with an invalid ConfState", snapshot),
-        ("MsgTimeoutNow from a non-leader", base(MessageType::MsgTimeoutNow, far)),
-        ("MsgTransferLeader from a peer", base(MessageType::MsgTransferLeader, 1)),
+        (
+            "MsgTimeoutNow from a non-leader",
+            base(MessageType::MsgTimeoutNow, far),
+        ),
+        (
+            "MsgTransferLeader from a peer",
+            base(MessageType::MsgTransferLeader, 1),
+        ),
         ("local-only MsgHup", hup),
     ]
 }
@@ -210,7 +223,10 @@ mod tests {
         ] {
             assert!(set.iter().any(|h| h.what == what), "{what} missing");
         }
-        assert_eq!(huge_length(1 << 31), vec![0x3a, 0x80, 0x80, 0x80, 0x80, 0x08]);
+        assert_eq!(
+            huge_length(1 << 31),
+            vec![0x3a, 0x80, 0x80, 0x80, 0x80, 0x08]
+        );
         assert_eq!(nested_groups(3), vec![0x0b; 3]);
     }
 }

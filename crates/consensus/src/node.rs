@@ -486,7 +486,9 @@ impl Node {
     fn publish_status(&self, st: &craft_core::NodeStatus) {
         self.metrics.term.set(st.term as i64);
         self.metrics.leader.set(st.leader_id as i64);
-        self.metrics.refused_messages.set(st.refused_messages as i64);
+        self.metrics
+            .refused_messages
+            .set(st.refused_messages as i64);
         self.metrics.role.set(match st.role {
             Role::Follower => 0,
             Role::PreCandidate => 1,

@@ -107,12 +107,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 struct FieldChange(u8, u64);
 
 fn field_change() -> impl Strategy<Value = FieldChange> {
-    let value = prop_oneof![
-        0u64..16,
-        Just(u64::MAX),
-        Just(1 << 40),
-        any::<u64>(),
-    ];
+    let value = prop_oneof![0u64..16, Just(u64::MAX), Just(1 << 40), any::<u64>(),];
     (0u8..10, value).prop_map(|(f, v)| FieldChange(f, v))
 }
 
@@ -244,17 +239,22 @@ fn mutated_raft_messages_never_panic_or_stop_the_replica() {
     runner
         .run(&strategy, |(seed, changes, mutations, kind)| {
             let message = changes.iter().fold(seeds[seed].clone(), change);
-            let bytes = mutations
-                .iter()
-                .fold(encode_raft_message(&message), |b, m| apply(b, m));
+            let bytes = mutations.iter().fold(encode_raft_message(&message), apply);
             feed(&node, kind, bytes)
         })
         .unwrap();
     // The mutations must exercise raft, not only the decoder: many inputs still reach
     // the replica, and the gate refuses some of them.
     let stepped = node.stepped.load(Ordering::Relaxed);
-    assert!(stepped >= u64::from(cases()) / 10, "only {stepped} inputs reached raft");
-    let refused = node.replica.lock().unwrap_or_else(|e| e.into_inner()).refused();
+    assert!(
+        stepped >= u64::from(cases()) / 10,
+        "only {stepped} inputs reached raft"
+    );
+    let refused = node
+        .replica
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .refused();
     assert!(refused > 0, "the gate refused nothing of {stepped}");
     println!(
         "{} mutated inputs: {stepped} reached the replica, {refused} refused by the gate",
@@ -365,9 +365,7 @@ fn mutated_messages_to_a_leader_never_panic_or_stop_it() {
                 let message = changes
                     .iter()
                     .fold(leader_seeds(term)[seed].clone(), change);
-                let bytes = mutations
-                    .iter()
-                    .fold(encode_raft_message(&message), |b, m| apply(b, m));
+                let bytes = mutations.iter().fold(encode_raft_message(&message), apply);
                 feed(&node.borrow(), "raft", bytes)
             },
         )
@@ -421,5 +419,11 @@ fn hand_made_extremes_are_refused() {
         }
     }
     feed(&node, "raft", deep).unwrap();
-    assert_eq!(node.replica.lock().unwrap_or_else(|e| e.into_inner()).refused(), 0);
+    assert_eq!(
+        node.replica
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refused(),
+        0
+    );
 }
