@@ -155,8 +155,7 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
     // kill the process), from a peer id raft has never heard of. The gate refuses them
     // and counts them; the node goes on committing blocks.
     let me = consensus::raft_id::raft_id(&hex::decode(format!("{:040x}", 1)).unwrap());
-    for forged in forged_raft_messages(me) {
-        let kind = forged.get_msg_type();
+    for (what, forged) in consensus::hostile::forged_raft(me, 0xbad) {
         let msg = NetworkMsg {
             module: "consensus".into(),
             r#type: "raft".into(),
@@ -167,7 +166,7 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             child.0.try_wait().unwrap().is_none(),
-            "consensus died on a forged {kind:?}"
+            "consensus died on a forged message: {what}"
         );
     }
     let h = chain.height();
@@ -178,7 +177,7 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
         .find_map(|l| l.strip_prefix("consensus_refused_messages "))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    assert!(refused >= 6, "refused_messages = {refused}\n{metrics}");
+    assert!(refused >= 8, "refused_messages = {refused}\n{metrics}");
 
     // SIGTERM: clean exit with status 0.
     let pid = child.0.id().to_string();
@@ -193,52 +192,6 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
     }
     let status = status.expect("consensus did not exit after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
-}
-
-/// One forged message per raft-rs assertion a peer could reach, addressed to `to`.
-fn forged_raft_messages(to: u64) -> Vec<craft_core::raft::eraftpb::Message> {
-    use craft_core::raft::eraftpb::{ConfState, Entry, Message, MessageType, Snapshot};
-    let base = |kind: MessageType, term: u64| {
-        let mut m = Message::default();
-        m.set_msg_type(kind);
-        m.to = to;
-        m.from = 0xbad;
-        m.term = term;
-        m
-    };
-    let far = 1 << 40;
-    // A MsgReadIndex without its context entry: `m.entries[0]` in raft-rs.
-    let read = base(MessageType::MsgReadIndex, 0);
-    // An empty proposal: "stepped empty MsgProp".
-    let propose = base(MessageType::MsgPropose, 0);
-    // A heartbeat from a newer term committing past the log: commit_to's fatal.
-    let mut heartbeat = base(MessageType::MsgHeartbeat, far);
-    heartbeat.commit = far;
-    // An append whose entries skip an index.
-    let mut gap = base(MessageType::MsgAppend, far);
-    gap.index = 1;
-    gap.log_term = 1;
-    gap.entries = vec![Entry {
-        index: 5,
-        term: far,
-        ..Default::default()
-    }]
-    .into();
-    // A snapshot whose membership has a voter that is also a learner.
-    let mut snapshot = base(MessageType::MsgSnapshot, far);
-    let mut snap = Snapshot::default();
-    snap.mut_metadata().index = far;
-    snap.mut_metadata().term = far;
-    snap.mut_metadata().set_conf_state(ConfState {
-        voters: vec![to],
-        learners: vec![to],
-        ..Default::default()
-    });
-    snapshot.set_snapshot(snap);
-    // Leadership forced away by anyone.
-    let timeout = base(MessageType::MsgTimeoutNow, far);
-    let transfer = base(MessageType::MsgTransferLeader, 1);
-    vec![read, propose, heartbeat, gap, snapshot, timeout, transfer]
 }
 
 async fn fetch_metrics(port: u16) -> String {
