@@ -64,11 +64,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     // A peer the network does not know.
-    let mut unknown = set[0].msg.clone();
-    unknown.origin = 9999;
-    sent += 1;
-    if network.send_msg(unknown).await.is_err() {
-        refused += 1;
+    if let Some(first) = set.first() {
+        let mut unknown = first.msg.clone();
+        unknown.origin = 9999;
+        sent += 1;
+        if network.send_msg(unknown).await.is_err() {
+            refused += 1;
+        }
     }
     println!("via network: {sent} sent, {refused} refused by the network");
     if let Some(direct) = &args.direct {
