@@ -69,7 +69,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(consensus::node::run(cfg, shutdown_signal()));
+    // The node runs as a task, on the worker: `block_on`'s own future is polled on this
+    // (main) thread, and the block loop there would cost two cross-thread wake-ups per
+    // block.
+    let result = runtime.block_on(async {
+        match tokio::spawn(consensus::node::run(cfg, shutdown_signal())).await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::anyhow!("the node task failed: {e}")),
+        }
+    });
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "consensus failed");
     }

@@ -386,20 +386,6 @@ struct Driver<S: LogStore, R, T> {
     next_read: u64,
 }
 
-/// Runs a storage call; when the store may block (fsync can take milliseconds), without
-/// stalling other tasks on a multi-threaded runtime.
-fn blocking<R>(may_block: bool, f: impl FnOnce() -> R) -> R {
-    if !may_block {
-        return f();
-    }
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
 impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
     async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let mut ticker = tokio::time::interval(self.config.tick_interval);
@@ -442,8 +428,7 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
         }
         tracing::info!("raft node stopping");
         self.fail_all(ProposeError::Stopped);
-        let replica = &mut self.replica;
-        blocking(replica.store().may_block(), || replica.flush())?;
+        self.replica.flush()?;
         Ok(())
     }
 
@@ -516,11 +501,9 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
     fn process_ready(&mut self) -> Result<(), Error> {
         while self.replica.has_ready() {
             let transport = &self.transport;
-            let replica = &mut self.replica;
-            let may_block = replica.store().may_block();
-            let out = blocking(may_block, || {
-                replica.handle_ready(&mut |msgs| transport.send(msgs))
-            })?;
+            let out = self
+                .replica
+                .handle_ready(&mut |msgs| transport.send(msgs))?;
             self.on_ready(out);
         }
         Ok(())

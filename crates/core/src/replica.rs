@@ -480,7 +480,7 @@ impl<S: LogStore> Replica<S> {
                 must_sync: ready.must_sync(),
             };
             if !write.is_empty() {
-                self.raw.store().write(write)?;
+                self.write(write)?;
             }
             self.flush_due = false;
         }
@@ -688,9 +688,25 @@ impl<S: LogStore> Replica<S> {
             ..Default::default()
         };
         if !write.is_empty() {
-            self.raw.store().write(write)?;
+            self.write(write)?;
         }
         Ok(())
+    }
+
+    /// Writes to the store. A store that may block (disk IO, fsync) is written with the
+    /// runtime's worker handed over to another thread, so the node's other tasks (peer
+    /// sends, gRPC) run meanwhile; a Ready that writes nothing costs no such hand-over.
+    fn write(&self, write: LogWrite) -> Result<(), Error> {
+        let store = self.raw.store();
+        if !store.may_block() {
+            return Ok(store.write(write)?);
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                Ok(tokio::task::block_in_place(|| store.write(write))?)
+            }
+            _ => Ok(store.write(write)?),
+        }
     }
 }
 

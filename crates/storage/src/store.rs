@@ -388,6 +388,11 @@ impl RocksLogStore {
         db_opts.set_stats_dump_period_sec(0);
         db_opts.set_stats_persist_period_sec(0);
         db_opts.set_max_open_files(256);
+        // Reuse old WAL files instead of creating new ones: overwriting blocks that are
+        // already allocated lets the fdatasync of every synced write skip the inode update
+        // (size, extents) an append needs, which is most of its cost on ext4. RocksDB 10
+        // supports this with the default point-in-time recovery.
+        db_opts.set_recycle_log_file_num(4);
         let cache = Cache::new_lru_cache(options.block_cache_bytes.max(64 << 10));
         let db = DB::open_cf_descriptors(
             &db_opts,
