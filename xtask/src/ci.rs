@@ -35,9 +35,55 @@ pub fn cargo(root: &Path, args: &[&str], envs: &[(&str, String)]) -> anyhow::Res
     Ok(())
 }
 
+/// Where the RustSec advisory database is read from: `CRAFT_ADVISORY_DB`, else the
+/// snapshot in `../shared/advisory-db` beside the clone.
+fn advisory_db(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CRAFT_ADVISORY_DB")
+        .map(Into::into)
+        .unwrap_or_else(|| root.join("..").join("shared").join("advisory-db"))
+}
+
+/// Checks `Cargo.lock` against the RustSec advisories with `cargo audit`, offline.
+/// Advisories that cannot be fixed are listed, each with its reason, in
+/// `.cargo/audit.toml`. Skipped, saying so, where cargo-audit or the database is missing
+/// (`.ci/run` installs the tool).
+fn audit(root: &Path) -> anyhow::Result<()> {
+    let db = advisory_db(root);
+    let have_tool = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["audit", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_tool || !db.join("crates").is_dir() {
+        println!(
+            "==> skipping cargo audit: {}",
+            if have_tool {
+                format!("no advisory database at {}", db.display())
+            } else {
+                "cargo-audit is not installed (cargo install cargo-audit --locked)".to_string()
+            }
+        );
+        return Ok(());
+    }
+    let db = db.to_string_lossy().into_owned();
+    cargo(
+        root,
+        &[
+            "audit",
+            "--no-fetch",
+            "--stale",
+            "--db",
+            &db,
+            "--deny",
+            "warnings",
+        ],
+        &[],
+    )
+}
+
 /// Runs the checks.
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
+    audit(root)?;
     cargo(
         root,
         &[

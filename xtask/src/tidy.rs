@@ -51,8 +51,9 @@ mod tests {
                 "tonic",
                 "rocksdb",
                 "librocksdb-sys",
+                // raft's own codec is prost 0.11: that prost is raft's. The CITA
+                // types and gRPC (cita-proto, tonic) stay out.
                 "cita-proto",
-                "prost",
                 "craft-storage",
                 "craft-transport",
                 "craft-controller",

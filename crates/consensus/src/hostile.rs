@@ -98,8 +98,7 @@ pub fn forged_raft(to: u64, from: u64) -> Vec<(&'static str, Message)> {
         index: 5,
         term: far,
         ..Default::default()
-    }]
-    .into();
+    }];
     let mut snapshot = base(MessageType::MsgSnapshot, far);
     let mut snap = Snapshot::default();
     snap.mut_metadata().index = far;
@@ -112,7 +111,20 @@ pub fn forged_raft(to: u64, from: u64) -> Vec<(&'static str, Message)> {
     snapshot.set_snapshot(snap);
     let mut hup = base(MessageType::MsgHup, 0);
     hup.from = to;
+    // prost decodes any number into an enum field; raft-rs's accessors panic on one
+    // they do not know.
+    let mut unknown_type = base(MessageType::MsgHeartbeat, 1);
+    unknown_type.msg_type = 99;
+    let mut unknown_entry = base(MessageType::MsgAppend, far);
+    unknown_entry.entries = vec![Entry {
+        entry_type: 7,
+        index: 1,
+        term: far,
+        ..Default::default()
+    }];
     vec![
+        ("unknown message type 99", unknown_type),
+        ("MsgAppend with entry type 7", unknown_entry),
         (
             "MsgReadIndex without entries",
             base(MessageType::MsgReadIndex, 0),

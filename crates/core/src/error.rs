@@ -10,12 +10,12 @@ pub enum Error {
     Raft(#[from] raft::Error),
     /// A peer's message failed the checks in front of raft ([`crate::gate`]) and was
     /// dropped.
-    #[error("{kind:?} from raft id {from} refused: {reason}")]
+    #[error("{} from raft id {from} refused: {reason}", type_name(*.kind))]
     Refused {
         /// The claimed sender.
         from: u64,
-        /// The message type.
-        kind: MessageType,
+        /// The message type's number: a [`MessageType`], or one raft does not know.
+        kind: i32,
         /// Which check it failed.
         reason: crate::gate::Rejection,
     },
@@ -68,4 +68,12 @@ pub enum ProposeError {
     /// Raft rejected the proposal.
     #[error("raft rejected the proposal: {0}")]
     Raft(String),
+}
+
+/// `MsgAppend`, or `type 99` for a number raft does not know.
+fn type_name(kind: i32) -> String {
+    match MessageType::from_i32(kind) {
+        Some(t) => format!("{t:?}"),
+        None => format!("type {kind}"),
+    }
 }

@@ -12,8 +12,11 @@
 //! sends (a forwarded proposal or leadership transfer), which would otherwise let any peer
 //! force elections or inject entries.
 
-use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, MessageType};
+use raft::eraftpb::{
+    ConfChange, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, EntryType, Message,
+    MessageType,
+};
+use raft_prost::Message as _;
 
 /// Why a peer's message was refused. Each reason is a stable, short name for logs and
 /// metrics.
@@ -21,6 +24,10 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, Mes
 pub enum Rejection {
     /// Addressed to another replica.
     Misrouted,
+    /// A message, entry or membership-change type this version of raft does not know.
+    /// prost decodes any number into an enum field, and raft-rs's accessors panic on
+    /// one they do not know.
+    UnknownType,
     /// A type only the local node may generate (`MsgHup`, `MsgBeat`, ...).
     LocalType,
     /// A type our peers never send: a forwarded proposal or leadership transfer.
@@ -62,6 +69,7 @@ impl Rejection {
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::Misrouted => "misrouted",
+            Rejection::UnknownType => "unknown_type",
             Rejection::LocalType => "local_type",
             Rejection::UnexpectedType => "unexpected_type",
             Rejection::BadSender => "bad_sender",
@@ -130,7 +138,16 @@ pub fn check(msg: &Message, view: &View) -> Result<(), Rejection> {
     if msg.to != view.id {
         return Err(Rejection::Misrouted);
     }
-    let kind = msg.get_msg_type();
+    let Some(kind) = MessageType::from_i32(msg.msg_type) else {
+        return Err(Rejection::UnknownType);
+    };
+    if msg
+        .entries
+        .iter()
+        .any(|e| EntryType::from_i32(e.entry_type).is_none())
+    {
+        return Err(Rejection::UnknownType);
+    }
     if raft::raw_node::is_local_msg(kind) {
         return Err(Rejection::LocalType);
     }
@@ -201,14 +218,31 @@ fn check_append(msg: &Message) -> Result<(), Rejection> {
         prev_term = entry.term;
         let decodes = match entry.get_entry_type() {
             EntryType::EntryNormal => true,
-            EntryType::EntryConfChange => ConfChange::parse_from_bytes(&entry.data).is_ok(),
-            EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&entry.data).is_ok(),
+            EntryType::EntryConfChange => {
+                ConfChange::decode(&entry.data[..]).is_ok_and(|cc| conf_change_types_known(&cc))
+            }
+            EntryType::EntryConfChangeV2 => ConfChangeV2::decode(&entry.data[..])
+                .is_ok_and(|cc| conf_change_v2_types_known(&cc)),
         };
         if !decodes {
             return Err(Rejection::BadConfChange);
         }
     }
     Ok(())
+}
+
+/// Whether every enum in `cc` is one raft knows (prost keeps unknown numbers).
+pub fn conf_change_types_known(cc: &ConfChange) -> bool {
+    ConfChangeType::from_i32(cc.change_type).is_some()
+}
+
+/// Whether every enum in `cc` is one raft knows (prost keeps unknown numbers).
+pub fn conf_change_v2_types_known(cc: &ConfChangeV2) -> bool {
+    ConfChangeTransition::from_i32(cc.transition).is_some()
+        && cc
+            .changes
+            .iter()
+            .all(|c| ConfChangeType::from_i32(c.change_type).is_some())
 }
 
 fn check_snapshot(msg: &Message) -> Result<(), Rejection> {
@@ -282,14 +316,14 @@ mod tests {
         let mut append = msg(MessageType::MsgAppend);
         append.index = 10;
         append.log_term = 4;
-        append.entries = vec![entry(11, 4), entry(12, 5)].into();
+        append.entries = vec![entry(11, 4), entry(12, 5)];
         assert_eq!(check(&append, &view()), Ok(()));
         let mut hb = msg(MessageType::MsgHeartbeat);
         hb.commit = 10;
         assert_eq!(check(&hb, &view()), Ok(()));
         let mut read = msg(MessageType::MsgReadIndex);
         read.term = 0;
-        read.entries = vec![Entry::default()].into();
+        read.entries = vec![Entry::default()];
         assert_eq!(check(&read, &view()), Ok(()));
         assert_eq!(check(&msg(MessageType::MsgTimeoutNow), &view()), Ok(()));
         assert_eq!(check(&msg(MessageType::MsgRequestVote), &view()), Ok(()));
@@ -303,7 +337,7 @@ mod tests {
             Err(Rejection::BadReadContext)
         );
         let mut read = msg(MessageType::MsgReadIndex);
-        read.entries = vec![Entry::default()].into();
+        read.entries = vec![Entry::default()];
         assert_eq!(check(&read, &v), Err(Rejection::ReadWithTerm));
         assert_eq!(
             check(&msg(MessageType::MsgPropose), &v),
@@ -314,22 +348,22 @@ mod tests {
         assert_eq!(check(&hb, &v), Err(Rejection::CommitPastLog));
         let mut gap = msg(MessageType::MsgAppend);
         gap.index = 10;
-        gap.entries = vec![entry(12, 5)].into();
+        gap.entries = vec![entry(12, 5)];
         assert_eq!(check(&gap, &v), Err(Rejection::NotContiguous));
         let mut overflow = msg(MessageType::MsgAppend);
         overflow.index = u64::MAX;
-        overflow.entries = vec![entry(0, 5)].into();
+        overflow.entries = vec![entry(0, 5)];
         assert_eq!(check(&overflow, &v), Err(Rejection::OutOfRange));
         let mut future = msg(MessageType::MsgAppend);
         future.index = 10;
-        future.entries = vec![entry(11, 6)].into();
+        future.entries = vec![entry(11, 6)];
         assert_eq!(check(&future, &v), Err(Rejection::BadEntryTerm));
         let mut cc = msg(MessageType::MsgAppend);
         cc.index = 10;
         let mut bad = entry(11, 5);
         bad.set_entry_type(EntryType::EntryConfChangeV2);
-        bad.data = vec![0xff, 0xff, 0xff].into();
-        cc.entries = vec![bad].into();
+        bad.data = vec![0xff, 0xff, 0xff];
+        cc.entries = vec![bad];
         assert_eq!(check(&cc, &v), Err(Rejection::BadConfChange));
         let mut local = msg(MessageType::MsgHup);
         local.term = 0;
@@ -362,6 +396,41 @@ mod tests {
         hint.index = 9;
         hint.reject_hint = 10;
         assert_eq!(check(&hint, &v), Err(Rejection::AckPastLog));
+    }
+
+    #[test]
+    fn numbers_no_raft_enum_has_are_refused() {
+        let v = view();
+        let mut unknown = msg(MessageType::MsgHeartbeat);
+        unknown.msg_type = 99;
+        assert_eq!(check(&unknown, &v), Err(Rejection::UnknownType));
+        unknown.msg_type = -1;
+        assert_eq!(check(&unknown, &v), Err(Rejection::UnknownType));
+
+        let mut append = msg(MessageType::MsgAppend);
+        append.index = 10;
+        append.log_term = 5;
+        append.entries = vec![entry(11, 5)];
+        assert_eq!(check(&append, &v), Ok(()));
+        append.entries[0].entry_type = 3;
+        assert_eq!(check(&append, &v), Err(Rejection::UnknownType));
+
+        let mut cc = ConfChangeV2 {
+            changes: vec![raft::eraftpb::ConfChangeSingle {
+                change_type: 5,
+                node_id: 3,
+            }],
+            ..Default::default()
+        };
+        append.entries[0].set_entry_type(EntryType::EntryConfChangeV2);
+        append.entries[0].data = cc.encode_to_vec();
+        assert_eq!(check(&append, &v), Err(Rejection::BadConfChange));
+        cc.changes[0].change_type = ConfChangeType::AddNode.into();
+        append.entries[0].data = cc.encode_to_vec();
+        assert_eq!(check(&append, &v), Ok(()));
+        cc.transition = 9;
+        append.entries[0].data = cc.encode_to_vec();
+        assert_eq!(check(&append, &v), Err(Rejection::BadConfChange));
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! crate documents. Nothing here reads a clock, spawns a task or touches the network,
 //! so a test harness can run many replicas step by step and replay a run exactly.
 
-use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
     Snapshot,
@@ -346,7 +345,7 @@ impl<S: LogStore> Replica<S> {
             self.refused += 1;
             return Err(Error::Refused {
                 from: msg.from,
-                kind: msg.get_msg_type(),
+                kind: msg.msg_type,
                 reason,
             });
         }
@@ -532,28 +531,33 @@ impl<S: LogStore> Replica<S> {
 
     fn hand_out(&mut self, entries: Vec<Entry>, out: &mut Vec<Committed>) -> Result<(), Error> {
         for mut entry in entries {
-            let kind = match entry.get_entry_type() {
+            let corrupt = |reason: String| Error::Corrupt {
+                index: entry.index,
+                reason,
+            };
+            let Some(entry_type) = EntryType::from_i32(entry.entry_type) else {
+                return Err(corrupt(format!("unknown entry type {}", entry.entry_type)));
+            };
+            let kind = match entry_type {
                 EntryType::EntryNormal if entry.data.is_empty() => CommittedKind::Empty,
                 EntryType::EntryNormal => CommittedKind::Normal {
-                    data: entry.take_data().to_vec(),
-                    context: entry.take_context().to_vec(),
+                    data: entry.take_data(),
+                    context: entry.take_context(),
                 },
                 EntryType::EntryConfChange => {
-                    let mut cc = ConfChange::default();
-                    cc.merge_from_bytes(&entry.data)
-                        .map_err(|e| Error::Corrupt {
-                            index: entry.index,
-                            reason: e.to_string(),
-                        })?;
+                    let cc = <ConfChange as raft_prost::Message>::decode(&entry.data[..])
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    if !crate::gate::conf_change_types_known(&cc) {
+                        return Err(corrupt("unknown membership-change type".into()));
+                    }
                     self.apply_conf_change(entry.index, cc.into_v2())
                 }
                 EntryType::EntryConfChangeV2 => {
-                    let mut cc = ConfChangeV2::default();
-                    cc.merge_from_bytes(&entry.data)
-                        .map_err(|e| Error::Corrupt {
-                            index: entry.index,
-                            reason: e.to_string(),
-                        })?;
+                    let cc = <ConfChangeV2 as raft_prost::Message>::decode(&entry.data[..])
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    if !crate::gate::conf_change_v2_types_known(&cc) {
+                        return Err(corrupt("unknown membership-change type".into()));
+                    }
                     self.apply_conf_change(entry.index, cc)
                 }
             };

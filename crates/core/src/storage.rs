@@ -123,7 +123,7 @@ pub fn make_snapshot(index: u64, term: u64, conf_state: ConfState, data: Vec<u8>
     snap.mut_metadata().index = index;
     snap.mut_metadata().term = term;
     snap.mut_metadata().set_conf_state(conf_state);
-    snap.data = data.into();
+    snap.data = data;
     snap
 }
 

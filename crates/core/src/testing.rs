@@ -12,7 +12,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, StorageError, NO_LIMIT};
 
@@ -83,7 +82,7 @@ pub fn entry(index: u64, term: u64) -> Entry {
     Entry {
         index,
         term,
-        data: format!("entry {index} term {term}").into_bytes().into(),
+        data: format!("entry {index} term {term}").into_bytes(),
         ..Default::default()
     }
 }
@@ -95,12 +94,7 @@ pub fn entries(first: u64, last: u64, term: u64) -> Vec<Entry> {
 
 /// A hard state from its parts.
 pub fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
-    HardState {
-        term,
-        vote,
-        commit,
-        ..Default::default()
-    }
+    HardState { term, vote, commit }
 }
 
 /// A synced write of `entries` alone.
@@ -349,7 +343,7 @@ pub fn entries_respect_max_size<S: LogStore>(store: S) {
     let size = |n: usize| {
         ents[..n]
             .iter()
-            .map(|e| u64::from(e.compute_size()))
+            .map(|e| raft_prost::Message::encoded_len(e) as u64)
             .sum::<u64>()
     };
     append(&store, ents.clone()).unwrap();

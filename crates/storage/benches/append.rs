@@ -23,7 +23,7 @@ fn batch(first: u64, n: u64) -> Vec<Entry> {
         .map(|index| Entry {
             index,
             term: 1,
-            data: vec![(index % 251) as u8; ENTRY_BYTES].into(),
+            data: vec![(index % 251) as u8; ENTRY_BYTES],
             ..Default::default()
         })
         .collect()

@@ -59,14 +59,13 @@ fn main() {
                 entries: vec![Entry {
                     index,
                     term: 1,
-                    data: payload.clone().into(),
+                    data: payload.clone(),
                     ..Default::default()
                 }],
                 hard_state: Some(HardState {
                     term: 1,
                     vote: 1,
                     commit: applied,
-                    ..Default::default()
                 }),
                 must_sync: true,
                 snapshot: None,

@@ -31,7 +31,7 @@ impl StateMachine for Counter {
         self.0.to_be_bytes().to_vec()
     }
     async fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {
-        let b: [u8; 8] = snapshot.data.as_ref().try_into().unwrap_or([0; 8]);
+        let b: [u8; 8] = snapshot.data.as_slice().try_into().unwrap_or([0; 8]);
         self.0 = u64::from_be_bytes(b);
         Ok(())
     }

@@ -34,14 +34,6 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A value could not be encoded for writing.
-    #[error("cannot encode {what}: {reason}")]
-    Encode {
-        /// What was being encoded, e.g. `entry 17`.
-        what: String,
-        /// Encoder's complaint.
-        reason: String,
-    },
     /// A column family the store creates at open is missing.
     #[error("column family {0} is missing")]
     MissingColumnFamily(&'static str),

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use craft_core::{LocalSnapshot, LogStore, LogWrite};
-use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 use rocksdb::{
@@ -237,24 +236,19 @@ fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, StorageErr
         .ok_or(StorageError::MissingColumnFamily(name))
 }
 
-fn encode<M: protobuf::Message>(
-    msg: &M,
-    what: impl FnOnce() -> String,
-) -> Result<Vec<u8>, StorageError> {
-    msg.write_to_bytes().map_err(|e| StorageError::Encode {
-        what: what(),
-        reason: e.to_string(),
-    })
+fn encode<M: raft_prost::Message>(msg: &M) -> Vec<u8> {
+    msg.encode_to_vec()
 }
 
-fn decode<M: protobuf::Message>(
+fn decode<M: raft_prost::Message + Default>(
     bytes: &[u8],
     key: impl FnOnce() -> String,
 ) -> Result<M, StorageError> {
-    let reason = match M::parse_from_bytes(bytes) {
-        // We only ever write known fields; unknown ones mean bytes that merely happen
-        // to parse.
-        Ok(msg) if msg.get_unknown_fields().iter().next().is_some() => {
+    let reason = match M::decode(bytes) {
+        // What this store writes re-encodes to exactly its own bytes. prost skips
+        // unknown fields, so a value that decodes to something shorter holds fields this
+        // store never writes: bytes that merely happen to parse.
+        Ok(msg) if msg.encoded_len() != bytes.len() => {
             "value has fields this store never writes".to_owned()
         }
         Ok(msg) => return Ok(msg),
@@ -270,6 +264,13 @@ fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
         return Err(StorageError::Corrupt {
             key: entry_key_name(index),
             reason: format!("entry claims index {}", entry.index),
+        });
+    }
+    // raft-rs's accessors panic on an entry type they do not know; prost keeps any.
+    if raft::eraftpb::EntryType::from_i32(entry.entry_type).is_none() {
+        return Err(StorageError::Corrupt {
+            key: entry_key_name(index),
+            reason: format!("unknown entry type {}", entry.entry_type),
         });
     }
     Ok(entry)
@@ -297,7 +298,10 @@ fn delete_entries(batch: &mut WriteBatch, log: &ColumnFamily, low: u64, high: u6
     }
 }
 
-fn get_state<M: protobuf::Message>(db: &DB, key: &'static [u8]) -> Result<Option<M>, StorageError> {
+fn get_state<M: raft_prost::Message + Default>(
+    db: &DB,
+    key: &'static [u8],
+) -> Result<Option<M>, StorageError> {
     let state = cf(db, STATE_CF)?;
     let value = db
         .get_pinned_cf(state, key)
@@ -495,7 +499,7 @@ impl RocksLogStore {
                 break;
             }
             let entry = decode_entry(index, value)?;
-            size = size.saturating_add(u64::from(entry.compute_size()));
+            size = size.saturating_add(raft_prost::Message::encoded_len(&entry) as u64);
             ents.push(entry);
             next += 1;
             if max_size.is_some_and(|max| size > max) {
@@ -527,7 +531,7 @@ impl RocksLogStore {
             .unwrap_or_default();
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(meta.clone());
-        snapshot.data = data.into();
+        snapshot.data = data;
         Ok(snapshot)
     }
 
@@ -547,11 +551,7 @@ impl RocksLogStore {
     ) -> Result<(), StorageError> {
         let state = self.cf(STATE_CF)?;
         let meta = snapshot.get_metadata();
-        batch.put_cf(
-            state,
-            SNAPSHOT_META_KEY,
-            encode(meta, || format!("snapshot metadata at {}", meta.index))?,
-        );
+        batch.put_cf(state, SNAPSHOT_META_KEY, encode(meta));
         batch.put_cf(state, SNAPSHOT_DATA_KEY, &snapshot.data);
         Ok(())
     }
@@ -655,7 +655,7 @@ impl RocksLogStore {
                 truncated_from = Some(first.index);
             }
             for entry in &write.entries {
-                let value = encode(entry, || format!("entry {}", entry.index))?;
+                let value = encode(entry);
                 batch.put_cf(log, entry_key(entry.index), value);
             }
             next.last_index = last.index;
@@ -666,7 +666,7 @@ impl RocksLogStore {
             hard_state_changed = true;
         }
         if hard_state_changed {
-            let value = encode(&next.hard_state, || "hard state".to_owned())?;
+            let value = encode(&next.hard_state);
             batch.put_cf(self.cf(STATE_CF)?, HARD_STATE_KEY, value);
         }
 
@@ -832,7 +832,7 @@ mod tests {
         Entry {
             index,
             term,
-            data: vec![7u8; len].into(),
+            data: vec![7u8; len],
             ..Default::default()
         }
     }

@@ -9,8 +9,8 @@ use craft_core::testing::{append, entries, entry, hard_state};
 use craft_core::{LogStore, LogWrite};
 use craft_storage::layout::{entry_key, HARD_STATE_KEY, LOG_CF, STATE_CF, TRUNCATED_KEY};
 use craft_storage::{RocksLogStore, StorageError, StoreOptions};
-use protobuf::Message as _;
 use raft::{GetEntriesContext, Storage as _};
+use raft_prost::Message as _;
 
 /// A store with entries 1..=10 in term 1 and a hard state, closed again.
 fn store_with_ten_entries(dir: &Path) {
@@ -79,7 +79,7 @@ fn garbage_entry_is_reported_with_its_key() {
 fn truncated_entry_is_reported_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     store_with_ten_entries(dir.path());
-    let bytes = entry(7, 1).write_to_bytes().unwrap();
+    let bytes = entry(7, 1).encode_to_vec();
     put_entry_bytes(dir.path(), 7, &bytes[..bytes.len() - 3]);
 
     let store = RocksLogStore::open(dir.path(), StoreOptions::default()).unwrap();
@@ -91,7 +91,7 @@ fn truncated_entry_is_reported_with_its_key() {
 fn entry_under_the_wrong_index_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     store_with_ten_entries(dir.path());
-    put_entry_bytes(dir.path(), 3, &entry(4, 1).write_to_bytes().unwrap());
+    put_entry_bytes(dir.path(), 3, &entry(4, 1).encode_to_vec());
     put_entry_bytes(dir.path(), 6, b"");
 
     let store = RocksLogStore::open(dir.path(), StoreOptions::default()).unwrap();

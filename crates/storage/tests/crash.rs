@@ -34,7 +34,7 @@ fn crash_entry(index: u64, term: u64) -> Entry {
     Entry {
         index,
         term,
-        data: data.into(),
+        data,
         ..Default::default()
     }
 }

@@ -207,7 +207,7 @@ async fn join(State(state): State<ApiState>, uri: Uri, body: Bytes) -> Response 
     single.node_id = request.id;
     let mut change = ConfChangeV2::default();
     change.mut_changes().push(single);
-    change.context = context.into();
+    change.context = context;
     match state.raft.change_membership(change).await {
         Ok(conf_state) => {
             tracing::info!(id = request.id, raft_addr = %addrs.raft, "member added");

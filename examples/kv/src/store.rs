@@ -295,7 +295,7 @@ mod tests {
         single.node_id = id;
         let mut change = ConfChangeV2::default();
         change.mut_changes().push(single);
-        change.context = serde_json::to_vec(addrs).unwrap().into();
+        change.context = serde_json::to_vec(addrs).unwrap();
         Committed {
             index,
             term: 1,

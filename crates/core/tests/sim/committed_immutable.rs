@@ -149,7 +149,7 @@ mod tests {
         Entry {
             index,
             term,
-            data: data.as_bytes().to_vec().into(),
+            data: data.as_bytes().to_vec(),
             ..Default::default()
         }
     }

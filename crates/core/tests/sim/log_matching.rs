@@ -73,7 +73,7 @@ mod tests {
                 let e = Entry {
                     index,
                     term: *term,
-                    data: data.as_bytes().to_vec().into(),
+                    data: data.as_bytes().to_vec(),
                     ..Default::default()
                 };
                 index += 1;
