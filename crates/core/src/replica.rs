@@ -5,7 +5,9 @@
 //! ([`Replica::propose`], ...), then call [`Replica::handle_ready`], which persists what
 //! raft asks for and hands back what to send and what to apply, in the order the `raft`
 //! crate documents. Nothing here reads a clock, spawns a task or touches the network,
-//! so a test harness can run many replicas step by step and replay a run exactly.
+//! so a test harness can run many replicas step by step and replay a run exactly. The
+//! one concession to the async driver: inside a multi-threaded tokio runtime, a store
+//! write that may block runs under `block_in_place` (outside one, it runs as is).
 
 use raft::eraftpb::{
     ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,

@@ -236,10 +236,6 @@ fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, StorageErr
         .ok_or(StorageError::MissingColumnFamily(name))
 }
 
-fn encode<M: raft_prost::Message>(msg: &M) -> Vec<u8> {
-    msg.encode_to_vec()
-}
-
 fn decode<M: raft_prost::Message + Default>(
     bytes: &[u8],
     key: impl FnOnce() -> String,
@@ -551,7 +547,11 @@ impl RocksLogStore {
     ) -> Result<(), StorageError> {
         let state = self.cf(STATE_CF)?;
         let meta = snapshot.get_metadata();
-        batch.put_cf(state, SNAPSHOT_META_KEY, encode(meta));
+        batch.put_cf(
+            state,
+            SNAPSHOT_META_KEY,
+            raft_prost::Message::encode_to_vec(meta),
+        );
         batch.put_cf(state, SNAPSHOT_DATA_KEY, &snapshot.data);
         Ok(())
     }
@@ -655,7 +655,7 @@ impl RocksLogStore {
                 truncated_from = Some(first.index);
             }
             for entry in &write.entries {
-                let value = encode(entry);
+                let value = raft_prost::Message::encode_to_vec(entry);
                 batch.put_cf(log, entry_key(entry.index), value);
             }
             next.last_index = last.index;
@@ -666,7 +666,7 @@ impl RocksLogStore {
             hard_state_changed = true;
         }
         if hard_state_changed {
-            let value = encode(&next.hard_state);
+            let value = raft_prost::Message::encode_to_vec(&next.hard_state);
             batch.put_cf(self.cf(STATE_CF)?, HARD_STATE_KEY, value);
         }
 
