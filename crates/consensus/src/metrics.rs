@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Peer raft messages refused before reaching raft (they would have tripped an
     /// assertion in raft-rs, or were of a kind peers never send), since start.
     pub refused_messages: IntGauge,
+    /// Network messages refused by the CITA adapter (undecodable, unknown type, an
+    /// origin claiming a raft id another origin speaks for, ...), per reason.
+    pub network_refused: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,6 +68,14 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
+        let network_refused = IntCounterVec::new(
+            Opts::new(
+                "network_refused_total",
+                "network messages refused before reaching raft, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(network_refused.clone()))?;
         let proposals = IntCounter::new("proposals_total", "proposals made as leader")?;
         registry.register(Box::new(proposals.clone()))?;
         let store_writes = IntCounter::new("store_writes_total", "raft log write batches")?;
@@ -95,6 +106,7 @@ impl Metrics {
                 "refused_messages",
                 "peer raft messages refused before reaching raft, since start",
             )?,
+            network_refused,
             registry,
         })
     }

@@ -131,6 +131,9 @@ async fn run_node(
         handler_port: cfg.grpc_listen_port,
         queue_capacity: 1024,
         probe_interval: Duration::from_millis(500),
+        // Raft heartbeats reach every follower each heartbeat_tick; a bound origin this
+        // long silent has left.
+        stale_after: Duration::from_secs(10),
     })
     .context("network address")?;
 
@@ -256,6 +259,10 @@ fn refresh_peer_metrics(m: &Metrics, net: &CitaNetwork) {
         s.inc_by(sent.saturating_sub(s.get()));
         let d = m.messages_dropped.with_label_values(&[label.as_str()]);
         d.inc_by(dropped.saturating_sub(d.get()));
+    }
+    for (reason, count) in net.refused_stats() {
+        let c = m.network_refused.with_label_values(&[reason]);
+        c.inc_by(count.saturating_sub(c.get()));
     }
 }
 

@@ -1,6 +1,6 @@
 //! The on-disk layout: column families and keys.
 //!
-//! - [`LOG_CF`] holds one rust-protobuf encoded [`raft::eraftpb::Entry`] per key; the
+//! - [`LOG_CF`] holds one protobuf encoded [`raft::eraftpb::Entry`] per key; the
 //!   key is the entry's index as 8 big-endian bytes, so key order is log order.
 //! - [`STATE_CF`] holds the raft state under fixed keys: [`HARD_STATE_KEY`] (encoded
 //!   `HardState`), [`SNAPSHOT_META_KEY`] (encoded `SnapshotMetadata`),
@@ -9,6 +9,10 @@
 //!
 //! Every change goes through one `WriteBatch`, so these keys never disagree after a
 //! crash.
+
+use raft::eraftpb::Entry;
+
+use crate::StorageError;
 
 /// Column family of log entries.
 pub const LOG_CF: &str = "raft_log";
@@ -36,17 +40,17 @@ pub(crate) fn entry_index(key: &[u8]) -> Option<u64> {
 }
 
 /// How a log key is named in errors.
-pub(crate) fn entry_key_name(index: u64) -> String {
+pub fn entry_key_name(index: u64) -> String {
     format!("{LOG_CF}/{index}")
 }
 
 /// How a state key is named in errors.
-pub(crate) fn state_key_name(key: &[u8]) -> String {
+pub fn state_key_name(key: &[u8]) -> String {
     format!("{STATE_CF}/{}", String::from_utf8_lossy(key))
 }
 
 /// Encodes a truncation point.
-pub(crate) fn encode_truncated((index, term): (u64, u64)) -> [u8; 16] {
+pub fn encode_truncated((index, term): (u64, u64)) -> [u8; 16] {
     let mut out = [0; 16];
     out[..8].copy_from_slice(&index.to_be_bytes());
     out[8..].copy_from_slice(&term.to_be_bytes());
@@ -54,10 +58,50 @@ pub(crate) fn encode_truncated((index, term): (u64, u64)) -> [u8; 16] {
 }
 
 /// Decodes a truncation point, or `None` when it is not 16 bytes long.
-pub(crate) fn decode_truncated(value: &[u8]) -> Option<(u64, u64)> {
+pub fn decode_truncated(value: &[u8]) -> Option<(u64, u64)> {
     let index: [u8; 8] = value.get(..8)?.try_into().ok()?;
     let term: [u8; 8] = value.get(8..)?.try_into().ok()?;
     Some((u64::from_be_bytes(index), u64::from_be_bytes(term)))
+}
+
+/// Decodes a value stored under the key `key()` names: it must decode with prost's limits
+/// and re-encode to exactly these bytes; anything else is [`StorageError::Corrupt`].
+pub fn decode<M: raft_prost::Message + Default>(
+    bytes: &[u8],
+    key: impl FnOnce() -> String,
+) -> Result<M, StorageError> {
+    let reason = match M::decode(bytes) {
+        // What this store writes re-encodes to exactly its own bytes. prost skips
+        // unknown fields, so a value that decodes to something shorter holds fields this
+        // store never writes: bytes that merely happen to parse.
+        Ok(msg) if msg.encoded_len() != bytes.len() => {
+            "value has fields this store never writes".to_owned()
+        }
+        Ok(msg) => return Ok(msg),
+        Err(e) => e.to_string(),
+    };
+    Err(StorageError::Corrupt { key: key(), reason })
+}
+
+/// Decodes the entry stored under `index`: it must decode, re-encode to exactly these
+/// bytes, claim that index and have an entry type raft knows; anything else is
+/// [`StorageError::Corrupt`] naming the key.
+pub fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
+    let entry: Entry = decode(bytes, || entry_key_name(index))?;
+    if entry.index != index {
+        return Err(StorageError::Corrupt {
+            key: entry_key_name(index),
+            reason: format!("entry claims index {}", entry.index),
+        });
+    }
+    // raft-rs's accessors panic on an entry type they do not know; prost keeps any.
+    if raft::eraftpb::EntryType::from_i32(entry.entry_type).is_none() {
+        return Err(StorageError::Corrupt {
+            key: entry_key_name(index),
+            reason: format!("unknown entry type {}", entry.entry_type),
+        });
+    }
+    Ok(entry)
 }
 
 #[cfg(test)]

@@ -19,8 +19,9 @@ use rocksdb::{
 
 use crate::error::StorageError;
 use crate::layout::{
-    decode_truncated, encode_truncated, entry_index, entry_key, entry_key_name, state_key_name,
-    HARD_STATE_KEY, LOG_CF, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, STATE_CF, TRUNCATED_KEY,
+    decode, decode_entry, decode_truncated, encode_truncated, entry_index, entry_key,
+    entry_key_name, state_key_name, HARD_STATE_KEY, LOG_CF, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY,
+    STATE_CF, TRUNCATED_KEY,
 };
 
 /// How a [`RocksLogStore`] is opened.
@@ -234,42 +235,6 @@ fn descriptor(name: &str, options: &StoreOptions, cache: &Cache) -> ColumnFamily
 fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, StorageError> {
     db.cf_handle(name)
         .ok_or(StorageError::MissingColumnFamily(name))
-}
-
-fn decode<M: raft_prost::Message + Default>(
-    bytes: &[u8],
-    key: impl FnOnce() -> String,
-) -> Result<M, StorageError> {
-    let reason = match M::decode(bytes) {
-        // What this store writes re-encodes to exactly its own bytes. prost skips
-        // unknown fields, so a value that decodes to something shorter holds fields this
-        // store never writes: bytes that merely happen to parse.
-        Ok(msg) if msg.encoded_len() != bytes.len() => {
-            "value has fields this store never writes".to_owned()
-        }
-        Ok(msg) => return Ok(msg),
-        Err(e) => e.to_string(),
-    };
-    Err(StorageError::Corrupt { key: key(), reason })
-}
-
-/// Decodes the entry stored under `index` and checks it claims that index.
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
-    let entry: Entry = decode(bytes, || entry_key_name(index))?;
-    if entry.index != index {
-        return Err(StorageError::Corrupt {
-            key: entry_key_name(index),
-            reason: format!("entry claims index {}", entry.index),
-        });
-    }
-    // raft-rs's accessors panic on an entry type they do not know; prost keeps any.
-    if raft::eraftpb::EntryType::from_i32(entry.entry_type).is_none() {
-        return Err(StorageError::Corrupt {
-            key: entry_key_name(index),
-            reason: format!("unknown entry type {}", entry.entry_type),
-        });
-    }
-    Ok(entry)
 }
 
 /// An exclusive upper bound just past the key of `index` (no overflow at `u64::MAX`).

@@ -8,12 +8,30 @@
 //! - `origin` is the network's session id of a peer. The adapter learns raft id →
 //!   origin from incoming `raft`, `probe` and `probe-resp` messages, sends with `SendMsg`
 //!   to that origin, and when the origin is unknown drops the message and probes.
+//!
+//! # Who may speak for a raft id
+//!
+//! A peer chooses the raft id it claims (the `from` of a raft message, the payload of a
+//! probe); only the `origin` is the network service's word. So the map changes only on
+//! what the network vouches for:
+//! - a raft id no origin speaks for yet is bound to the first origin that claims it, and
+//!   an origin speaks for one raft id only;
+//! - a claim that conflicts with a binding is refused ([`InboundError::OriginConflict`]),
+//!   and a raft message carrying it never reaches raft. The bound origin is replaced only
+//!   when the network no longer lists it among its peers (`GetPeersNetInfo`), or, for a
+//!   network that cannot say, when it has been silent for [`CitaNetworkConfig::stale_after`];
+//! - `refresh` from origin O for raft id Y ("I am not Y") removes only the binding Y → O;
+//! - no origin may claim this node's own raft id.
+//!
+//! A hostile peer can therefore claim a raft id no one has spoken for yet (the real node
+//! then takes it back once the hostile origin falls silent or leaves the network), but it
+//! cannot take over or blackhole the traffic of a node that is talking.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use cita_proto::common::StatusCode;
+use cita_proto::common::{Empty, StatusCode};
 use cita_proto::network::network_msg_handler_service_server::NetworkMsgHandlerService;
 use cita_proto::network::network_service_client::NetworkServiceClient;
 use cita_proto::network::{NetworkMsg, RegisterInfo};
@@ -50,6 +68,9 @@ pub struct CitaNetworkConfig {
     pub queue_capacity: usize,
     /// Least time between two probe broadcasts.
     pub probe_interval: Duration,
+    /// How long a bound origin may be silent before another origin may take over its
+    /// raft id, when the network cannot list its peers. Default in the service: 10 s.
+    pub stale_after: Duration,
 }
 
 /// Where incoming raft messages go; returns whether the message was accepted.
@@ -75,12 +96,66 @@ pub enum InboundError {
     /// A raft payload that does not decode.
     #[error("undecodable raft message: {0}")]
     BadRaftMessage(String),
+    /// A claim to a raft id that another origin speaks for, that this origin's own raft id
+    /// contradicts, or that is this node's own.
+    #[error("origin {origin} claims raft id {raft_id}: {why}")]
+    OriginConflict {
+        /// The raft id claimed.
+        raft_id: u64,
+        /// The claiming origin.
+        origin: u64,
+        /// What the claim conflicts with.
+        why: String,
+    },
+}
+
+impl InboundError {
+    /// A short name of the reason, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InboundError::UnknownModule(_) => "unknown_module",
+            InboundError::UnknownType(_) => "unknown_type",
+            InboundError::BadIdPayload { .. } => "bad_id_payload",
+            InboundError::BadRaftMessage(_) => "undecodable",
+            InboundError::OriginConflict { .. } => "origin_conflict",
+        }
+    }
+}
+
+/// The raft id ↔ origin bindings (see the module docs for the rules).
+#[derive(Debug, Default)]
+struct Origins {
+    by_id: HashMap<u64, u64>,
+    by_origin: HashMap<u64, u64>,
+    /// When each bound origin was last heard from.
+    last_seen: HashMap<u64, Instant>,
+    /// Raft ids whose rebinding is being checked with the network, and since when.
+    checking: HashMap<u64, Instant>,
+}
+
+impl Origins {
+    fn bind(&mut self, id: u64, origin: u64) {
+        if let Some(old) = self.by_id.insert(id, origin) {
+            self.by_origin.remove(&old);
+            self.last_seen.remove(&old);
+        }
+        self.by_origin.insert(origin, id);
+        self.last_seen.insert(origin, Instant::now());
+    }
+
+    fn unbind(&mut self, id: u64) {
+        if let Some(origin) = self.by_id.remove(&id) {
+            self.by_origin.remove(&origin);
+            self.last_seen.remove(&origin);
+        }
+    }
 }
 
 struct Inner {
     cfg: CitaNetworkConfig,
     client: NetworkServiceClient<Channel>,
-    origins: RwLock<HashMap<u64, u64>>,
+    origins: RwLock<Origins>,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
     queues: PeerQueues<NetworkMsg>,
     inbound: RwLock<Option<Inbound>>,
     last_probe: Mutex<Option<Instant>>,
@@ -126,7 +201,8 @@ impl CitaNetwork {
                 client: NetworkServiceClient::new(endpoint.connect_lazy())
                     .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
-                origins: RwLock::new(HashMap::new()),
+                origins: RwLock::new(Origins::default()),
+                refused: Mutex::new(BTreeMap::new()),
                 queues: PeerQueues::new(cfg.queue_capacity),
                 inbound: RwLock::new(None),
                 last_probe: Mutex::new(None),
@@ -189,22 +265,116 @@ impl CitaNetwork {
             .origins
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .by_id
             .get(&id)
             .copied()
     }
 
-    fn learn(&self, id: u64, origin: u64) {
+    /// Accepts `origin`'s claim to speak for raft id `id`, binding it if neither is bound
+    /// yet; refuses a conflicting claim and starts checking with the network whether the
+    /// bound origin is gone.
+    fn claim(&self, id: u64, origin: u64) -> Result<(), InboundError> {
+        let conflict = |why: String| InboundError::OriginConflict {
+            raft_id: id,
+            origin,
+            why,
+        };
         if id == self.inner.cfg.raft_id {
-            return;
+            return Err(conflict("that is this node's own raft id".into()));
         }
-        let mut origins = self
+        if id == 0 {
+            return Err(conflict("raft id 0 is reserved".into()));
+        }
+        let mut o = self
             .inner
             .origins
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        if origins.insert(id, origin) != Some(origin) {
-            tracing::debug!(raft_id = id, origin, "learned peer origin");
+        let bound_origin = o.by_id.get(&id).copied();
+        let bound_id = o.by_origin.get(&origin).copied();
+        match (bound_origin, bound_id) {
+            (Some(b), _) if b == origin => {
+                o.last_seen.insert(origin, Instant::now());
+                Ok(())
+            }
+            (None, None) => {
+                tracing::debug!(raft_id = id, origin, "learned peer origin");
+                o.bind(id, origin);
+                Ok(())
+            }
+            (_, Some(other)) => Err(conflict(format!("the origin speaks for raft id {other}"))),
+            (Some(b), None) => {
+                let silent = o
+                    .last_seen
+                    .get(&b)
+                    .is_none_or(|t| t.elapsed() >= self.inner.cfg.stale_after);
+                if silent {
+                    tracing::info!(
+                        raft_id = id,
+                        old = b,
+                        new = origin,
+                        "bound origin silent; rebinding"
+                    );
+                    o.bind(id, origin);
+                    return Ok(());
+                }
+                let recent = o
+                    .checking
+                    .get(&id)
+                    .is_some_and(|t| t.elapsed() < self.inner.cfg.probe_interval);
+                if !recent {
+                    o.checking.insert(id, Instant::now());
+                    self.check_rebind(id, b, origin);
+                }
+                Err(conflict(format!("origin {b} speaks for it")))
+            }
         }
+    }
+
+    /// Asks the network which origins it lists; rebinds `id` from `old` to `new` if the
+    /// network lists `new` but no longer `old`.
+    fn check_rebind(&self, id: u64, old: u64, new: u64) {
+        let this = self.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let listed: HashSet<u64> = match this
+                .inner
+                .client
+                .clone()
+                .get_peers_net_info(Empty {})
+                .await
+            {
+                Ok(resp) => resp.into_inner().nodes.iter().map(|n| n.origin).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "GetPeersNetInfo failed; origin {old} keeps raft id {id}");
+                    return;
+                }
+            };
+            let mut o = this
+                .inner
+                .origins
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            o.checking.remove(&id);
+            let still = o.by_id.get(&id) == Some(&old) && !o.by_origin.contains_key(&new);
+            if still && listed.contains(&new) && !listed.contains(&old) {
+                tracing::info!(raft_id = id, old, new, "network no longer lists the bound origin; rebinding");
+                o.bind(id, new);
+            }
+        });
+    }
+
+    /// Refusals of incoming messages since start, by [`InboundError::kind`].
+    pub fn refused_stats(&self) -> Vec<(&'static str, u64)> {
+        self.inner
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     /// `(raft id, sent, dropped)` per peer.
@@ -263,9 +433,23 @@ impl CitaNetwork {
         })
     }
 
-    /// Handles one message from the network. Malformed input is refused with a reason
-    /// and never reaches raft.
+    /// Handles one message from the network. Malformed input and conflicting origin
+    /// claims are refused with a reason, counted, and never reach raft.
     pub fn handle(&self, msg: NetworkMsg) -> Result<(), InboundError> {
+        let result = self.handle_inner(msg);
+        if let Err(e) = &result {
+            *self
+                .inner
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(e.kind())
+                .or_default() += 1;
+        }
+        result
+    }
+
+    fn handle_inner(&self, msg: NetworkMsg) -> Result<(), InboundError> {
         if msg.module != MODULE {
             return Err(InboundError::UnknownModule(msg.module));
         }
@@ -288,7 +472,7 @@ impl CitaNetwork {
                     );
                     return Ok(());
                 }
-                self.learn(raft_msg.from, msg.origin);
+                self.claim(raft_msg.from, msg.origin)?;
                 let inbound = self
                     .inner
                     .inbound
@@ -304,7 +488,7 @@ impl CitaNetwork {
             }
             TYPE_PROBE => {
                 let id = parse_id(TYPE_PROBE, &msg.msg)?;
-                self.learn(id, msg.origin);
+                self.claim(id, msg.origin)?;
                 self.send_to_origin(
                     id,
                     msg.origin,
@@ -315,17 +499,27 @@ impl CitaNetwork {
             }
             TYPE_PROBE_RESP => {
                 let id = parse_id(TYPE_PROBE_RESP, &msg.msg)?;
-                self.learn(id, msg.origin);
-                Ok(())
+                self.claim(id, msg.origin)
             }
             TYPE_REFRESH => {
                 let id = parse_id(TYPE_REFRESH, &msg.msg)?;
-                self.inner
-                    .origins
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                self.probe();
+                // Origin O says it is not `id`: that undoes a binding id → O, and nothing
+                // else (no one may unbind another origin).
+                let removed = {
+                    let mut o = self
+                        .inner
+                        .origins
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let ours = o.by_id.get(&id) == Some(&msg.origin);
+                    if ours {
+                        o.unbind(id);
+                    }
+                    ours
+                };
+                if removed {
+                    self.probe();
+                }
                 Ok(())
             }
             other => Err(InboundError::UnknownType(other.to_string())),
@@ -372,17 +566,22 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn net() -> CitaNetwork {
+    fn net_at(network_addr: &str, stale_after: Duration) -> CitaNetwork {
         CitaNetwork::new(CitaNetworkConfig {
             raft_id: 7,
-            // Nothing listens here: outgoing sends fail and are counted, never block.
-            network_addr: "http://127.0.0.1:9".into(),
+            network_addr: network_addr.into(),
             handler_host: "127.0.0.1".into(),
             handler_port: 1,
             queue_capacity: 16,
-            probe_interval: Duration::from_secs(1),
+            probe_interval: Duration::from_millis(20),
+            stale_after,
         })
         .unwrap()
+    }
+
+    fn net() -> CitaNetwork {
+        // Nothing listens here: outgoing sends fail and are counted, never block.
+        net_at("http://127.0.0.1:9", Duration::from_secs(3600))
     }
 
     fn raft_msg(from: u64, to: u64) -> Vec<u8> {
@@ -431,6 +630,171 @@ mod tests {
         n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 8))).unwrap();
         assert_eq!(seen.load(Ordering::SeqCst), 0);
         assert_eq!(n.origin_of(2), None);
+    }
+
+    fn counting(n: &CitaNetwork) -> Arc<AtomicUsize> {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        n.set_inbound(Some(Arc::new(move |_| {
+            s.fetch_add(1, Ordering::SeqCst);
+            true
+        })));
+        seen
+    }
+
+    fn is_conflict(r: Result<(), InboundError>) -> bool {
+        matches!(r, Err(InboundError::OriginConflict { .. }))
+    }
+
+    #[tokio::test]
+    async fn a_bound_raft_id_cannot_be_taken_over_by_another_origin() {
+        let n = net();
+        let seen = counting(&n);
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
+        // Origin 43 claims to be raft id 2: by raft message, probe and probe answer.
+        assert!(is_conflict(n.handle(nm(TYPE_RAFT, 43, raft_msg(2, 7)))));
+        assert!(is_conflict(n.handle(nm(
+            TYPE_PROBE,
+            43,
+            2u64.to_be_bytes().to_vec()
+        ))));
+        assert!(is_conflict(n.handle(nm(
+            TYPE_PROBE_RESP,
+            43,
+            2u64.to_be_bytes().to_vec()
+        ))));
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "forged message reached raft"
+        );
+        assert_eq!(n.origin_of(2), Some(42));
+        // A refresh from 43 for raft id 2 cannot unbind 42's binding either.
+        n.handle(nm(TYPE_REFRESH, 43, 2u64.to_be_bytes().to_vec()))
+            .unwrap();
+        assert_eq!(n.origin_of(2), Some(42));
+        assert_eq!(n.refused_stats(), vec![("origin_conflict", 3)]);
+    }
+
+    #[tokio::test]
+    async fn an_origin_speaks_for_one_raft_id_and_never_for_ours() {
+        let n = net();
+        let seen = counting(&n);
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
+        assert!(is_conflict(n.handle(nm(TYPE_RAFT, 42, raft_msg(3, 7)))));
+        assert_eq!(n.origin_of(3), None);
+        assert!(is_conflict(n.handle(nm(
+            TYPE_PROBE,
+            50,
+            7u64.to_be_bytes().to_vec()
+        ))));
+        assert!(is_conflict(n.handle(nm(
+            TYPE_PROBE,
+            50,
+            0u64.to_be_bytes().to_vec()
+        ))));
+        assert_eq!(n.origin_of(7), None);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        // The real node 2 answering its own refresh lets origin 42 go.
+        n.handle(nm(TYPE_REFRESH, 42, 2u64.to_be_bytes().to_vec()))
+            .unwrap();
+        assert_eq!(n.origin_of(2), None);
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(3, 7))).unwrap();
+        assert_eq!(n.origin_of(3), Some(42));
+    }
+
+    #[tokio::test]
+    async fn a_silent_origin_gives_way() {
+        let n = net_at("http://127.0.0.1:9", Duration::from_millis(50));
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
+        assert!(is_conflict(n.handle(nm(TYPE_RAFT, 43, raft_msg(2, 7)))));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        n.handle(nm(TYPE_RAFT, 43, raft_msg(2, 7))).unwrap();
+        assert_eq!(n.origin_of(2), Some(43));
+        // The old origin now speaks for no one and may not take it back at once.
+        assert!(is_conflict(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7)))));
+    }
+
+    /// A network service that lists the given origins as its peers.
+    #[derive(Clone)]
+    struct Listing(Arc<Mutex<Vec<u64>>>);
+
+    #[tonic::async_trait]
+    impl cita_proto::network::network_service_server::NetworkService for Listing {
+        async fn send_msg(&self, _: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+            Ok(Response::new(StatusCode { code: 0 }))
+        }
+        async fn broadcast(&self, _: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+            Ok(Response::new(StatusCode { code: 0 }))
+        }
+        async fn get_network_status(
+            &self,
+            _: Request<Empty>,
+        ) -> Result<Response<cita_proto::network::NetworkStatusResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn register_network_msg_handler(
+            &self,
+            _: Request<RegisterInfo>,
+        ) -> Result<Response<StatusCode>, Status> {
+            Ok(Response::new(StatusCode { code: 0 }))
+        }
+        async fn add_node(
+            &self,
+            _: Request<cita_proto::common::NodeNetInfo>,
+        ) -> Result<Response<StatusCode>, Status> {
+            Ok(Response::new(StatusCode { code: 0 }))
+        }
+        async fn get_peers_net_info(
+            &self,
+            _: Request<Empty>,
+        ) -> Result<Response<cita_proto::common::TotalNodeNetInfo>, Status> {
+            let nodes = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|&origin| cita_proto::common::NodeNetInfo {
+                    multi_address: format!("/test/{origin}"),
+                    origin,
+                })
+                .collect();
+            Ok(Response::new(cita_proto::common::TotalNodeNetInfo {
+                nodes,
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_network_vouches_for_a_rebinding() {
+        let listed = Arc::new(Mutex::new(vec![42, 43]));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = cita_proto::network::network_service_server::NetworkServiceServer::new(Listing(
+            listed.clone(),
+        ));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let n = net_at(&format!("http://{addr}"), Duration::from_secs(3600));
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
+        // While the network lists 42, a claim from 43 is refused however often it comes.
+        for _ in 0..5 {
+            assert!(is_conflict(n.handle(nm(TYPE_RAFT, 43, raft_msg(2, 7)))));
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        assert_eq!(n.origin_of(2), Some(42));
+        // 42 has left the network: the next claim from 43 starts a check that rebinds.
+        listed.lock().unwrap().retain(|o| *o != 42);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while n.origin_of(2) != Some(43) {
+            assert!(Instant::now() < deadline, "never rebound");
+            let _ = n.handle(nm(TYPE_RAFT, 43, raft_msg(2, 7)));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        n.handle(nm(TYPE_RAFT, 43, raft_msg(2, 7))).unwrap();
     }
 
     #[tokio::test]

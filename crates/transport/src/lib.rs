@@ -5,7 +5,9 @@
 //!   service's module and message types, so nodes of both implementations interoperate.
 //! - [`dev_network`]: a development network microservice that routes `NetworkMsg`
 //!   between the nodes of a local cluster and can cut links.
-//! - [`peer`]: a plain peer-to-peer gRPC transport for services outside CITA-Cloud.
+//! - [`peer`]: a plain peer-to-peer gRPC transport for services outside CITA-Cloud,
+//!   with opt-in mutual TLS ([`tls`]).
+//! - [`limits`]: a bound on the connections a server holds open.
 //!
 //! Every transport implements [`craft_core::Transport`]: sends never block the Ready
 //! loop; each peer has a bounded queue and its own sender task, and a full queue drops
@@ -14,8 +16,10 @@
 
 pub mod cita;
 pub mod dev_network;
+pub mod limits;
 pub mod peer;
 mod queue;
+pub mod tls;
 
 pub use cita::Inbound;
 pub use queue::{PeerQueues, PeerStats};

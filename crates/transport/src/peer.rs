@@ -1,21 +1,39 @@
 //! A plain peer-to-peer gRPC transport (`craft.peer.RaftPeer`) for services that run
 //! outside CITA-Cloud, such as the key-value example. Each node serves `RaftPeer` and
 //! knows its peers' addresses; messages to one peer go in order as batches.
+//!
+//! Without TLS anyone who reaches the port can send raft messages under any raft id.
+//! With [`PeerTls`] both sides use mutual TLS: only holders of a certificate signed by
+//! the cluster's CA can connect, in either direction.
+//!
+//! Limits: a message (one batch) is at most [`cita_proto::MAX_MESSAGE_BYTES`] either
+//! way, a server holds at most its [`ConnectionLimit`] of connections and
+//! [`MAX_STREAMS_PER_CONNECTION`] concurrent requests on each, and each peer has a
+//! queue of [`QUEUE_CAPACITY`] batches (when full the newest is dropped and counted).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cita_proto::peer::raft_peer_client::RaftPeerClient;
-use cita_proto::peer::raft_peer_server::RaftPeer;
+use cita_proto::peer::raft_peer_server::{RaftPeer, RaftPeerServer};
 use cita_proto::peer::{Ack, RaftBatch};
 use raft::eraftpb::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::cita::Inbound;
+use crate::limits::ConnectionLimit;
 use crate::queue::PeerQueues;
+use crate::tls::PeerTls;
 use crate::{decode_raft_message, encode_raft_message};
+
+/// Batches queued per peer before new ones are dropped.
+pub const QUEUE_CAPACITY: usize = 1024;
+/// Concurrent requests a peer server serves on one connection (a sender has one batch
+/// in flight per peer).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// The sending side: a [`craft_core::Transport`] over `RaftPeer.Send`.
 #[derive(Clone)]
@@ -23,6 +41,7 @@ pub struct PeerTransport {
     id: u64,
     peers: Arc<RwLock<HashMap<u64, RaftPeerClient<Channel>>>>,
     queues: Arc<PeerQueues<RaftBatch>>,
+    tls: Option<PeerTls>,
 }
 
 impl std::fmt::Debug for PeerTransport {
@@ -39,17 +58,35 @@ impl PeerTransport {
         Self {
             id,
             peers: Arc::new(RwLock::new(HashMap::new())),
-            queues: Arc::new(PeerQueues::new(1024)),
+            queues: Arc::new(PeerQueues::new(QUEUE_CAPACITY)),
+            tls: None,
         }
     }
 
-    /// Adds or replaces peer `id` at `addr` (e.g. `http://127.0.0.1:7151`).
+    /// Dials peers with mutual TLS (`https`), presenting `tls`'s certificate and
+    /// trusting only its CA. Set before adding peers.
+    pub fn with_tls(mut self, tls: PeerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Adds or replaces peer `id` at `addr` (e.g. `http://127.0.0.1:7151`; with TLS the
+    /// scheme becomes `https`).
     pub fn set_peer(&self, id: u64, addr: &str) -> Result<(), tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(addr.to_string())?
+        let addr = match (&self.tls, addr.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => addr.to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(addr)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
-        let client = RaftPeerClient::new(endpoint.connect_lazy());
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.client_config())?;
+        }
+        let client = RaftPeerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES);
         self.peers
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -96,6 +133,33 @@ impl craft_core::Transport for PeerTransport {
             });
         }
     }
+}
+
+/// Serves `service` on `listener` until `shutdown` completes: mutual TLS when `tls` is
+/// given (a client without a certificate signed by its CA is refused in the handshake),
+/// at most `limit` connections, messages up to [`cita_proto::MAX_MESSAGE_BYTES`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: PeerService,
+    tls: Option<&PeerTls>,
+    limit: ConnectionLimit,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let mut server = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls {
+        server = server.tls_config(tls.server_config())?;
+    }
+    server
+        .add_service(
+            RaftPeerServer::new(service)
+                .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(limit.incoming(listener), shutdown)
+        .await
 }
 
 /// The receiving side: serves `RaftPeer` and hands each decoded message to `inbound`.

@@ -186,6 +186,7 @@ fn node() -> Node {
         handler_port: 1,
         queue_capacity: 16,
         probe_interval: Duration::from_secs(3600),
+        stale_after: Duration::from_secs(3600),
     })
     .unwrap();
     let r = replica.clone();
@@ -205,12 +206,23 @@ fn node() -> Node {
     }
 }
 
+/// The origin a sender of raft id `from` has: one per raft id, so that mutated `from`
+/// fields still reach raft instead of stopping at the origin check (which has tests of
+/// its own).
+fn origin_for(kind: &str, payload: &[u8]) -> u64 {
+    let from = match kind {
+        "raft" => craft_transport::decode_raft_message(payload).map_or(0, |m| m.from),
+        _ => <[u8; 8]>::try_from(payload).map_or(0, u64::from_be_bytes),
+    };
+    from.wrapping_add(1000)
+}
+
 /// Feeds one input; the replica must still handle its Ready afterwards.
 fn feed(node: &Node, kind: &str, payload: Vec<u8>) -> Result<(), TestCaseError> {
     let _ = node.net.handle(NetworkMsg {
         module: "consensus".into(),
         r#type: kind.into(),
-        origin: 3,
+        origin: origin_for(kind, &payload),
         msg: payload,
     });
     let mut replica = node.replica.lock().unwrap_or_else(|e| e.into_inner());
@@ -397,6 +409,75 @@ fn random_bytes_never_panic_or_stop_the_replica() {
         .unwrap();
 }
 
+/// The plain peer transport's receiving side (`RaftPeer.Send`): a whole `RaftBatch`, as
+/// tonic would decode it from the wire, mutated, then handed to the service in front of
+/// a live replica.
+#[test]
+fn mutated_peer_batches_never_panic_or_stop_the_replica() {
+    use cita_proto::peer::raft_peer_server::RaftPeer;
+    use cita_proto::peer::RaftBatch;
+    use craft_transport::peer::PeerService;
+    use prost::Message as _;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let node = node();
+    let r = node.replica.clone();
+    let service = PeerService::new(Arc::new(move |m: Message| {
+        let _ = r.lock().unwrap_or_else(|e| e.into_inner()).step(m);
+        true
+    }));
+    let seeds = seeds();
+    let (accepted, refused) = (AtomicU64::new(0), AtomicU64::new(0));
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        prop::collection::vec(
+            (0..seeds.len(), prop::collection::vec(field_change(), 0..3)),
+            0..4,
+        ),
+        prop::collection::vec(mutation(), 0..3),
+        prop_oneof![Just(2u64), any::<u64>()],
+    );
+    runner
+        .run(&strategy, |(picks, mutations, from)| {
+            let messages = picks
+                .iter()
+                .map(|(seed, changes)| {
+                    encode_raft_message(&changes.iter().fold(seeds[*seed].clone(), change))
+                })
+                .collect();
+            let wire = RaftBatch { from, messages }.encode_to_vec();
+            let wire = mutations.iter().fold(wire, apply);
+            let Ok(batch) = RaftBatch::decode(wire.as_slice()) else {
+                // tonic answers this with an error status before the service runs.
+                refused.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            };
+            match rt.block_on(service.send(tonic::Request::new(batch))) {
+                Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                Err(status) => {
+                    prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                    refused.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            let mut replica = node.replica.lock().unwrap_or_else(|e| e.into_inner());
+            while replica.has_ready() {
+                replica
+                    .handle_ready(&mut |_| {})
+                    .map_err(|e| TestCaseError::fail(format!("replica stopped: {e}")))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (a, r) = (accepted.into_inner(), refused.into_inner());
+    println!("peer batches: {a} delivered, {r} refused");
+    assert!(a > 0 && r > 0, "only one outcome seen: {a} / {r}");
+}
+
 #[test]
 fn hand_made_extremes_are_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -429,4 +510,37 @@ fn hand_made_extremes_are_refused() {
             .refused(),
         0
     );
+}
+
+#[test]
+fn hand_made_extremes_are_refused_by_the_peer_service() {
+    use cita_proto::peer::raft_peer_server::RaftPeer;
+    use cita_proto::peer::RaftBatch;
+    use craft_transport::peer::PeerService;
+    use prost::Message as _;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let d = delivered.clone();
+    let service = PeerService::new(Arc::new(move |_| {
+        d.fetch_add(1, Ordering::Relaxed);
+        true
+    }));
+    let deep = vec![0x0b; 100_000];
+    let huge = vec![0x3a, 0x80, 0x80, 0x80, 0x80, 0x08];
+    // Inside a batch: each one refuses the whole batch.
+    for payload in [deep.clone(), huge.clone(), Vec::new()] {
+        let batch = RaftBatch {
+            from: 2,
+            messages: vec![payload],
+        };
+        let status = rt
+            .block_on(service.send(tonic::Request::new(batch)))
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+    // As the batch itself: the decoder tonic runs refuses them.
+    assert!(RaftBatch::decode(deep.as_slice()).is_err());
+    assert!(RaftBatch::decode([0x12, 0x80, 0x80, 0x80, 0x80, 0x08].as_slice()).is_err());
+    assert_eq!(delivered.load(Ordering::Relaxed), 0);
 }

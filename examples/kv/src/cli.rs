@@ -7,6 +7,7 @@ use clap::Parser;
 
 use crate::node::NodeConfig;
 use crate::peers::PeerList;
+use crate::tls::TlsFiles;
 
 /// A node of a replicated key-value store with an hraftd-style HTTP API.
 ///
@@ -35,6 +36,23 @@ pub struct Args {
     /// Raft tick in milliseconds; a leader is elected after 10–20 ticks without one.
     #[arg(long, default_value_t = 100)]
     pub tick_ms: u64,
+    /// This node's TLS certificate (PEM). With --tls-key and --tls-ca: members talk
+    /// raft over mutual TLS and the HTTP API is served over HTTPS.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) that signs every member's certificate; a peer without
+    /// one is refused.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Require HTTPS clients to present a certificate signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub http_client_ca: Option<PathBuf>,
+    /// Connections each server (raft, HTTP) holds open at most.
+    #[arg(long, default_value_t = craft_transport::limits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Directory for the raft log and snapshots.
     pub data_dir: PathBuf,
 }
@@ -51,6 +69,15 @@ impl Args {
         config.http_peers = self.hpeers.clone().unwrap_or_default().0;
         config.http_peers.insert(self.id, self.haddr.clone());
         config.tick_interval = Duration::from_millis(self.tick_ms.max(1));
+        config.max_connections = self.max_connections;
+        if let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            config.tls = Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+                http_client_ca: self.http_client_ca.clone(),
+            });
+        }
         config
     }
 }
@@ -91,6 +118,33 @@ mod tests {
         let args = Args::try_parse_from(["craft-kv", "--id", "1", "./node1"]).unwrap();
         let config = args.node_config();
         assert_eq!(config.raft_peers[&1], "127.0.0.1:7151");
+    }
+
+    #[test]
+    fn tls_takes_all_three_files() {
+        let args = Args::try_parse_from([
+            "craft-kv",
+            "--id",
+            "1",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-ca",
+            "ca.pem",
+            "d",
+        ])
+        .unwrap();
+        let tls = args.node_config().tls.unwrap();
+        assert_eq!(tls.ca, PathBuf::from("ca.pem"));
+        assert_eq!(tls.http_client_ca, None);
+        // One missing file is a usage error, not a silently plain-text node.
+        assert!(
+            Args::try_parse_from(["craft-kv", "--id", "1", "--tls-cert", "c.pem", "d"]).is_err()
+        );
+        assert!(
+            Args::try_parse_from(["craft-kv", "--id", "1", "--http-client-ca", "x", "d"]).is_err()
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,6 +42,8 @@ pub struct ApiState {
     pub addresses: AddressBook,
     /// Raised by `POST /shutdown`.
     pub shutdown: Shutdown,
+    /// Whether the API is served over HTTPS (redirects keep the scheme).
+    pub https: bool,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -64,6 +66,10 @@ pub struct JoinRequest {
     pub haddr: Option<String>,
 }
 
+/// The largest request body the API reads; a longer one is answered `413 Payload Too
+/// Large` before any handler runs.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
 /// The API's routes over `state`.
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -72,6 +78,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/join", post(join))
         .route("/status", get(status))
         .route("/shutdown", post(shutdown))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -86,7 +93,8 @@ fn refused(state: &ApiState, uri: &Uri, err: ProposeError) -> Response {
             leader: Some(leader),
         } => match state.addresses.http_addr(leader) {
             Some(addr) => {
-                let location = format!("http://{addr}{uri}");
+                let scheme = if state.https { "https" } else { "http" };
+                let location = format!("{scheme}://{addr}{uri}");
                 (
                     StatusCode::TEMPORARY_REDIRECT,
                     [(header::LOCATION, location.clone())],

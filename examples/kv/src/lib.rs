@@ -45,6 +45,7 @@ pub mod node;
 pub mod peers;
 pub mod shutdown;
 pub mod store;
+pub mod tls;
 
 pub use node::{KvNode, NodeConfig, NodeError};
 pub use store::{Command, KvReader, KvState, KvStateMachine};

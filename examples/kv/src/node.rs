@@ -20,11 +20,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cita_proto::peer::raft_peer_server::RaftPeerServer;
 use craft_core::{
     make_snapshot, voters, DriverConfig, LogStore, NodeHandle, NodeStatus, ReplicaConfig,
 };
 use craft_storage::{RocksLogStore, StoreOptions};
+use craft_transport::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
 use craft_transport::peer::{PeerService, PeerTransport};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -34,6 +34,7 @@ use crate::http_api::{router, ApiState};
 use crate::peers::{endpoint_uri, AddressBook};
 use crate::shutdown::Shutdown;
 use crate::store::{KvReader, KvState, KvStateMachine, Outcome};
+use crate::tls::{KvTls, KvTlsError, LimitAcceptor, TlsFiles};
 
 /// Everything one node needs besides its two listeners.
 #[derive(Debug, Clone)]
@@ -52,6 +53,12 @@ pub struct NodeConfig {
     pub tick_interval: Duration,
     /// How long a write, a membership change or a read barrier may wait. Default 5 s.
     pub request_timeout: Duration,
+    /// TLS files: mutual TLS between members and HTTPS for clients. Default: none
+    /// (plain gRPC and HTTP; anyone who reaches the raft port can send raft messages).
+    pub tls: Option<TlsFiles>,
+    /// Connections each of the two servers (raft, HTTP) holds open at most; past it new
+    /// ones are closed at once. Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
 }
 
 impl NodeConfig {
@@ -64,6 +71,8 @@ impl NodeConfig {
             http_peers: BTreeMap::new(),
             tick_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(5),
+            tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -102,6 +111,9 @@ pub enum NodeError {
     /// A listener or the HTTP server failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A TLS file is missing or unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] KvTlsError),
     /// A task of the node panicked or was cancelled.
     #[error("node task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -159,6 +171,7 @@ impl KvNode {
             .entry(id)
             .or_insert_with(|| http_addr.to_string());
         let span = tracing::info_span!("kv", node_id = id);
+        let tls = config.tls.as_ref().map(KvTls::load).transpose()?;
 
         let store = RocksLogStore::open(config.data_dir.join("raft"), StoreOptions::default())?;
         if store.is_empty().map_err(NodeError::Bootstrap)? {
@@ -179,7 +192,10 @@ impl KvNode {
             }
         }
 
-        let transport = PeerTransport::new(id);
+        let mut transport = PeerTransport::new(id);
+        if let Some(tls) = &tls {
+            transport = transport.with_tls(tls.peer.clone());
+        }
         for (&peer, addr) in config.raft_peers.iter().filter(|(&peer, _)| peer != id) {
             transport
                 .set_peer(peer, &endpoint_uri(addr))
@@ -226,14 +242,22 @@ impl KvNode {
         let inbox = raft.clone();
         let inbound: craft_transport::cita::Inbound = Arc::new(move |msg| inbox.step(msg));
         let raft_server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RaftPeerServer::new(PeerService::new(inbound)))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(raft_listener)
-                        .with_nodelay(Some(true)),
-                    shutdown.wait(),
-                )
-                .instrument(span.clone()),
+            {
+                let tls = tls.as_ref().map(|t| t.peer.clone());
+                let limit = ConnectionLimit::new(config.max_connections);
+                let stop = shutdown.wait();
+                async move {
+                    craft_transport::peer::serve(
+                        raft_listener,
+                        PeerService::new(inbound),
+                        tls.as_ref(),
+                        limit,
+                        stop,
+                    )
+                    .await
+                }
+            }
+            .instrument(span.clone()),
         );
 
         let api = ApiState {
@@ -241,9 +265,39 @@ impl KvNode {
             kv: kv.clone(),
             addresses: AddressBook::new(config.http_peers.clone(), kv.clone()),
             shutdown: shutdown.clone(),
+            https: tls.is_some(),
         };
-        let serve = axum::serve(http_listener, router(api)).with_graceful_shutdown(shutdown.wait());
-        let http_server = tokio::spawn(async move { serve.await }.instrument(span.clone()));
+        let handle = axum_server::Handle::new();
+        let stop = shutdown.wait();
+        let h = handle.clone();
+        tokio::spawn(async move {
+            stop.await;
+            h.graceful_shutdown(Some(Duration::from_secs(5)));
+        });
+        let limit = ConnectionLimit::new(config.max_connections);
+        let app = router(api).into_make_service();
+        let std_listener = http_listener.into_std()?;
+        let http_server = match &tls {
+            Some(tls) => {
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.http.clone());
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(
+                    LimitAcceptor::new(axum_server::accept::DefaultAcceptor, limit),
+                );
+                let server = axum_server::from_tcp(std_listener)?
+                    .acceptor(acceptor)
+                    .handle(handle);
+                tokio::spawn(server.serve(app).instrument(span.clone()))
+            }
+            None => {
+                let server = axum_server::from_tcp(std_listener)?
+                    .acceptor(LimitAcceptor::new(
+                        axum_server::accept::DefaultAcceptor,
+                        limit,
+                    ))
+                    .handle(handle);
+                tokio::spawn(server.serve(app).instrument(span.clone()))
+            }
+        };
         span.in_scope(|| tracing::info!(%raft_addr, %http_addr, "node started"));
 
         Ok(Self {
