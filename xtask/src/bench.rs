@@ -77,6 +77,13 @@ pub struct Args {
     /// blocks/s per minute (does the rate hold up?).
     #[arg(long)]
     pub soak: Option<u64>,
+    /// Instead of the consensus cases: the key-value example, 3 nodes, driven by `wrk`
+    /// with TLS off and on (`--secs` per case).
+    #[arg(long)]
+    pub kv: bool,
+    /// wrk connections of the `--kv` cases.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
+    pub kv_connections: Vec<usize>,
 }
 
 /// What one cluster case measured.
@@ -552,7 +559,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             bin.display()
         );
     }
-    if !args.cluster_only {
+    if !args.cluster_only && !args.kv {
         // `--workspace`: the same feature resolution as the binaries built below, so one
         // optimised RocksDB build serves both.
         crate::ci::cargo(root, &["bench", "--workspace"], &[])?;
@@ -567,6 +574,14 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     )?;
     if let Some(secs) = args.soak {
         return soak(root, &bin_dir, args, secs);
+    }
+    if args.kv {
+        return crate::bench_kv::run(
+            root,
+            &bin_dir.join("craft-kv"),
+            args.secs,
+            &args.kv_connections,
+        );
     }
     let runs: Vec<(String, Vec<PathBuf>)> = match &args.compare {
         Some(other) => vec![

@@ -4,6 +4,7 @@
 //! adding a module and a variant. Run `cargo xtask --help` for the list.
 
 mod bench;
+mod bench_kv;
 mod ci;
 mod cluster;
 mod codegen;

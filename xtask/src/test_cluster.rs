@@ -332,8 +332,9 @@ fn blocks_of_size(r: &mut Run<'_>) -> anyhow::Result<()> {
 
 /// Every node is fed the hostile set of `consensus::hostile` (`dev-hostile`): through the
 /// development network as a real peer, and straight to its network handler from an
-/// unknown origin. All nodes must live, refuse the forged raft messages, and go on
-/// committing.
+/// unknown origin. All nodes must live, refuse the forged raft messages (at the gate, or
+/// at the origin check when they claim a raft id the origin does not speak for), and go
+/// on committing.
 fn hostile_input(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.progress(5, "start")?;
     let nodes = r.cluster.state.nodes.clone();
@@ -376,8 +377,20 @@ fn hostile_input(r: &mut Run<'_>) -> anyhow::Result<()> {
     }
     r.checks.push("every node is alive".into());
     for target in &nodes {
+        // Refused by the gate in front of raft, or before it by the origin check (a
+        // claim to a raft id another origin speaks for, or to the target's own).
         let refused = crate::cluster::scrape(target.metrics_port)
-            .and_then(|m| m.get("consensus_refused_messages").copied())
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| {
+                        *k == "consensus_refused_messages"
+                            || k.starts_with(
+                                "consensus_network_refused_total{reason=\"origin_conflict\"",
+                            )
+                    })
+                    .map(|(_, v)| *v)
+                    .sum::<f64>()
+            })
             .unwrap_or(0.0);
         // Eight forged raft messages through the network and eight sent directly, each
         // failing a check that does not depend on the target's state.

@@ -32,6 +32,7 @@ use craft_core::raft::{GetEntriesContext, Storage as _};
 use craft_core::{make_snapshot, voters, DriverConfig, LogStore, NodeHandle, ReplicaConfig, Role};
 use craft_storage::{RocksLogStore, StoreOptions};
 use craft_transport::cita::{CitaNetwork, CitaNetworkConfig};
+use craft_transport::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
 use prost::Message as _;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -189,9 +190,10 @@ async fn run_node(
                 .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            // Accepted sockets get TCP_NODELAY, as tonic gives its own listeners: small
-            // answers must not wait for the peer's delayed ACK.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // At most DEFAULT_MAX_CONNECTIONS open (the controller and the network service
+            // need a few). Accepted sockets get TCP_NODELAY, as tonic gives its own
+            // listeners: small answers must not wait for the peer's delayed ACK.
+            ConnectionLimit::new(DEFAULT_MAX_CONNECTIONS).incoming(listener),
             wait_stop(stop_rx.clone()),
         );
     let server = tokio::spawn(server);

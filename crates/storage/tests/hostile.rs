@@ -115,9 +115,7 @@ fn mutated_entries_decode_exactly_or_are_corrupt() {
     run(
         (0..seeds.len(), prop::collection::vec(mutation(), 1..4)),
         |(seed, mutations)| {
-            let bytes = mutations
-                .iter()
-                .fold(seeds[seed].encode_to_vec(), apply);
+            let bytes = mutations.iter().fold(seeds[seed].encode_to_vec(), apply);
             match decode_entry(7, &bytes) {
                 Ok(e) => {
                     prop_assert_eq!(e.index, 7);
@@ -160,9 +158,7 @@ fn mutated_state_records_decode_exactly_or_are_corrupt() {
     run(
         (0..2usize, prop::collection::vec(mutation(), 1..4)),
         |(seed, mutations)| {
-            let bytes = mutations
-                .iter()
-                .fold(seeds[seed].clone(), apply);
+            let bytes = mutations.iter().fold(seeds[seed].clone(), apply);
             let key = || "raft_state/x".to_string();
             let result = if seed == 0 {
                 decode::<HardState>(&bytes, key).map(|m| m.encode_to_vec())
