@@ -57,8 +57,55 @@ enum Verb {
         /// Node number (1-based).
         node: usize,
     },
-    /// Restore every link.
+    /// Inject link faults on messages to or from some nodes, as netem would; replaces
+    /// earlier faults. E.g. `--nodes 1,2 --delay 500ms --jitter 100ms --loss 75%`.
+    Chaos(ChaosArgs),
+    /// Restore every link: no partition, no link faults.
     Heal,
+}
+
+/// Options of `cluster chaos`.
+#[derive(Debug, clap::Args)]
+pub struct ChaosArgs {
+    /// Nodes whose messages (to or from them) are affected.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<u64>,
+    /// Delay added to each message (e.g. 500ms).
+    #[arg(long, value_parser = craft_transport::link_faults::parse_duration)]
+    pub delay: Option<Duration>,
+    /// Uniform jitter around the delay (e.g. 100ms).
+    #[arg(long, value_parser = craft_transport::link_faults::parse_duration)]
+    pub jitter: Option<Duration>,
+    /// Share of messages dropped (e.g. 75%).
+    #[arg(long, value_parser = craft_transport::link_faults::parse_probability)]
+    pub loss: Option<f64>,
+    /// Share of messages delivered twice.
+    #[arg(long, value_parser = craft_transport::link_faults::parse_probability)]
+    pub duplicate: Option<f64>,
+    /// Share of messages with bytes of their payload flipped.
+    #[arg(long, value_parser = craft_transport::link_faults::parse_probability)]
+    pub corrupt: Option<f64>,
+    /// Bandwidth of each affected link (e.g. 1mbps).
+    #[arg(long, value_parser = craft_transport::link_faults::parse_rate)]
+    pub rate: Option<u64>,
+    /// Cut the nodes off from the others.
+    #[arg(long)]
+    pub partition: bool,
+}
+
+impl ChaosArgs {
+    /// The rule these options describe.
+    pub fn rule(&self) -> craft_transport::link_faults::LinkFaults {
+        let mut r = craft_transport::link_faults::LinkFaults::none(self.nodes.iter().copied());
+        r.delay = self.delay.unwrap_or_default();
+        r.jitter = self.jitter.unwrap_or_default();
+        r.loss = self.loss.unwrap_or(0.0);
+        r.duplicate = self.duplicate.unwrap_or(0.0);
+        r.corrupt = self.corrupt.unwrap_or(0.0);
+        r.rate_bps = self.rate;
+        r.partition = self.partition;
+        r
+    }
 }
 
 /// Options of `cluster up`.
@@ -309,21 +356,33 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// Stops `pids`: SIGTERM, then SIGKILL whatever still runs after `grace`.
-fn stop_pids(pids: &[u32], grace: Duration) {
-    for &pid in pids {
-        if pid_alive(pid) {
-            signal(pid, "-TERM");
+/// SIGTERM, then SIGKILL for what is still alive after `grace`; returns once every
+/// process has exited (or 5 s after the SIGKILL, saying which did not), with the number
+/// that were running.
+fn stop_pids(pids: &[u32], grace: Duration) -> usize {
+    let running: Vec<u32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
+    for &pid in &running {
+        signal(pid, "-TERM");
+    }
+    let wait_all = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline && running.iter().any(|p| pid_alive(*p)) {
+            std::thread::sleep(Duration::from_millis(20));
         }
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && pids.iter().any(|p| pid_alive(*p)) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for &pid in pids {
+    };
+    wait_all(grace);
+    for &pid in &running {
         if pid_alive(pid) {
             signal(pid, "-KILL");
         }
     }
+    wait_all(Duration::from_secs(5));
+    for &pid in &running {
+        if pid_alive(pid) {
+            eprintln!("process {pid} is still running after SIGKILL");
+        }
+    }
+    running.len()
 }
 
 fn spawn_logged(cmd: &mut Command, log: &Path, detach: bool) -> anyhow::Result<u32> {
@@ -466,6 +525,7 @@ impl Cluster {
         };
         cluster.save()?;
         fs::write(dir.join("partition"), "")?;
+        fs::write(dir.join("faults"), "")?;
         let net_ports: Vec<String> = cluster
             .state
             .nodes
@@ -476,7 +536,9 @@ impl Cluster {
         net.arg("--ports")
             .arg(net_ports.join(","))
             .arg("--partition-file")
-            .arg(dir.join("partition"));
+            .arg(dir.join("partition"))
+            .arg("--faults-file")
+            .arg(dir.join("faults"));
         if spec.stats {
             net.arg("--stats-file").arg(dir.join("network-stats.json"));
         }
@@ -610,6 +672,16 @@ impl Cluster {
         fs::write(self.dir.join("partition"), text).context("writing the partition file")
     }
 
+    /// Sets the link faults (the development network re-reads them within 100 ms);
+    /// none restores every link.
+    pub fn set_faults(
+        &self,
+        rules: &[craft_transport::link_faults::LinkFaults],
+    ) -> anyhow::Result<()> {
+        let text: String = rules.iter().map(|r| format!("{r}\n")).collect();
+        fs::write(self.dir.join("faults"), text).context("writing the faults file")
+    }
+
     /// Every process id the cluster recorded.
     fn pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self
@@ -623,16 +695,22 @@ impl Cluster {
         pids
     }
 
-    /// Stops every process (consensus first, gracefully).
-    pub fn down(&self) {
+    /// Processes of the cluster that have not exited.
+    pub fn running_pids(&self) -> Vec<u32> {
+        self.pids().into_iter().filter(|p| pid_alive(*p)).collect()
+    }
+
+    /// Stops every process of the cluster, consensus first, and returns once they have
+    /// all exited: how many were running.
+    pub fn down(&self) -> usize {
         let consensus: Vec<u32> = self
             .state
             .nodes
             .iter()
             .filter_map(|n| n.consensus_pid)
             .collect();
-        stop_pids(&consensus, Duration::from_secs(5));
-        stop_pids(&self.pids(), Duration::from_secs(3));
+        stop_pids(&consensus, Duration::from_secs(5))
+            + stop_pids(&self.pids(), Duration::from_secs(3))
     }
 
     /// The outside view of every node.
@@ -757,8 +835,13 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             Ok(())
         }
         Verb::Down => {
-            Cluster::open(&dir)?.down();
-            println!("cluster stopped; data kept in {}", dir.display());
+            let started = Instant::now();
+            let stopped = Cluster::open(&dir)?.down();
+            println!(
+                "cluster stopped: {stopped} processes exited in {:.2} s; data kept in {}",
+                started.elapsed().as_secs_f64(),
+                dir.display()
+            );
             Ok(())
         }
         Verb::Clean => {
@@ -795,8 +878,21 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             println!("node {node} cut off");
             Ok(())
         }
+        Verb::Chaos(chaos) => {
+            let cluster = Cluster::open(&dir)?;
+            let n = cluster.state.nodes.len() as u64;
+            if let Some(bad) = chaos.nodes.iter().find(|i| **i == 0 || **i > n) {
+                bail!("node {bad} is not in this cluster of {n}");
+            }
+            let rule = chaos.rule();
+            cluster.set_faults(std::slice::from_ref(&rule))?;
+            println!("link faults: {rule}");
+            Ok(())
+        }
         Verb::Heal => {
-            Cluster::open(&dir)?.partition(None)?;
+            let cluster = Cluster::open(&dir)?;
+            cluster.partition(None)?;
+            cluster.set_faults(&[])?;
             println!("all links restored");
             Ok(())
         }

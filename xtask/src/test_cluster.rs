@@ -459,9 +459,17 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             name,
             checks: Vec::new(),
         };
-        let result = scenario(&mut run);
+        let mut result = scenario(&mut run);
         run.cluster.reload();
         run.cluster.down();
+        // `down` returns only once every process has exited: a script may go on to
+        // `clean` or `up` at once.
+        let left = run.cluster.running_pids();
+        if result.is_ok() && !left.is_empty() {
+            result = Err(anyhow::anyhow!(
+                "processes {left:?} still running after down"
+            ));
+        }
         for c in &run.checks {
             println!("  checked: {c}");
         }

@@ -26,7 +26,7 @@ use cita_proto::consensus::consensus_service_server::ConsensusServiceServer;
 use cita_proto::network::network_msg_handler_service_server::NetworkMsgHandlerServiceServer;
 use craft_controller::{retry, Backoff, Controller, ControllerError, GrpcController};
 use craft_core::raft::eraftpb::{
-    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType,
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry, EntryType,
 };
 use craft_core::raft::{GetEntriesContext, Storage as _};
 use craft_core::{make_snapshot, voters, DriverConfig, LogStore, NodeHandle, ReplicaConfig, Role};
@@ -254,6 +254,20 @@ async fn wait_stop(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// The proposal for `height` that applying `entries` committed: the first one for that
+/// height at or below `commit`, in log order. Applying skips a proposal for a height
+/// already committed, so a later entry for the same height (a new leader that proposed
+/// it again before applying the first) was never committed to a controller; and an entry
+/// past `commit` may yet be overwritten.
+fn committed_proposal_at(entries: &[Entry], commit: u64, height: u64) -> Option<Proposal> {
+    entries
+        .iter()
+        .take_while(|e| e.index <= commit)
+        .filter(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty())
+        .filter_map(|e| Proposal::decode(&e.data[..]).ok())
+        .find(|p| p.height == height)
+}
+
 fn refresh_peer_metrics(m: &Metrics, net: &CitaNetwork) {
     for (peer, sent, dropped) in net.peer_stats() {
         let label = peer.to_string();
@@ -352,23 +366,28 @@ impl Node {
         self.adopt(ctrl);
     }
 
-    /// The proposal at `height` from the retained raft log.
+    /// The proposal this node committed at `height`, from the retained raft log.
     fn last_committed_proposal(&self, height: u64) -> Option<Proposal> {
         let first = self.store.first_index().ok()?;
         let last = self.store.last_index().ok()?;
-        if last < first {
+        let commit = self.store.initial_state().ok()?.hard_state.commit;
+        // A block at or below the latest snapshot's height was applied from entries
+        // that are gone: what is retained for that height can only be a later duplicate.
+        let snapshot = self.store.latest_snapshot().ok()?;
+        if snapshot.get_metadata().index > 0
+            && decode_configuration(&snapshot.data).map_or(true, |c| c.height >= height)
+        {
+            return None;
+        }
+        let end = last.min(commit);
+        if end < first {
             return None;
         }
         let entries = self
             .store
-            .entries(first, last + 1, None, GetEntriesContext::empty(false))
+            .entries(first, end + 1, None, GetEntriesContext::empty(false))
             .ok()?;
-        entries
-            .iter()
-            .rev()
-            .filter(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty())
-            .filter_map(|e| Proposal::decode(&e.data[..]).ok())
-            .find(|p| p.height == height)
+        committed_proposal_at(&entries, commit, height)
     }
 
     fn is_validator(&self) -> bool {
@@ -693,5 +712,53 @@ impl Node {
             Err(e) => tracing::info!(error = %e, "membership change not committed"),
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(index: u64, height: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term: 2,
+            data: Proposal {
+                height,
+                data: data.to_vec(),
+            }
+            .encode_to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_committed_proposal_is_the_first_committed_one_for_its_height() {
+        // Height 7 was proposed at index 10, then again (another block) at 12 by a new
+        // leader that had not applied 10 yet; 14 is an uncommitted proposal for 8.
+        let log = [
+            block(9, 6, b"six"),
+            block(10, 7, b"seven-a"),
+            Entry {
+                index: 11,
+                term: 3,
+                ..Default::default()
+            },
+            block(12, 7, b"seven-b"),
+            block(13, 8, b"eight-a"),
+            block(14, 8, b"eight-b"),
+        ];
+        let data = |p: Option<Proposal>| p.map(|p| p.data);
+        assert_eq!(
+            data(committed_proposal_at(&log, 13, 7)),
+            Some(b"seven-a".to_vec())
+        );
+        assert_eq!(
+            data(committed_proposal_at(&log, 13, 8)),
+            Some(b"eight-a".to_vec())
+        );
+        // Past the commit index nothing counts, even the only proposal for a height.
+        assert_eq!(data(committed_proposal_at(&log, 12, 8)), None);
+        assert_eq!(data(committed_proposal_at(&log, 13, 9)), None);
     }
 }

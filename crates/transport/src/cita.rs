@@ -39,8 +39,8 @@ use raft::eraftpb::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::integrity::{decode_checked, encode_checked, Integrity, IntegrityError};
 use crate::queue::PeerQueues;
-use crate::{decode_raft_message, encode_raft_message};
 
 /// Module name the consensus service registers with the network.
 pub const MODULE: &str = "consensus";
@@ -52,6 +52,10 @@ pub const TYPE_PROBE: &str = "probe";
 pub const TYPE_PROBE_RESP: &str = "probe-resp";
 /// Message type telling a sender its origin mapping is stale.
 pub const TYPE_REFRESH: &str = "refresh";
+
+/// The outgoing queue of `refresh` replies (no raft id is `u64::MAX` in practice: ids
+/// are hashes, and this one would only share a queue).
+const REPLY_QUEUE: u64 = u64::MAX;
 
 /// Settings of the adapter.
 #[derive(Debug, Clone)]
@@ -96,6 +100,15 @@ pub enum InboundError {
     /// A raft payload that does not decode.
     #[error("undecodable raft message: {0}")]
     BadRaftMessage(String),
+    /// A raft payload whose checksum trailer does not match, or that has none from an
+    /// origin that has sent one before: damaged in transit.
+    #[error("damaged raft message from origin {origin}: {error}")]
+    Damaged {
+        /// The sending origin.
+        origin: u64,
+        /// What was wrong.
+        error: crate::integrity::IntegrityError,
+    },
     /// A claim to a raft id that another origin speaks for, that this origin's own raft id
     /// contradicts, or that is this node's own.
     #[error("origin {origin} claims raft id {raft_id}: {why}")]
@@ -117,6 +130,7 @@ impl InboundError {
             InboundError::UnknownType(_) => "unknown_type",
             InboundError::BadIdPayload { .. } => "bad_id_payload",
             InboundError::BadRaftMessage(_) => "undecodable",
+            InboundError::Damaged { .. } => "checksum",
             InboundError::OriginConflict { .. } => "origin_conflict",
         }
     }
@@ -131,6 +145,9 @@ struct Origins {
     last_seen: HashMap<u64, Instant>,
     /// Raft ids whose rebinding is being checked with the network, and since when.
     checking: HashMap<u64, Instant>,
+    /// Origins that have sent a message with a matching checksum trailer: from them, a
+    /// message without one is damaged. Bounded by the network's sessions.
+    checksummed: HashSet<u64>,
 }
 
 impl Origins {
@@ -379,7 +396,9 @@ impl CitaNetwork {
 
     /// `(raft id, sent, dropped)` per peer.
     pub fn peer_stats(&self) -> Vec<(u64, u64, u64)> {
-        self.inner.queues.stats()
+        let mut stats = self.inner.queues.stats();
+        stats.retain(|(peer, _, _)| *peer != REPLY_QUEUE);
+        stats
     }
 
     /// Broadcasts a probe unless one went out within `probe_interval`.
@@ -455,8 +474,33 @@ impl CitaNetwork {
         }
         match msg.r#type.as_str() {
             TYPE_RAFT => {
-                let raft_msg = decode_raft_message(&msg.msg)
-                    .map_err(|e| InboundError::BadRaftMessage(e.to_string()))?;
+                let required = self
+                    .inner
+                    .origins
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .checksummed
+                    .contains(&msg.origin);
+                let (raft_msg, integrity) =
+                    decode_checked(&msg.msg, required).map_err(|e| match e {
+                        IntegrityError::Decode(e) => InboundError::BadRaftMessage(e.to_string()),
+                        error => InboundError::Damaged {
+                            origin: msg.origin,
+                            error,
+                        },
+                    })?;
+                if integrity == Integrity::Verified && !required {
+                    tracing::debug!(
+                        origin = msg.origin,
+                        "origin sends checksums; requiring them"
+                    );
+                    self.inner
+                        .origins
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .checksummed
+                        .insert(msg.origin);
+                }
                 if raft_msg.to != self.inner.cfg.raft_id {
                     // The sender's origin map is stale: tell it whom it meant to reach.
                     tracing::debug!(
@@ -464,8 +508,10 @@ impl CitaNetwork {
                         origin = msg.origin,
                         "raft message for another node"
                     );
+                    // Queued under one key for all such replies: `from` is the sender's
+                    // word, and a queue per claimed id would let it grow without bound.
                     self.send_to_origin(
-                        raft_msg.from,
+                        REPLY_QUEUE,
                         msg.origin,
                         TYPE_REFRESH,
                         id_payload(raft_msg.to),
@@ -533,7 +579,7 @@ impl craft_core::Transport for CitaNetwork {
             let to = m.to;
             match self.origin_of(to) {
                 Some(origin) => {
-                    self.send_to_origin(to, origin, TYPE_RAFT, encode_raft_message(&m));
+                    self.send_to_origin(to, origin, TYPE_RAFT, encode_checked(&m));
                 }
                 None => {
                     tracing::debug!(to, "origin unknown, probing");
@@ -564,6 +610,7 @@ impl NetworkMsgHandlerService for CitaNetwork {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::encode_raft_message;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn net_at(network_addr: &str, stale_after: Duration) -> CitaNetwork {
@@ -674,6 +721,37 @@ mod tests {
             .unwrap();
         assert_eq!(n.origin_of(2), Some(42));
         assert_eq!(n.refused_stats(), vec![("origin_conflict", 3)]);
+    }
+
+    #[tokio::test]
+    async fn once_an_origin_sends_checksums_a_damaged_or_plain_message_is_dropped() {
+        let n = net();
+        let seen = counting(&n);
+        let m = Message {
+            from: 2,
+            to: 7,
+            term: 3,
+            ..Default::default()
+        };
+        // The existing service sends no trailer and is never asked for one.
+        n.handle(nm(TYPE_RAFT, 41, raft_msg(3, 7))).unwrap();
+        n.handle(nm(TYPE_RAFT, 41, raft_msg(3, 7))).unwrap();
+        // One of ours does.
+        n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        let mut damaged = encode_checked(&m);
+        damaged[3] ^= 0x40;
+        let refused = |r: Result<(), InboundError>| {
+            matches!(r, Err(InboundError::Damaged { origin: 42, .. }))
+        };
+        assert!(refused(n.handle(nm(TYPE_RAFT, 42, damaged))));
+        assert!(refused(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7)))));
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            3,
+            "a damaged message reached raft"
+        );
+        assert_eq!(n.refused_stats(), vec![("checksum", 2)]);
     }
 
     #[tokio::test]

@@ -4,12 +4,13 @@
 //! on its own port, and routes `NetworkMsg` between them the way CITA-Cloud's network
 //! does: node `i` has session id (`origin`) `i`; `SendMsg` delivers to the node whose
 //! origin is `msg.origin`, `Broadcast` to all others, and the receiver sees the sender's
-//! origin. Links can be cut to simulate partitions.
+//! origin. Links can be cut to simulate partitions, and given the faults of
+//! [`crate::link_faults`] (delay, jitter, loss, duplication, corruption, a bandwidth cap).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use cita_proto::common::{Empty, NodeNetInfo, StatusCode, TotalNodeNetInfo};
 use cita_proto::network::network_msg_handler_service_client::NetworkMsgHandlerServiceClient;
@@ -18,6 +19,7 @@ use cita_proto::network::{NetworkMsg, NetworkStatusResponse, RegisterInfo};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::link_faults::LinkFaults;
 use crate::queue::PeerQueues;
 
 struct Slot {
@@ -31,7 +33,23 @@ pub struct DevNetwork {
     delivery: PeerQueues<NetworkMsg>,
     send_msg_calls: AtomicU64,
     broadcast_calls: AtomicU64,
+    faults: RwLock<Vec<LinkFaults>>,
+    /// When each directed link under a rate cap is free again.
+    link_free_at: Mutex<HashMap<(u64, u64), Instant>>,
+    fault_counts: FaultCounts,
 }
+
+/// Messages the link faults acted on.
+#[derive(Debug, Default)]
+struct FaultCounts {
+    lost: AtomicU64,
+    duplicated: AtomicU64,
+    corrupted: AtomicU64,
+    delayed: AtomicU64,
+}
+
+/// Longest a rate-capped link queues a message before dropping it (netem's queue limit).
+const MAX_LINK_QUEUE: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for DevNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,7 +72,39 @@ impl DevNetwork {
             delivery: PeerQueues::new(4096),
             send_msg_calls: AtomicU64::new(0),
             broadcast_calls: AtomicU64::new(0),
+            faults: RwLock::new(Vec::new()),
+            link_free_at: Mutex::new(HashMap::new()),
+            fault_counts: FaultCounts::default(),
         })
+    }
+
+    /// Replaces the link fault rules.
+    pub fn set_faults(&self, rules: Vec<LinkFaults>) {
+        let mut current = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        if *current != rules {
+            let text: Vec<String> = rules.iter().map(ToString::to_string).collect();
+            tracing::info!(faults = ?text, "link faults changed");
+            *current = rules;
+        }
+    }
+
+    /// Keeps the fault rules in step with `path` (see [`LinkFaults::parse_file`]),
+    /// re-reading it every 100 ms. A missing file means no faults.
+    pub async fn follow_faults_file(self: Arc<Self>, path: std::path::PathBuf) {
+        let mut last: Option<String> = None;
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if last.as_deref() != Some(&text) {
+                match LinkFaults::parse_file(&text) {
+                    Ok(rules) => self.set_faults(rules),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "ignoring faults file")
+                    }
+                }
+                last = Some(text);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Counters as JSON: `send_msg` and `broadcast` calls, `delivered` and `dropped`
@@ -65,10 +115,15 @@ impl DevNetwork {
             .stats()
             .iter()
             .fold((0, 0), |(a, b), (_, s, d)| (a + s, b + d));
+        let f = &self.fault_counts;
         format!(
-            "{{\"send_msg\":{},\"broadcast\":{},\"delivered\":{delivered},\"dropped\":{dropped}}}",
+            "{{\"send_msg\":{},\"broadcast\":{},\"delivered\":{delivered},\"dropped\":{dropped},\"fault_lost\":{},\"fault_duplicated\":{},\"fault_corrupted\":{},\"fault_delayed\":{}}}",
             self.send_msg_calls.load(Ordering::Relaxed),
             self.broadcast_calls.load(Ordering::Relaxed),
+            f.lost.load(Ordering::Relaxed),
+            f.duplicated.load(Ordering::Relaxed),
+            f.corrupted.load(Ordering::Relaxed),
+            f.delayed.load(Ordering::Relaxed),
         )
     }
 
@@ -163,7 +218,7 @@ impl DevNetwork {
             .and_then(|i| self.nodes.get(i as usize))
     }
 
-    fn deliver(&self, from: u64, to: u64, mut msg: NetworkMsg) -> bool {
+    fn deliver(self: &Arc<Self>, from: u64, to: u64, mut msg: NetworkMsg) -> bool {
         if from == to
             || self
                 .cuts
@@ -176,15 +231,93 @@ impl DevNetwork {
         let Some(slot) = self.slot(to) else {
             return false;
         };
-        let Some(client) = slot
+        if slot
             .handler
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+            .is_none()
+        {
+            return false;
+        }
+        msg.origin = from;
+        let rule = self
+            .faults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|r| r.covers(from, to))
+            .cloned();
+        let Some(rule) = rule else {
+            return self.enqueue(to, msg);
+        };
+        if rule.cuts(from, to) || rand::random::<f64>() < rule.loss {
+            self.fault_counts.lost.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let copies = if rand::random::<f64>() < rule.duplicate {
+            self.fault_counts.duplicated.fetch_add(1, Ordering::Relaxed);
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut copy = msg.clone();
+            if !copy.msg.is_empty() && rand::random::<f64>() < rule.corrupt {
+                self.fault_counts.corrupted.fetch_add(1, Ordering::Relaxed);
+                // 1 to 3 distinct bytes, each changed.
+                let n = copy.msg.len();
+                let flips = rand::random_range(1..=3usize).min(n);
+                for i in rand::seq::index::sample(&mut rand::rng(), n, flips) {
+                    copy.msg[i] ^= rand::random_range(1..=255u8);
+                }
+            }
+            let mut wait = rule.delay;
+            if !rule.jitter.is_zero() {
+                let j = rule.jitter.as_secs_f64();
+                let shifted = wait.as_secs_f64() + rand::random_range(-j..=j);
+                wait = Duration::from_secs_f64(shifted.max(0.0));
+            }
+            if let Some(bps) = rule.rate_bps {
+                let bits = (copy.msg.len() as u64 + 64) * 8;
+                let on_wire = Duration::from_secs_f64(bits as f64 / bps as f64);
+                let now = Instant::now();
+                let mut free = self.link_free_at.lock().unwrap_or_else(|e| e.into_inner());
+                let start = free
+                    .get(&(from, to))
+                    .copied()
+                    .filter(|t| *t > now)
+                    .unwrap_or(now);
+                if start - now > MAX_LINK_QUEUE {
+                    self.fault_counts.lost.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                free.insert((from, to), start + on_wire);
+                wait += start + on_wire - now;
+            }
+            if wait.is_zero() {
+                self.enqueue(to, copy);
+            } else {
+                self.fault_counts.delayed.fetch_add(1, Ordering::Relaxed);
+                let net = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    net.enqueue(to, copy);
+                });
+            }
+        }
+        true
+    }
+
+    /// Hands `msg` to node `to`'s delivery queue.
+    fn enqueue(&self, to: u64, msg: NetworkMsg) -> bool {
+        let Some(client) = self.slot(to).and_then(|slot| {
+            slot.handler
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }) else {
             return false;
         };
-        msg.origin = from;
         self.delivery.push(to, msg, move || {
             move |msg: NetworkMsg| {
                 let mut client = client.clone();
@@ -293,6 +426,118 @@ mod tests {
         assert_eq!(net.parse_cuts("2 *").unwrap(), vec![(2, 1), (2, 3)]);
         assert!(net.parse_cuts("1").is_err());
         assert!(net.parse_cuts("x 2").is_err());
+    }
+
+    /// A handler that records the payloads it is given.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    #[tonic::async_trait]
+    impl cita_proto::network::network_msg_handler_service_server::NetworkMsgHandlerService
+        for Recorder
+    {
+        async fn process_network_msg(
+            &self,
+            req: Request<NetworkMsg>,
+        ) -> Result<Response<StatusCode>, Status> {
+            self.0.lock().unwrap().push(req.into_inner().msg);
+            Ok(ok())
+        }
+    }
+
+    /// A 2-node network whose node 2 records what it receives.
+    async fn pair() -> (Arc<DevNetwork>, Recorder) {
+        use cita_proto::network::network_msg_handler_service_server::NetworkMsgHandlerServiceServer;
+        let rec = Recorder::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(NetworkMsgHandlerServiceServer::new(rec.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let net = DevNetwork::new(2);
+        net.service(2)
+            .register_network_msg_handler(Request::new(RegisterInfo {
+                module_name: "consensus".into(),
+                hostname: "127.0.0.1".into(),
+                port: port.to_string(),
+            }))
+            .await
+            .unwrap();
+        (net, rec)
+    }
+
+    async fn received(rec: &Recorder, at_least: usize) -> Vec<Vec<u8>> {
+        for _ in 0..500 {
+            if rec.0.lock().unwrap().len() >= at_least {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::mem::take(&mut *rec.0.lock().unwrap())
+    }
+
+    fn payload(i: u8) -> NetworkMsg {
+        NetworkMsg {
+            module: "consensus".into(),
+            r#type: "raft".into(),
+            origin: 2,
+            msg: vec![i; 32],
+        }
+    }
+
+    #[tokio::test]
+    async fn link_faults_lose_duplicate_corrupt_and_delay() {
+        let (net, rec) = pair().await;
+        let rule = |s: &str| vec![s.parse::<LinkFaults>().unwrap()];
+
+        net.set_faults(rule("nodes=2 loss=100%"));
+        for i in 0..20 {
+            assert!(!net.deliver(1, 2, payload(i)));
+        }
+        net.set_faults(rule("nodes=1 duplicate=100%"));
+        for i in 0..20 {
+            net.deliver(1, 2, payload(i));
+        }
+        let got = received(&rec, 40).await;
+        assert_eq!(
+            got.len(),
+            40,
+            "lost messages arrived, or duplicates did not"
+        );
+        for i in 0..20u8 {
+            assert_eq!(got.iter().filter(|m| **m == vec![i; 32]).count(), 2);
+        }
+
+        net.set_faults(rule("nodes=2 corrupt=100%"));
+        for i in 0..20 {
+            net.deliver(1, 2, payload(i));
+        }
+        let got = received(&rec, 20).await;
+        assert_eq!(got.len(), 20);
+        assert!(
+            got.iter().all(|m| (0..20u8).all(|i| *m != vec![i; 32])),
+            "a message arrived intact"
+        );
+
+        // Delayed and rate-capped: still delivered, in full.
+        net.set_faults(rule("nodes=2 delay=50ms jitter=20ms rate=1mbps"));
+        for i in 0..10 {
+            net.deliver(1, 2, payload(i));
+        }
+        assert_eq!(received(&rec, 10).await.len(), 10);
+        let stats = net.stats_json();
+        assert!(stats.contains("\"fault_lost\":20"), "{stats}");
+        assert!(stats.contains("\"fault_corrupted\":20"), "{stats}");
+        assert!(stats.contains("\"fault_delayed\":10"), "{stats}");
+
+        // A partition cuts the chosen nodes off from the others, both ways.
+        net.set_faults(rule("nodes=2 partition"));
+        assert!(!net.deliver(1, 2, payload(1)));
+        net.set_faults(Vec::new());
+        assert!(net.deliver(1, 2, payload(1)));
+        assert_eq!(received(&rec, 1).await.len(), 1);
     }
 
     #[tokio::test]

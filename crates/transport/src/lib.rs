@@ -8,6 +8,8 @@
 //! - [`peer`]: a plain peer-to-peer gRPC transport for services outside CITA-Cloud,
 //!   with opt-in mutual TLS ([`tls`]).
 //! - [`limits`]: a bound on the connections a server holds open.
+//! - [`integrity`]: a CRC32C trailer on every raft message our nodes send, so a message
+//!   damaged in transit is dropped before raft sees it.
 //!
 //! Every transport implements [`craft_core::Transport`]: sends never block the Ready
 //! loop; each peer has a bounded queue and its own sender task, and a full queue drops
@@ -16,7 +18,9 @@
 
 pub mod cita;
 pub mod dev_network;
+pub mod integrity;
 pub mod limits;
+pub mod link_faults;
 pub mod peer;
 mod queue;
 pub mod tls;

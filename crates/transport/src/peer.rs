@@ -24,10 +24,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::cita::Inbound;
+use crate::integrity::{decode_checked, encode_checked};
 use crate::limits::ConnectionLimit;
 use crate::queue::PeerQueues;
 use crate::tls::PeerTls;
-use crate::{decode_raft_message, encode_raft_message};
 
 /// Batches queued per peer before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 1024;
@@ -105,10 +105,7 @@ impl craft_core::Transport for PeerTransport {
     fn send(&self, messages: Vec<Message>) {
         let mut by_peer: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
         for m in &messages {
-            by_peer
-                .entry(m.to)
-                .or_default()
-                .push(encode_raft_message(m));
+            by_peer.entry(m.to).or_default().push(encode_checked(m));
         }
         for (to, msgs) in by_peer {
             let Some(client) = self
@@ -182,8 +179,9 @@ impl RaftPeer for PeerService {
         // Decode all first: a batch with one bad message is refused whole.
         let mut msgs = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
-            let m = decode_raft_message(bytes)
-                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            // Every member of this transport adds the checksum trailer.
+            let (m, _) = decode_checked(bytes, true)
+                .map_err(|e| Status::invalid_argument(format!("raft message refused: {e}")))?;
             if m.from != batch.from {
                 return Err(Status::invalid_argument(format!(
                     "message from {} in a batch from {}",

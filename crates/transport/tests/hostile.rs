@@ -447,7 +447,9 @@ fn mutated_peer_batches_never_panic_or_stop_the_replica() {
             let messages = picks
                 .iter()
                 .map(|(seed, changes)| {
-                    encode_raft_message(&changes.iter().fold(seeds[*seed].clone(), change))
+                    craft_transport::integrity::encode_checked(
+                        &changes.iter().fold(seeds[*seed].clone(), change),
+                    )
                 })
                 .collect();
             let wire = RaftBatch { from, messages }.encode_to_vec();

@@ -28,6 +28,10 @@ struct Args {
     /// File of cut links (`A B` or `A *` per line), re-read continuously.
     #[arg(long)]
     partition_file: Option<PathBuf>,
+    /// File of link fault rules (`nodes=1,2 delay=500ms loss=75% ...` per line), re-read
+    /// continuously.
+    #[arg(long)]
+    faults_file: Option<PathBuf>,
     /// Write message counters (JSON) to this file twice a second.
     #[arg(long)]
     stats_file: Option<PathBuf>,
@@ -57,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
     let net = DevNetwork::new(ports.len());
     if let Some(path) = args.partition_file.clone() {
         tokio::spawn(net.clone().follow_partition_file(path));
+    }
+    if let Some(path) = args.faults_file.clone() {
+        tokio::spawn(net.clone().follow_faults_file(path));
     }
     if let Some(path) = args.stats_file.clone() {
         let net = net.clone();
