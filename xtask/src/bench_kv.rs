@@ -41,6 +41,11 @@ impl Certs {
         std::fs::create_dir_all(dir)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names: a leaf whose subject equals its issuer's looks self-signed to
+        // OpenSSL (curl).
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "craft-kv bench CA");
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
         std::fs::write(dir.join("ca.pem"), ca.pem())?;
         for i in 1..=nodes {
@@ -218,7 +223,7 @@ pub fn run(root: &Path, kv_bin: &Path, secs: u64, connections: &[usize]) -> anyh
     std::fs::create_dir_all(&out)?;
     let script = out.join("write.lua");
     std::fs::write(&script, SCRIPT)?;
-    let certs = Certs::make(&out.join("tls"), 3)?;
+    let certs = Certs::make(&out.join("certs"), 3)?;
     println!(
         "\nkv bench: 3 craft-kv nodes, fsync on, tick 50 ms, wrk writing 256-byte values to the leader, {secs} s per case"
     );

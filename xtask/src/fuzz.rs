@@ -20,6 +20,8 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             "--profile",
             "bench",
             "--workspace",
+            // Every decoder reports, even after one fails.
+            "--no-fail-fast",
             "--test",
             "hostile",
             "--",

@@ -615,7 +615,13 @@ impl Node {
                 proposal,
                 self.metrics.check_latency.clone(),
             );
-            match handle.propose(data).await {
+            // A shutdown does not wait for the proposal: once stopped, this node's
+            // part in it is over either way (raft keeps what it has made durable).
+            let outcome = tokio::select! {
+                outcome = handle.propose(data) => outcome,
+                _ = stop.wait_for(|s| *s) => return LoopEnd::Shutdown,
+            };
+            match outcome {
                 Ok(BlockOutcome::Committed(h)) => {
                     let took = started.elapsed();
                     self.metrics.block_latency.observe(took.as_secs_f64());

@@ -65,7 +65,11 @@ pub fn decode_truncated(value: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// Decodes a value stored under the key `key()` names: it must decode with prost's limits
-/// and re-encode to exactly these bytes; anything else is [`StorageError::Corrupt`].
+/// and its encoding must be exactly as long as these bytes (prost skips unknown fields,
+/// so a shorter one means bytes that merely happen to parse); anything else is
+/// [`StorageError::Corrupt`]. A flip inside a field's value still decodes to a
+/// well-formed record: RocksDB's block checksums catch damage on disk, this catches what
+/// gets past them.
 pub fn decode<M: raft_prost::Message + Default>(
     bytes: &[u8],
     key: impl FnOnce() -> String,
@@ -83,8 +87,7 @@ pub fn decode<M: raft_prost::Message + Default>(
     Err(StorageError::Corrupt { key: key(), reason })
 }
 
-/// Decodes the entry stored under `index`: it must decode, re-encode to exactly these
-/// bytes, claim that index and have an entry type raft knows; anything else is
+/// Decodes the entry stored under `index`: it must pass [`decode`], claim that index and have an entry type raft knows; anything else is
 /// [`StorageError::Corrupt`] naming the key.
 pub fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
     let entry: Entry = decode(bytes, || entry_key_name(index))?;
