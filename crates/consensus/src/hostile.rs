@@ -206,10 +206,12 @@ pub fn payloads(to: u64, from: u64, seed: u64, random: usize) -> Vec<Hostile> {
             ..net("raft", encoded)
         },
     });
+    // With the checksum trailer our nodes add, as a faulty node of ours would send them:
+    // they pass the integrity check and meet the gate.
     for (what, m) in forged_raft(to, from) {
         out.push(Hostile {
             what,
-            msg: net("raft", craft_transport::encode_raft_message(&m)),
+            msg: net("raft", craft_transport::integrity::encode_checked(&m)),
         });
     }
     out
