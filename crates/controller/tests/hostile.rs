@@ -16,21 +16,15 @@ use cita_proto::common::{
     ConsensusConfiguration, ConsensusConfigurationResponse, Proposal, ProposalResponse, StatusCode,
 };
 use craft_controller::{Controller, ControllerError, GrpcController};
+use craft_mutate::{apply, deep_groups, mutation, runner, HUGE_LENGTH};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestCaseError;
 use prost::bytes::{Buf as _, BufMut as _};
 use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
-
-fn cases() -> u32 {
-    std::env::var("CRAFT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000)
-}
 
 /// Messages as raw bytes, both ways.
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,41 +105,6 @@ where
 
 impl NamedService for FakeController {
     const NAME: &'static str = "controller.Consensus2ControllerService";
-}
-
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip(usize, u8),
-    Truncate(usize),
-    Extend(Vec<u8>),
-    NestGroups(usize),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 1u8..=255).prop_map(|(i, x)| Mutation::Flip(i, x)),
-        any::<usize>().prop_map(Mutation::Truncate),
-        prop::collection::vec(any::<u8>(), 1..24).prop_map(Mutation::Extend),
-        (1usize..3000).prop_map(Mutation::NestGroups),
-    ]
-}
-
-fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
-    match m {
-        Mutation::Flip(i, x) if !bytes.is_empty() => {
-            let n = bytes.len();
-            bytes[i % n] ^= x;
-        }
-        Mutation::Truncate(i) => bytes.truncate(i % (bytes.len() + 1)),
-        Mutation::Extend(b) => bytes.extend_from_slice(b),
-        Mutation::NestGroups(depth) => {
-            let mut wrapped = vec![0x0b; *depth];
-            wrapped.extend(bytes);
-            bytes = wrapped;
-        }
-        Mutation::Flip(..) => {}
-    }
-    bytes
 }
 
 /// Field values no real controller sends, still well-formed protobuf: any status code,
@@ -280,12 +239,7 @@ fn hostile_answers_are_what_they_say_or_typed_errors() {
     };
     let calls = [Call::GetProposal, Call::CheckProposal, Call::CommitBlock];
     let (accepted, refused) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner
+    runner(2000)
         .run(
             &(
                 0..calls.len(),
@@ -313,11 +267,7 @@ fn hostile_answers_are_what_they_say_or_typed_errors() {
 
     // Hand-made: groups nested 100,000 deep, a length of 2^31, an empty answer.
     for call in calls {
-        for bytes in [
-            vec![0x0b; 100_000],
-            vec![0x12, 0x80, 0x80, 0x80, 0x80, 0x08],
-            Vec::new(),
-        ] {
+        for bytes in [deep_groups(), HUGE_LENGTH.to_vec(), Vec::new()] {
             *fake.answer.lock().unwrap() = bytes.clone();
             rt.block_on(check(&client, call, &bytes)).unwrap();
         }

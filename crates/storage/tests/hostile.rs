@@ -11,61 +11,12 @@
 //! bounded number; `cargo xtask fuzz` runs 100,000).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use craft_mutate::{apply, mutation, runner, DEEP_GROUPS};
 use craft_storage::layout::{decode, decode_entry, decode_truncated, encode_truncated};
 use craft_storage::StorageError;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, SnapshotMetadata};
 use raft_prost::Message as _;
-
-fn cases() -> u32 {
-    std::env::var("CRAFT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000)
-}
-
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip(usize, u8),
-    Truncate(usize),
-    Extend(Vec<u8>),
-    Insert(usize, Vec<u8>),
-    NestGroups(usize),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 1u8..=255).prop_map(|(i, x)| Mutation::Flip(i, x)),
-        any::<usize>().prop_map(Mutation::Truncate),
-        prop::collection::vec(any::<u8>(), 1..24).prop_map(Mutation::Extend),
-        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..12))
-            .prop_map(|(i, b)| Mutation::Insert(i, b)),
-        (1usize..3000).prop_map(Mutation::NestGroups),
-    ]
-}
-
-fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
-    match m {
-        Mutation::Flip(i, x) if !bytes.is_empty() => {
-            let n = bytes.len();
-            bytes[i % n] ^= x;
-        }
-        Mutation::Truncate(i) => bytes.truncate(i % (bytes.len() + 1)),
-        Mutation::Extend(b) => bytes.extend_from_slice(b),
-        Mutation::Insert(i, b) => {
-            let at = i % (bytes.len() + 1);
-            bytes.splice(at..at, b.iter().copied());
-        }
-        Mutation::NestGroups(depth) => {
-            let mut wrapped = vec![0x0b; *depth];
-            wrapped.extend(bytes);
-            bytes = wrapped;
-        }
-        Mutation::Flip(..) => {}
-    }
-    bytes
-}
 
 fn entries() -> Vec<Entry> {
     let normal = Entry {
@@ -90,23 +41,18 @@ fn entries() -> Vec<Entry> {
     vec![normal, conf, empty]
 }
 
+fn run<T: std::fmt::Debug>(
+    strategy: impl Strategy<Value = T>,
+    test: impl Fn(T) -> Result<(), TestCaseError>,
+) {
+    runner(3000).run(&strategy, test).unwrap();
+}
+
 fn corrupt_key(e: &StorageError) -> Option<&str> {
     match e {
         StorageError::Corrupt { key, .. } => Some(key),
         _ => None,
     }
-}
-
-fn run<T: std::fmt::Debug>(
-    strategy: impl Strategy<Value = T>,
-    test: impl Fn(T) -> Result<(), TestCaseError>,
-) {
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner.run(&strategy, test).unwrap();
 }
 
 #[test]
@@ -193,7 +139,8 @@ fn truncation_points_of_any_length_never_panic() {
 #[test]
 fn hand_made_extremes_are_corrupt() {
     // Groups nested 100,000 deep, a length of 2^31, an empty value.
-    let deep = vec![0x0b; 100_000];
+    let deep = vec![0x0b; DEEP_GROUPS];
+    // Field 4 (an entry's data) claiming 2^31 bytes.
     let huge = vec![0x22, 0x80, 0x80, 0x80, 0x80, 0x08];
     for bytes in [deep, huge] {
         let e = decode_entry(3, &bytes).unwrap_err();

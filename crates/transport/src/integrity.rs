@@ -89,25 +89,7 @@ pub fn decode_checked(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use raft::eraftpb::{Entry, MessageType};
-
-    fn append() -> Message {
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgAppend);
-        m.to = 2;
-        m.from = 1;
-        m.term = 5;
-        m.index = 10;
-        m.log_term = 5;
-        m.commit = 9;
-        m.entries = vec![Entry {
-            term: 5,
-            index: 11,
-            data: b"a block".to_vec(),
-            ..Default::default()
-        }];
-        m
-    }
+    use crate::tests::append;
 
     #[test]
     fn checked_messages_round_trip_and_plain_decoders_skip_the_trailer() {
@@ -152,7 +134,7 @@ mod tests {
     fn without_the_trailer_a_flip_inside_an_entry_goes_unnoticed() {
         // Why the trailer exists: the damaged plain message still decodes, to other data.
         let mut plain = crate::encode_raft_message(&append());
-        let at = plain.windows(7).position(|w| w == b"a block").unwrap();
+        let at = plain.windows(3).position(|w| w == b"blk").unwrap();
         plain[at] ^= 0x01;
         let damaged = crate::decode_raft_message(&plain).unwrap();
         assert_ne!(damaged.entries[0].data, append().entries[0].data);

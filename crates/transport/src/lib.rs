@@ -64,7 +64,8 @@ mod tests {
         0x40, 0x09, // commit = 9
     ];
 
-    fn append() -> Message {
+    /// A typical append, for this crate's tests.
+    pub(crate) fn append() -> Message {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgAppend);
         m.to = 2;

@@ -16,19 +16,16 @@ use std::time::Duration;
 use cita_proto::network::NetworkMsg;
 use craft_core::raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use craft_core::{make_snapshot, voters, LogStore, MemLogStore, Replica, ReplicaConfig};
+use craft_mutate::{apply, mutation};
 use craft_transport::cita::{CitaNetwork, CitaNetworkConfig};
 use craft_transport::encode_raft_message;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
-
-const ME: u64 = 7;
 
 fn cases() -> u32 {
-    std::env::var("CRAFT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000)
+    craft_mutate::cases(3000)
 }
+
+const ME: u64 = 7;
 
 /// Valid messages to start mutating from, addressed to `ME` from peer 2.
 fn seeds() -> Vec<Message> {
@@ -80,26 +77,6 @@ fn seeds() -> Vec<Message> {
     vec![append, heartbeat, vote, snapshot, read, response]
 }
 
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip(usize, u8),
-    Truncate(usize),
-    Extend(Vec<u8>),
-    Insert(usize, Vec<u8>),
-    NestGroups(usize),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 1u8..=255).prop_map(|(i, x)| Mutation::Flip(i, x)),
-        any::<usize>().prop_map(Mutation::Truncate),
-        prop::collection::vec(any::<u8>(), 1..32).prop_map(Mutation::Extend),
-        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(i, b)| Mutation::Insert(i, b)),
-        (1usize..2000).prop_map(Mutation::NestGroups),
-    ]
-}
-
 /// A change to one field of a decoded message: what a buggy or hostile peer writes
 /// while keeping the encoding valid.
 #[derive(Debug, Clone)]
@@ -140,28 +117,6 @@ fn change(mut m: Message, c: &FieldChange) -> Message {
         _ => m.entries.clear(),
     }
     m
-}
-
-fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
-    match m {
-        Mutation::Flip(i, x) if !bytes.is_empty() => {
-            let n = bytes.len();
-            bytes[i % n] ^= x;
-        }
-        Mutation::Truncate(i) => bytes.truncate(i % (bytes.len() + 1)),
-        Mutation::Extend(b) => bytes.extend_from_slice(b),
-        Mutation::Insert(i, b) => {
-            let at = i % (bytes.len() + 1);
-            bytes.splice(at..at, b.iter().copied());
-        }
-        Mutation::NestGroups(depth) => {
-            let mut wrapped = vec![0x0b; *depth];
-            wrapped.extend(bytes);
-            bytes = wrapped;
-        }
-        Mutation::Flip(..) => {}
-    }
-    bytes
 }
 
 struct Node {
@@ -247,11 +202,7 @@ fn mutated_raft_messages_never_panic_or_stop_the_replica() {
         prop::collection::vec(mutation(), 0..3),
         prop::sample::select(vec!["raft", "raft", "raft", "raft", "probe", "refresh"]),
     );
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = craft_mutate::runner(3000);
     runner
         .run(&strategy, |(seed, changes, mutations, kind)| {
             let message = changes.iter().fold(seeds[seed].clone(), change);
@@ -343,11 +294,7 @@ fn mutated_messages_to_a_leader_never_panic_or_stop_it() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _guard = rt.enter();
     let node = std::cell::RefCell::new(leader_node());
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = craft_mutate::runner(3000);
     let stepped_as_leader = std::cell::Cell::new(0u64);
     runner
         .run(
@@ -393,11 +340,7 @@ fn random_bytes_never_panic_or_stop_the_replica() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _guard = rt.enter();
     let node = node();
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = craft_mutate::runner(3000);
     runner
         .run(
             &(
@@ -429,11 +372,7 @@ fn mutated_peer_batches_never_panic_or_stop_the_replica() {
     }));
     let seeds = seeds();
     let (accepted, refused) = (AtomicU64::new(0), AtomicU64::new(0));
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = craft_mutate::runner(3000);
     let strategy = (
         prop::collection::vec(
             (0..seeds.len(), prop::collection::vec(field_change(), 0..3)),
@@ -486,7 +425,7 @@ fn hand_made_extremes_are_refused() {
     let _guard = rt.enter();
     let node = node();
     // Groups nested 100,000 deep and a length of 2^31: refused by the decoder.
-    let deep = vec![0x0b; 100_000];
+    let deep = craft_mutate::deep_groups();
     let huge = vec![0x3a, 0x80, 0x80, 0x80, 0x80, 0x08];
     for kind in ["raft", "probe", "probe-resp", "refresh"] {
         for payload in [deep.clone(), huge.clone(), Vec::new()] {
@@ -528,7 +467,7 @@ fn hand_made_extremes_are_refused_by_the_peer_service() {
         d.fetch_add(1, Ordering::Relaxed);
         true
     }));
-    let deep = vec![0x0b; 100_000];
+    let deep = craft_mutate::deep_groups();
     let huge = vec![0x3a, 0x80, 0x80, 0x80, 0x80, 0x08];
     // Inside a batch: each one refuses the whole batch.
     for payload in [deep.clone(), huge.clone(), Vec::new()] {

@@ -19,16 +19,8 @@ use craft_kv::node::{KvNode, NodeConfig};
 use craft_kv::peers::AddressBook;
 use craft_kv::shutdown::Shutdown;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
-
-fn cases() -> u32 {
-    std::env::var("CRAFT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000)
-}
 
 fn path() -> impl Strategy<Value = String> {
     let key = prop_oneof![
@@ -114,11 +106,7 @@ fn hostile_requests_get_an_answer_and_the_node_goes_on() {
         (node, app)
     });
     let seen: std::cell::RefCell<BTreeMap<u16, u32>> = Default::default();
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = craft_mutate::runner(2000);
     let allowed = [200, 307, 400, 404, 405, 413, 503];
     runner
         .run(&(method(), path(), body()), |(method, path, body)| {
