@@ -679,6 +679,11 @@ mod tests {
         assert_eq!(n.origin_of(2), None);
     }
 
+    /// A probe, probe answer or refresh from `origin` naming raft id `id`.
+    fn id_msg(kind: &str, origin: u64, id: u64) -> NetworkMsg {
+        nm(kind, origin, id.to_be_bytes().to_vec())
+    }
+
     fn counting(n: &CitaNetwork) -> Arc<AtomicUsize> {
         let seen = Arc::new(AtomicUsize::new(0));
         let s = seen.clone();
@@ -700,16 +705,8 @@ mod tests {
         n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
         // Origin 43 claims to be raft id 2: by raft message, probe and probe answer.
         assert!(is_conflict(n.handle(nm(TYPE_RAFT, 43, raft_msg(2, 7)))));
-        assert!(is_conflict(n.handle(nm(
-            TYPE_PROBE,
-            43,
-            2u64.to_be_bytes().to_vec()
-        ))));
-        assert!(is_conflict(n.handle(nm(
-            TYPE_PROBE_RESP,
-            43,
-            2u64.to_be_bytes().to_vec()
-        ))));
+        assert!(is_conflict(n.handle(id_msg(TYPE_PROBE, 43, 2))));
+        assert!(is_conflict(n.handle(id_msg(TYPE_PROBE_RESP, 43, 2))));
         assert_eq!(
             seen.load(Ordering::SeqCst),
             1,
@@ -717,8 +714,7 @@ mod tests {
         );
         assert_eq!(n.origin_of(2), Some(42));
         // A refresh from 43 for raft id 2 cannot unbind 42's binding either.
-        n.handle(nm(TYPE_REFRESH, 43, 2u64.to_be_bytes().to_vec()))
-            .unwrap();
+        n.handle(id_msg(TYPE_REFRESH, 43, 2)).unwrap();
         assert_eq!(n.origin_of(2), Some(42));
         assert_eq!(n.refused_stats(), vec![("origin_conflict", 3)]);
     }
@@ -761,21 +757,12 @@ mod tests {
         n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
         assert!(is_conflict(n.handle(nm(TYPE_RAFT, 42, raft_msg(3, 7)))));
         assert_eq!(n.origin_of(3), None);
-        assert!(is_conflict(n.handle(nm(
-            TYPE_PROBE,
-            50,
-            7u64.to_be_bytes().to_vec()
-        ))));
-        assert!(is_conflict(n.handle(nm(
-            TYPE_PROBE,
-            50,
-            0u64.to_be_bytes().to_vec()
-        ))));
+        assert!(is_conflict(n.handle(id_msg(TYPE_PROBE, 50, 7))));
+        assert!(is_conflict(n.handle(id_msg(TYPE_PROBE, 50, 0))));
         assert_eq!(n.origin_of(7), None);
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         // The real node 2 answering its own refresh lets origin 42 go.
-        n.handle(nm(TYPE_REFRESH, 42, 2u64.to_be_bytes().to_vec()))
-            .unwrap();
+        n.handle(id_msg(TYPE_REFRESH, 42, 2)).unwrap();
         assert_eq!(n.origin_of(2), None);
         n.handle(nm(TYPE_RAFT, 42, raft_msg(3, 7))).unwrap();
         assert_eq!(n.origin_of(3), Some(42));
@@ -878,14 +865,11 @@ mod tests {
     #[tokio::test]
     async fn probes_and_refresh_maintain_the_origin_map() {
         let n = net();
-        n.handle(nm(TYPE_PROBE, 5, 9u64.to_be_bytes().to_vec()))
-            .unwrap();
+        n.handle(id_msg(TYPE_PROBE, 5, 9)).unwrap();
         assert_eq!(n.origin_of(9), Some(5));
-        n.handle(nm(TYPE_PROBE_RESP, 6, 10u64.to_be_bytes().to_vec()))
-            .unwrap();
+        n.handle(id_msg(TYPE_PROBE_RESP, 6, 10)).unwrap();
         assert_eq!(n.origin_of(10), Some(6));
-        n.handle(nm(TYPE_REFRESH, 6, 10u64.to_be_bytes().to_vec()))
-            .unwrap();
+        n.handle(id_msg(TYPE_REFRESH, 6, 10)).unwrap();
         assert_eq!(n.origin_of(10), None);
     }
 
@@ -926,8 +910,7 @@ mod tests {
     async fn sends_to_unknown_or_dead_peers_never_block() {
         use craft_core::Transport;
         let n = net();
-        n.handle(nm(TYPE_PROBE, 5, 9u64.to_be_bytes().to_vec()))
-            .unwrap();
+        n.handle(id_msg(TYPE_PROBE, 5, 9)).unwrap();
         let mut m = Message {
             to: 9,
             from: 7,

@@ -180,9 +180,14 @@ fn feed(node: &Node, kind: &str, payload: Vec<u8>) -> Result<(), TestCaseError> 
         origin: origin_for(kind, &payload),
         msg: payload,
     });
+    drain(node)
+}
+
+/// Handles every Ready of the node's replica. A store error would stop a real node:
+/// it counts as a failure.
+fn drain(node: &Node) -> Result<(), TestCaseError> {
     let mut replica = node.replica.lock().unwrap_or_else(|e| e.into_inner());
     while replica.has_ready() {
-        // A store error would stop a real node: count it as a failure.
         replica
             .handle_ready(&mut |_| {})
             .map_err(|e| TestCaseError::fail(format!("replica stopped: {e}")))?;
@@ -405,13 +410,7 @@ fn mutated_peer_batches_never_panic_or_stop_the_replica() {
                     refused.fetch_add(1, Ordering::Relaxed)
                 }
             };
-            let mut replica = node.replica.lock().unwrap_or_else(|e| e.into_inner());
-            while replica.has_ready() {
-                replica
-                    .handle_ready(&mut |_| {})
-                    .map_err(|e| TestCaseError::fail(format!("replica stopped: {e}")))?;
-            }
-            Ok(())
+            drain(&node)
         })
         .unwrap();
     let (a, r) = (accepted.into_inner(), refused.into_inner());
