@@ -111,6 +111,17 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 release: false,
             },
         )?;
+        // The chaos suite, bounded: every fault for 3 s on the debug build.
+        println!("==> cargo xtask chaos --debug --secs 3");
+        crate::chaos::run(
+            root,
+            &crate::chaos::Args {
+                secs: 3,
+                recover_secs: 30,
+                only: None,
+                debug: true,
+            },
+        )?;
         // The compose deployment, when a Docker engine is there (the script skips
         // otherwise).
         let bin_dir = crate::cluster::build(root, false)?;

@@ -203,6 +203,9 @@ pub struct NodeInfo {
     /// The consensus binary this node runs (ours from `bin_dir` when absent).
     #[serde(default)]
     pub consensus_bin: Option<PathBuf>,
+    /// The development controller's arguments, to start it again.
+    #[serde(default)]
+    pub controller_args: Vec<String>,
 }
 
 /// What `cluster.json` records.
@@ -512,6 +515,7 @@ impl Cluster {
                     controller_pid: None,
                     consensus_bin: (!spec.consensus_bins.is_empty())
                         .then(|| spec.consensus_bins[(i - 1) % spec.consensus_bins.len()].clone()),
+                    controller_args: Vec::new(),
                 }
             })
             .collect();
@@ -583,7 +587,7 @@ impl Cluster {
                 .filter(|n| n.index != i)
                 .map(|n| format!("http://127.0.0.1:{}", n.controller_port))
                 .collect();
-            let mut cmd = Command::new(bin_dir.join("dev-controller"));
+            let mut cmd = Command::new("dev-controller");
             cmd.arg("--listen")
                 .arg(format!("127.0.0.1:{}", node.controller_port))
                 .arg("--consensus")
@@ -616,12 +620,50 @@ impl Cluster {
                 cmd.arg("--validators-at")
                     .arg(format!("{h}:{}", list.join(",")));
             }
-            let pid = spawn_logged(&mut cmd, &nd.join("controller.log"), detach)?;
-            cluster.state.nodes[i - 1].controller_pid = Some(pid);
-            cluster.save()?;
+            cluster.state.nodes[i - 1].controller_args = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            cluster.start_controller(i, detach)?;
             cluster.start_consensus(i, detach)?;
         }
         Ok(cluster)
+    }
+
+    /// Starts node `i`'s development controller (again), with the arguments it was
+    /// created with.
+    pub fn start_controller(&mut self, i: usize, detach: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(i >= 1 && i <= self.state.nodes.len(), "no node {i}");
+        if let Some(pid) = self.state.nodes[i - 1].controller_pid {
+            anyhow::ensure!(
+                !pid_alive(pid),
+                "node {i}'s controller is running (pid {pid})"
+            );
+        }
+        let mut cmd = Command::new(self.state.bin_dir.join("dev-controller"));
+        cmd.args(&self.state.nodes[i - 1].controller_args);
+        let pid = spawn_logged(&mut cmd, &self.node_dir(i).join("controller.log"), detach)?;
+        self.state.nodes[i - 1].controller_pid = Some(pid);
+        self.save()
+    }
+
+    /// SIGKILLs node `i`'s development controller.
+    pub fn kill_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self
+            .state
+            .nodes
+            .get(i.wrapping_sub(1))
+            .with_context(|| format!("no node {i}"))?
+            .controller_pid;
+        if let Some(pid) = pid {
+            signal(pid, "-KILL");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.state.nodes[i - 1].controller_pid = None;
+        self.save()
     }
 
     /// Starts node `i`'s consensus process (again).

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_kv;
+mod chaos;
 mod ci;
 mod cluster;
 mod codegen;
@@ -47,6 +48,8 @@ enum Command {
     Ci(ci::Args),
     /// Benchmarks: storage and replication benches, and a multi-process cluster bench.
     Bench(bench::Args),
+    /// CITA-Cloud's chaos suite (link faults, kills) on a 4-node chain, as a table.
+    Chaos(chaos::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => fuzz::run(&root, &args),
         Command::Ci(args) => ci::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
+        Command::Chaos(args) => chaos::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

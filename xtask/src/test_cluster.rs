@@ -402,51 +402,6 @@ fn hostile_input(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.safe()
 }
 
-/// CITA-Cloud's link faults on 2 of 4 nodes, each for a few seconds and then lifted:
-/// corruption (bytes of the payload flipped), loss, duplication, delay with jitter. After
-/// each lift the chain rises again and no height has two blocks; damaged messages are
-/// counted and never reach raft.
-fn link_faults(r: &mut Run<'_>) -> anyhow::Result<()> {
-    use craft_transport::link_faults::LinkFaults;
-    r.progress(5, "start")?;
-    let faults = [
-        ("corrupt 75%", "nodes=1,2 corrupt=75%"),
-        ("loss 75%", "nodes=1,2 loss=75%"),
-        ("duplicate 75%", "nodes=1,2 duplicate=75%"),
-        (
-            "delay 500 ms ± 100 ms",
-            "nodes=1,2 delay=500ms jitter=100ms",
-        ),
-    ];
-    for (what, rule) in faults {
-        let rule: LinkFaults = rule.parse().map_err(anyhow::Error::msg)?;
-        r.cluster.set_faults(&[rule])?;
-        std::thread::sleep(Duration::from_secs(5));
-        r.cluster.set_faults(&[])?;
-        r.progress(5, &format!("after {what}"))?;
-        r.safe()?;
-    }
-    let damaged: f64 = r
-        .cluster
-        .state
-        .nodes
-        .iter()
-        .filter_map(|n| crate::cluster::scrape(n.metrics_port))
-        .filter_map(|m| {
-            m.get("consensus_network_refused_total{reason=\"checksum\"}")
-                .copied()
-        })
-        .sum();
-    anyhow::ensure!(
-        damaged > 0.0,
-        "no damaged message was counted: the corruption did not reach the nodes"
-    );
-    r.checks.push(format!(
-        "{damaged} damaged raft messages dropped by checksum"
-    ));
-    Ok(())
-}
-
 fn scenarios() -> Vec<(&'static str, Spec, Scenario)> {
     let mut removal = spec(3);
     removal.schedule = vec![(20, vec![1, 2]), (70, vec![1, 2, 3])];
@@ -474,7 +429,6 @@ fn scenarios() -> Vec<(&'static str, Spec, Scenario)> {
         ("partitioned_leader_heal", spec(3), partitioned_leader_heal),
         ("validator_removal_readd", removal, validator_removal_readd),
         ("follower_catch_up", spec(3), follower_catch_up),
-        ("link_faults", spec(4), link_faults),
     ]
 }
 
