@@ -145,16 +145,22 @@ struct Origins {
     last_seen: HashMap<u64, Instant>,
     /// Raft ids whose rebinding is being checked with the network, and since when.
     checking: HashMap<u64, Instant>,
-    /// Origins that have sent a message with a matching checksum trailer: from them, a
-    /// message without one is damaged. Bounded by the network's sessions.
+    /// Bound origins that have sent a message with a matching checksum trailer: from
+    /// them, a message without one is damaged.
     checksummed: HashSet<u64>,
 }
+
+/// Most raft ids bound at once. The origin is the network's word, but whoever reaches
+/// the gRPC port directly can make up origins: past the bound, a new claim takes the
+/// place of the binding silent longest, if that one is stale, and is refused otherwise.
+const MAX_BINDINGS: usize = 1024;
 
 impl Origins {
     fn bind(&mut self, id: u64, origin: u64) {
         if let Some(old) = self.by_id.insert(id, origin) {
             self.by_origin.remove(&old);
             self.last_seen.remove(&old);
+            self.checksummed.remove(&old);
         }
         self.by_origin.insert(origin, id);
         self.last_seen.insert(origin, Instant::now());
@@ -164,6 +170,32 @@ impl Origins {
         if let Some(origin) = self.by_id.remove(&id) {
             self.by_origin.remove(&origin);
             self.last_seen.remove(&origin);
+            self.checksummed.remove(&origin);
+        }
+        self.checking.remove(&id);
+    }
+
+    /// Room for one more binding: `Some(None)` when there is, `Some(Some(id))` when the
+    /// binding of `id`, silent longest and for at least `stale_after`, was dropped to make
+    /// it, `None` when there is none.
+    fn make_room(&mut self, stale_after: Duration) -> Option<Option<u64>> {
+        if self.by_id.len() < MAX_BINDINGS {
+            return Some(None);
+        }
+        let oldest = self
+            .last_seen
+            .iter()
+            .min_by_key(|(_, seen)| **seen)
+            .map(|(origin, seen)| (*origin, *seen));
+        match oldest {
+            Some((origin, seen)) if seen.elapsed() >= stale_after => {
+                let id = self.by_origin.get(&origin).copied();
+                if let Some(id) = id {
+                    self.unbind(id);
+                }
+                Some(id)
+            }
+            _ => None,
         }
     }
 }
@@ -315,6 +347,16 @@ impl CitaNetwork {
                 Ok(())
             }
             (None, None) => {
+                match o.make_room(self.inner.cfg.stale_after) {
+                    None => {
+                        return Err(conflict(format!(
+                            "{MAX_BINDINGS} raft ids are bound and none is stale"
+                        )))
+                    }
+                    // Its outgoing queue goes with it: queues stay as bounded as bindings.
+                    Some(Some(evicted)) => self.inner.queues.remove(evicted),
+                    Some(None) => {}
+                }
                 tracing::debug!(raft_id = id, origin, "learned peer origin");
                 o.bind(id, origin);
                 Ok(())
@@ -489,18 +531,6 @@ impl CitaNetwork {
                             error,
                         },
                     })?;
-                if integrity == Integrity::Verified && !required {
-                    tracing::debug!(
-                        origin = msg.origin,
-                        "origin sends checksums; requiring them"
-                    );
-                    self.inner
-                        .origins
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .checksummed
-                        .insert(msg.origin);
-                }
                 if raft_msg.to != self.inner.cfg.raft_id {
                     // The sender's origin map is stale: tell it whom it meant to reach.
                     tracing::debug!(
@@ -519,6 +549,18 @@ impl CitaNetwork {
                     return Ok(());
                 }
                 self.claim(raft_msg.from, msg.origin)?;
+                if integrity == Integrity::Verified && !required {
+                    tracing::debug!(
+                        origin = msg.origin,
+                        "origin sends checksums; requiring them"
+                    );
+                    self.inner
+                        .origins
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .checksummed
+                        .insert(msg.origin);
+                }
                 let inbound = self
                     .inner
                     .inbound
@@ -560,6 +602,7 @@ impl CitaNetwork {
                     let ours = o.by_id.get(&id) == Some(&msg.origin);
                     if ours {
                         o.unbind(id);
+                        self.inner.queues.remove(id);
                     }
                     ours
                 };
@@ -766,6 +809,29 @@ mod tests {
         assert_eq!(n.origin_of(2), None);
         n.handle(nm(TYPE_RAFT, 42, raft_msg(3, 7))).unwrap();
         assert_eq!(n.origin_of(3), Some(42));
+    }
+
+    #[tokio::test]
+    async fn made_up_origins_cannot_grow_the_map_without_bound() {
+        let n = net();
+        let total = MAX_BINDINGS as u64 + 500;
+        let refused = (0..total)
+            .filter(|i| n.handle(id_msg(TYPE_PROBE, 1000 + i, 5000 + i)).is_err())
+            .count();
+        assert_eq!(refused, 500);
+        let o = n.inner.origins.read().unwrap();
+        assert_eq!(
+            (o.by_id.len(), o.by_origin.len()),
+            (MAX_BINDINGS, MAX_BINDINGS)
+        );
+        drop(o);
+        // Once bindings are stale, new claims take their place.
+        let n = net_at("http://127.0.0.1:9", Duration::ZERO);
+        for i in 0..total {
+            n.handle(id_msg(TYPE_PROBE, 1000 + i, 5000 + i)).unwrap();
+        }
+        assert_eq!(n.inner.origins.read().unwrap().by_id.len(), MAX_BINDINGS);
+        assert_eq!(n.origin_of(5000 + total - 1), Some(1000 + total - 1));
     }
 
     #[tokio::test]
