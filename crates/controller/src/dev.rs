@@ -3,8 +3,11 @@
 //! so local clusters and tests need nothing else installed.
 //!
 //! - Proposals are at height + 1 and carry `craft-dev-block|HEIGHT|NODE|NONCE`, padded
-//!   with `|xxx...` to a configured size.
-//! - `CheckProposal` rejects heights at or below the chain's and malformed data.
+//!   with `|xxx...` to a configured size, then sealed with `|CRC` (the CRC32C of all
+//!   before it, 8 hex digits), as a real controller's block carries its hash.
+//! - `CheckProposal` and `CommitBlock` reject heights at or below the chain's and data
+//!   that is malformed or whose seal does not match: a block damaged on its way is
+//!   never committed.
 //! - `CommitBlock` appends the block to `chain.log` (fsynced) and answers the new
 //!   configuration; the `u64::MAX` ping commits nothing. Committing a different block
 //!   at a height the chain already has is refused (that would be a fork).
@@ -169,9 +172,48 @@ pub struct DevChain {
     stats: Arc<DevStats>,
 }
 
-/// Whether `data` is a development block for `height`.
+/// Bytes the seal adds: `|` and 8 hex digits.
+const SEAL_LEN: usize = 9;
+
+/// `body` with its seal.
+fn seal(mut body: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c(&body);
+    body.extend_from_slice(format!("|{crc:08x}").as_bytes());
+    body
+}
+
+/// A development block for `height` with this node name and nonce, padded to `bytes`
+/// when that is longer, and sealed.
+pub fn make_block(height: u64, node: &str, nonce: u64, bytes: usize) -> Vec<u8> {
+    let mut body = format!("{BLOCK_PREFIX}|{height}|{node}|{nonce:016x}").into_bytes();
+    let room = bytes.saturating_sub(SEAL_LEN);
+    if body.len() + 1 < room {
+        body.push(b'|');
+        body.resize(room, b'x');
+    }
+    seal(body)
+}
+
+/// Whether `data` is a sealed development block for `height`.
 pub fn is_valid_block(height: u64, data: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some(split) = data.len().checked_sub(SEAL_LEN) else {
+        return false;
+    };
+    let (body, tail) = data.split_at(split);
+    let sealed = std::str::from_utf8(tail)
+        .ok()
+        .and_then(|t| t.strip_prefix('|'))
+        // Lower-case only: one block, one spelling.
+        .filter(|hex| {
+            hex.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        == Some(crc32c::crc32c(body));
+    if !sealed {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
         return false;
     };
     let mut parts = text.split('|');
@@ -300,16 +342,12 @@ impl DevChain {
     /// A new proposal at height + 1.
     pub fn proposal(&self) -> Proposal {
         let height = self.height() + 1;
-        let mut data = format!(
-            "{BLOCK_PREFIX}|{height}|{}|{:016x}",
-            self.cfg.node_name,
-            rand::random::<u64>()
-        )
-        .into_bytes();
-        if data.len() + 1 < self.cfg.block_bytes {
-            data.push(b'|');
-            data.resize(self.cfg.block_bytes, b'x');
-        }
+        let data = make_block(
+            height,
+            &self.cfg.node_name,
+            rand::random::<u64>(),
+            self.cfg.block_bytes,
+        );
         Proposal { height, data }
     }
 
@@ -566,7 +604,7 @@ mod tests {
         // Same block again is idempotent; a different one at that height is a fork.
         assert_eq!(c.commit(&p).unwrap().height, 1);
         let mut other = p.clone();
-        other.data = format!("{BLOCK_PREFIX}|1|n2|0000000000000001").into_bytes();
+        other.data = make_block(1, "n2", 1, 0);
         assert_eq!(c.commit(&other), Err(CODE_CONFLICT));
         assert_eq!(c.check(&p), CODE_WRONG_HEIGHT);
     }
@@ -588,6 +626,31 @@ mod tests {
     }
 
     #[test]
+    fn a_block_damaged_anywhere_is_refused() {
+        let c = chain(None);
+        let p = c.proposal();
+        assert_eq!(c.check(&p), 0);
+        for i in 0..p.data.len() {
+            for flip in [0x01u8, 0x20, 0x80] {
+                let mut bad = p.clone();
+                bad.data[i] ^= flip;
+                assert_eq!(c.check(&bad), CODE_MALFORMED, "flip {flip:#x} at byte {i}");
+                assert_eq!(c.commit(&bad), Err(CODE_MALFORMED), "flip at byte {i}");
+            }
+        }
+        assert_eq!(c.height(), 0, "a damaged block was committed");
+        // Cut short, or with the seal of another block.
+        let mut cut = p.clone();
+        cut.data.truncate(p.data.len() - 1);
+        assert_eq!(c.check(&cut), CODE_MALFORMED);
+        let mut swapped = p.clone();
+        let other = make_block(1, "n2", 7, 0);
+        let at = swapped.data.len() - SEAL_LEN;
+        swapped.data[at..].copy_from_slice(&other[other.len() - SEAL_LEN..]);
+        assert_eq!(c.check(&swapped), CODE_MALFORMED);
+    }
+
+    #[test]
     fn stats_measure_blocks_this_controller_proposed() {
         let c = chain(None);
         let p = c.proposal();
@@ -596,7 +659,7 @@ mod tests {
         // A block proposed elsewhere is counted but not timed.
         let q = Proposal {
             height: 2,
-            data: format!("{BLOCK_PREFIX}|2|n2|0000000000000002").into_bytes(),
+            data: make_block(2, "n2", 2, 0),
         };
         c.commit(&q).unwrap();
         let json: serde_json::Value = serde_json::from_str(&c.stats.to_json()).unwrap();
