@@ -564,14 +564,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         // optimised RocksDB build serves both.
         crate::ci::cargo(root, &["bench", "--workspace"], &[])?;
     }
-    let bin_dir = build_profile(
-        root,
-        if args.debug {
-            Profile::Debug
-        } else {
-            Profile::Bench
-        },
-    )?;
+    let bin_dir = build_profile(root, Profile::for_figures(args.debug))?;
     if let Some(secs) = args.soak {
         return soak(root, &bin_dir, args, secs);
     }

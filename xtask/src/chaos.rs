@@ -184,14 +184,7 @@ fn run_fault(
 
 /// Runs the suite.
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
-    let bin_dir = build_profile(
-        root,
-        if args.debug {
-            Profile::Debug
-        } else {
-            Profile::Bench
-        },
-    )?;
+    let bin_dir = build_profile(root, Profile::for_figures(args.debug))?;
     let dir = root.join("target").join("chaos");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;

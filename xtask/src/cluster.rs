@@ -288,6 +288,18 @@ pub enum Profile {
     Bench,
 }
 
+impl Profile {
+    /// The build figures come from: `Bench`, or `Debug` when `debug` (to check a command
+    /// itself quickly, as CI does).
+    pub fn for_figures(debug: bool) -> Self {
+        if debug {
+            Profile::Debug
+        } else {
+            Profile::Bench
+        }
+    }
+}
+
 /// Builds the service binaries and returns their directory.
 pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
     build_profile(

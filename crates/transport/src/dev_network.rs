@@ -228,15 +228,7 @@ impl DevNetwork {
         {
             return false;
         }
-        let Some(slot) = self.slot(to) else {
-            return false;
-        };
-        if slot
-            .handler
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
-        {
+        if self.slot(to).is_none() {
             return false;
         }
         msg.origin = from;
