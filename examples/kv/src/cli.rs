@@ -1,9 +1,18 @@
 //! The command line of the `craft-kv` binary, modelled on hraftd's.
+//!
+//! hraftd is a Go program, and Go's flag package takes long flags with one dash or two
+//! (`-id node1` and `--id node1` are the same). [`hraftd_args`] rewrites the one-dash
+//! form of our long flags to the two-dash form clap reads, so hraftd's command lines work
+//! as they are; `-h` and `-V` keep their one-letter meaning.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
+
+use crate::ids::{raft_id, IdError};
 
 use crate::node::NodeConfig;
 use crate::peers::PeerList;
@@ -11,15 +20,22 @@ use crate::tls::TlsFiles;
 
 /// A node of a replicated key-value store with an hraftd-style HTTP API.
 ///
-/// Initial members all get the same `--peers` list and bootstrap from it; a node whose
-/// id is not in `--peers` starts empty and waits to be added by `POST /join` on the
-/// leader. Without `--peers` the node forms a single-member cluster.
+/// Two ways to form a cluster:
+/// - hraftd's: start every node without `--peers`; each serves HTTP and waits until a
+///   `POST /setup` names the members (sent to one node, which tells the others);
+/// - all initial members get the same `--peers` list and bootstrap from it at once.
+///
+/// A node whose id is not in `--peers` starts empty and waits to be added by
+/// `POST /join` on the leader. A node restarted on a data directory that holds a
+/// cluster rejoins it, whichever way it was formed.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "craft-kv", version)]
 pub struct Args {
-    /// Raft id of this node (a positive integer).
+    /// This node's name (`node1`) or number (`1`). With `--peers` it is the raft id
+    /// (names map to ids as the `ids` module documents); in hraftd's `/setup` flow the
+    /// node's raft id comes from the setup body and this is its name in the logs.
     #[arg(long)]
-    pub id: u64,
+    pub id: NodeName,
     /// HTTP API listen address.
     #[arg(long, default_value = "127.0.0.1:7150")]
     pub haddr: String,
@@ -57,17 +73,77 @@ pub struct Args {
     pub data_dir: PathBuf,
 }
 
+/// A node's name and the raft id it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeName {
+    /// The name as given.
+    pub name: String,
+    /// Its raft id ([`raft_id`]).
+    pub id: u64,
+}
+
+impl FromStr for NodeName {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self {
+            name: s.trim().to_string(),
+            id: raft_id(s)?,
+        })
+    }
+}
+
+impl std::fmt::Display for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// The process's arguments with hraftd's one-dash long flags (`-id`, `-haddr=...`)
+/// rewritten to two dashes. Arguments after `--` are left alone.
+pub fn hraftd_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let command = Args::command();
+    let long: Vec<&str> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .collect();
+    let mut out = Vec::new();
+    let mut rewriting = true;
+    for (i, arg) in args.into_iter().enumerate() {
+        let text = arg.to_str().unwrap_or_default();
+        if text == "--" {
+            rewriting = false;
+        }
+        let one_dash = i > 0 && rewriting && text.starts_with('-') && !text.starts_with("--");
+        let name = text.get(1..).unwrap_or_default();
+        let name = name.split_once('=').map_or(name, |(name, _)| name);
+        if one_dash && name.len() > 1 && (long.contains(&name) || name == "help") {
+            out.push(OsString::from(format!("-{text}")));
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
 impl Args {
-    /// The node configuration these arguments describe.
+    /// Parses the process's command line, hraftd's one-dash flags included.
+    pub fn from_env() -> Self {
+        Self::parse_from(hraftd_args(std::env::args_os()))
+    }
+
+    /// The node configuration these arguments describe. Without `--peers` the list of
+    /// members is empty: the node waits for `POST /setup` (unless its data directory
+    /// already holds a cluster).
     pub fn node_config(&self) -> NodeConfig {
-        let mut config = NodeConfig::new(self.id, &self.data_dir);
-        config.raft_peers = match &self.peers {
-            Some(peers) => peers.0.clone(),
-            // Like hraftd without -join: a cluster of one.
-            None => [(self.id, self.raddr.clone())].into(),
-        };
+        let mut config = NodeConfig::new(self.id.id, &self.data_dir);
+        config.name = self.id.name.clone();
+        config.raft_addr = self.raddr.clone();
+        config.raft_peers = self.peers.clone().unwrap_or_default().0;
         config.http_peers = self.hpeers.clone().unwrap_or_default().0;
-        config.http_peers.insert(self.id, self.haddr.clone());
+        if !config.raft_peers.is_empty() {
+            config.http_peers.insert(self.id.id, self.haddr.clone());
+        }
         config.tick_interval = Duration::from_millis(self.tick_ms.max(1));
         config.max_connections = self.max_connections;
         if let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) {
@@ -114,10 +190,52 @@ mod tests {
     }
 
     #[test]
-    fn without_peers_a_node_is_a_cluster_of_one() {
+    fn without_peers_a_node_waits_for_setup() {
         let args = Args::try_parse_from(["craft-kv", "--id", "1", "./node1"]).unwrap();
         let config = args.node_config();
-        assert_eq!(config.raft_peers[&1], "127.0.0.1:7151");
+        assert!(config.raft_peers.is_empty());
+        assert_eq!(config.raft_addr, "127.0.0.1:7151");
+    }
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn takes_hraftd_command_lines_as_the_seed_writes_them() {
+        let argv = hraftd_args(os(&[
+            "hraftd",
+            "-id",
+            "node1",
+            "-haddr",
+            "127.0.0.1:7150",
+            "-raddr=127.0.0.1:7151",
+            "./node1",
+        ]));
+        let args = Args::try_parse_from(argv).unwrap();
+        assert_eq!(args.id.name, "node1");
+        assert_eq!(args.id.id, raft_id("node1").unwrap());
+        assert_eq!(args.haddr, "127.0.0.1:7150");
+        assert_eq!(args.raddr, "127.0.0.1:7151");
+        assert_eq!(args.data_dir, PathBuf::from("./node1"));
+        // Two dashes, one-letter flags, values that start with a dash, and whatever
+        // follows `--` are left as they are.
+        assert_eq!(
+            hraftd_args(os(&[
+                "kv", "--id", "-x", "-h", "-tick-ms", "5", "--", "-id"
+            ])),
+            os(&["kv", "--id", "-x", "-h", "--tick-ms", "5", "--", "-id"])
+        );
+        // An unknown one-dash flag is still an error, not a silent value.
+        assert!(Args::try_parse_from(hraftd_args(os(&["kv", "-idd", "1", "d"]))).is_err());
+    }
+
+    #[test]
+    fn a_numeric_name_is_the_raft_id_and_zero_is_refused() {
+        let args = Args::try_parse_from(["craft-kv", "--id", "7", "d"]).unwrap();
+        assert_eq!(args.id.id, 7);
+        assert!(Args::try_parse_from(["craft-kv", "--id", "0", "d"]).is_err());
+        assert!(Args::try_parse_from(["craft-kv", "--id", "", "d"]).is_err());
     }
 
     #[test]

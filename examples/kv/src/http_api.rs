@@ -7,18 +7,21 @@
 //! | `DELETE /key/{key}` | removes the key (leader only) |
 //! | `POST /join` with `{"id":4,"addr":"host:port","haddr":"host:port"}` | adds a voter (leader only) |
 //! | `GET /status` | role, term, leader, commit, applied, membership |
-//! | `POST /shutdown` | stops this node gracefully |
+//! | `POST /setup` with hraftd's body | forms a cluster of the listed nodes (see [`crate::setup_api`]); on a node already set up with the same members, a no-op |
+//! | `POST /shutdown` | stops this node gracefully; with hraftd's setup body, every listed node |
 //!
 //! A write sent to a follower is answered `307 Temporary Redirect` to the same path on
 //! the leader when the leader's HTTP address is known, otherwise `503` with
-//! `{"leader": id}` (or `null` when no leader is known). hraftd's `/setup` is not
-//! needed: the cluster forms from the `--peers` list (see [`crate::node`]).
+//! `{"leader": id}` (or `null` when no leader is known). A cluster forms either from the
+//! `--peers` list or through hraftd's `/setup` (see [`crate::node`]).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,7 +30,10 @@ use craft_core::{NodeHandle, ProposeError};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::client::ApiClient;
 use crate::peers::AddressBook;
+use crate::setup::{same_address, Setup};
+use crate::setup_api::{bad_setup, conflict, is_forwarded, pass_on, shutdown_members, summarise};
 use crate::shutdown::Shutdown;
 use crate::store::{Command, KvReader, MemberAddrs, Outcome};
 
@@ -40,6 +46,14 @@ pub struct ApiState {
     pub kv: KvReader,
     /// Members' HTTP addresses, to redirect writes to the leader.
     pub addresses: AddressBook,
+    /// Members' raft addresses given at start (`--peers`), to compare with a `/setup`.
+    pub raft_addresses: Arc<BTreeMap<u64, String>>,
+    /// This node's raft address as given (`-raddr`).
+    pub raft_addr: String,
+    /// The raft listener's address.
+    pub raft_bound: SocketAddr,
+    /// Calls to other members' APIs.
+    pub client: ApiClient,
     /// Raised by `POST /shutdown`.
     pub shutdown: Shutdown,
     /// Whether the API is served over HTTPS (redirects keep the scheme).
@@ -77,6 +91,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/key/{key}", get(get_key).delete(delete_key))
         .route("/join", post(join))
         .route("/status", get(status))
+        .route("/setup", post(setup))
         .route("/shutdown", post(shutdown))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -243,8 +258,63 @@ async fn status(State(state): State<ApiState>) -> Response {
     .into_response()
 }
 
-async fn shutdown(State(state): State<ApiState>) -> Response {
-    tracing::info!("shutdown requested over HTTP");
-    state.shutdown.signal();
-    Json(json!({ "shutdown": true })).into_response()
+async fn shutdown(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    shutdown_members(
+        &state.client,
+        &state.shutdown,
+        &state.raft_addr,
+        state.raft_bound,
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// `POST /setup` on a node that is already a member: a no-op when the body names this
+/// cluster (same voters, same raft addresses, this node under its own id), passed on
+/// to the other members so that those a first attempt missed are set up; else `409`.
+async fn setup(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let setup = match Setup::parse(&body) {
+        Ok(setup) => setup,
+        Err(e) => return bad_setup(&e),
+    };
+    let status = state.raft.status();
+    let Some(me) = setup.find_self(&state.raft_addr, state.raft_bound).cloned() else {
+        return conflict(format!(
+            "this node's raft address {} is not among the members",
+            state.raft_addr
+        ));
+    };
+    if me.id != status.id {
+        return conflict(format!(
+            "this node is raft id {} of a formed cluster; the setup names it {:?} (raft id {})",
+            status.id, me.name, me.id
+        ));
+    }
+    let voters = sorted(status.conf_state.voters.clone());
+    if voters != setup.ids() {
+        return conflict(format!(
+            "this cluster is formed with voters {voters:?}; the setup names {:?}",
+            setup.ids()
+        ));
+    }
+    for member in setup.members.iter().filter(|m| m.id != status.id) {
+        let known = state
+            .raft_addresses
+            .get(&member.id)
+            .cloned()
+            .or_else(|| state.kv.member(member.id).map(|m| m.raft));
+        if !known.is_some_and(|known| same_address(&known, &member.raft)) {
+            return conflict(format!(
+                "member {:?} (raft id {}) is not at raft address {} in this cluster",
+                member.name, member.id, member.raft
+            ));
+        }
+    }
+    let passed = if is_forwarded(&headers) {
+        Vec::new()
+    } else {
+        pass_on(&state.client, &setup, Some(me.id), "/setup", body).await
+    };
+    summarise("set_up", Some(&me), true, &passed)
 }

@@ -6,8 +6,9 @@
 //!   `BTreeMap<String, String>`; commands and snapshots are JSON;
 //! - [`node`]: [`craft_core::start`] runs it over a durable
 //!   [`craft_storage::RocksLogStore`] and the peer-to-peer gRPC transport
-//!   ([`craft_transport::peer`]); initial members bootstrap from the `--peers` list,
-//!   later ones join through a membership change;
+//!   ([`craft_transport::peer`]); initial members bootstrap from the `--peers` list or
+//!   from hraftd's `POST /setup` ([`setup`], [`setup_api`]), later ones join through a
+//!   membership change;
 //! - [`http_api`]: writes are proposals, reads are linearizable through
 //!   [`craft_core::NodeHandle::read_barrier`] (raft's ReadIndex) and may go to any
 //!   member, writes to a follower are redirected to the leader.
@@ -40,9 +41,13 @@
 //! ```
 
 pub mod cli;
+pub mod client;
 pub mod http_api;
+pub mod ids;
 pub mod node;
 pub mod peers;
+pub mod setup;
+pub mod setup_api;
 pub mod shutdown;
 pub mod store;
 pub mod tls;

@@ -2,14 +2,14 @@
 //! library; this binary parses the command line, binds, runs until shutdown.
 
 use anyhow::Context;
-use clap::Parser;
 use craft_kv::cli::Args;
-use craft_kv::node::KvNode;
+use craft_kv::node::{KvNode, NodeError};
+use craft_kv::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = Args::from_env();
     // Logs go to stderr, as hraftd's do, in colour only on a terminal: a log file holds
     // plain text.
     tracing_subscriber::fmt()
@@ -26,20 +26,31 @@ async fn main() -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(&args.haddr)
         .await
         .with_context(|| format!("binding the HTTP address {} (--haddr)", args.haddr))?;
-    let node = KvNode::start(args.node_config(), raft_listener, http_listener)
-        .await
-        .with_context(|| format!("starting node {} on {}", args.id, args.data_dir.display()))?;
-
-    let shutdown = node.shutdown_signal();
+    let shutdown = Shutdown::new();
+    let signal = shutdown.clone();
     tokio::spawn(async move {
         match tokio::signal::ctrl_c().await {
             Ok(()) => {
                 tracing::info!("interrupted; shutting down");
-                shutdown.signal();
+                signal.signal();
             }
             Err(e) => tracing::warn!(error = %e, "cannot listen for Ctrl-C; use POST /shutdown"),
         }
     });
+    let node = match KvNode::start_with(args.node_config(), raft_listener, http_listener, shutdown)
+        .await
+    {
+        Ok(node) => node,
+        Err(NodeError::StoppedBeforeSetup) => {
+            tracing::info!("stopped before it was set up");
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("starting node {} on {}", args.id, args.data_dir.display())
+            })
+        }
+    };
     node.wait().await.context("node stopped with an error")?;
     tracing::info!("stopped");
     Ok(())

@@ -4,20 +4,29 @@
 //!
 //! # Bootstrap
 //!
-//! The initial members of a cluster are exactly the ids listed in
-//! [`NodeConfig::raft_peers`]. A node whose store is empty and whose id is in that list
-//! bootstraps it: it installs the snapshot `make_snapshot(1, 1, voters(all listed ids),
-//! empty state)`. Every initial member is given the same list, so every one installs the
-//! same snapshot and their logs agree from index 1 on; no `/setup` call is needed.
+//! A cluster forms in one of two ways, and both end in the same place: every initial
+//! member installs the same snapshot `make_snapshot(1, 1, voters(ids), state)`, so their
+//! logs agree from index 1 on.
 //!
-//! A node whose id is *not* in the list starts with an empty store and no bootstrap: it
-//! waits until the leader adds it (`POST /join` on the leader) and then receives a
-//! snapshot. A node whose store is not empty ignores the list for membership (raft's
-//! own log knows it) and only uses it for addresses.
+//! - **`--peers`**: the initial members are exactly the ids listed in
+//!   [`NodeConfig::raft_peers`]. A node whose store is empty and whose id is in that list
+//!   bootstraps at once, with an empty state.
+//! - **hraftd's `/setup`**: with an empty `raft_peers` and an empty store, the node
+//!   serves HTTP and waits. A `POST /setup` (see [`crate::setup`]) names the members;
+//!   the node finds itself among them by its raft address, records the setup durably in
+//!   its data directory, passes the body on to the other members, and bootstraps with
+//!   the members' addresses in the state (so they are replicated and survive restarts).
+//!   The member the body calls the leader campaigns once, so it leads the new cluster.
+//!   A restarted node finds its recorded setup and needs no second `/setup`.
+//!
+//! A node whose id is *not* in a non-empty `raft_peers` starts with an empty store and
+//! no bootstrap: it waits until the leader adds it (`POST /join` on the leader) and then
+//! receives a snapshot. A node whose store is not empty ignores the list for membership
+//! (raft's own log knows it) and only uses it for addresses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use craft_core::{
@@ -27,11 +36,15 @@ use craft_storage::{RocksLogStore, StoreOptions};
 use craft_transport::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
 use craft_transport::peer::{PeerService, PeerTransport};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::client::ApiClient;
 use crate::http_api::{router, ApiState};
 use crate::peers::{endpoint_uri, AddressBook};
+use crate::setup::Setup;
+use crate::setup_api::{waiting_router, Waiting};
 use crate::shutdown::Shutdown;
 use crate::store::{KvReader, KvState, KvStateMachine, Outcome};
 use crate::tls::{KvTls, KvTlsError, LimitAcceptor, TlsFiles};
@@ -39,12 +52,18 @@ use crate::tls::{KvTls, KvTlsError, LimitAcceptor, TlsFiles};
 /// Everything one node needs besides its two listeners.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// This node's raft id (never 0).
+    /// This node's raft id (never 0). In the `/setup` flow the setup decides it and
+    /// this is ignored.
     pub id: u64,
+    /// This node's name, for logs (`-id node1`). Default: the id in decimal.
+    pub name: String,
+    /// The raft address as given on the command line (`-raddr`), by which the node
+    /// recognises itself in a `/setup` body besides its listener's address.
+    pub raft_addr: String,
     /// Directory of the durable raft log (RocksDB lives in `data_dir/raft`).
     pub data_dir: PathBuf,
     /// Raft (gRPC) addresses `host:port` of the initial members, by id; see the module
-    /// docs for how it decides bootstrap.
+    /// docs for how it decides bootstrap. Empty: wait for `POST /setup`.
     pub raft_peers: BTreeMap<u64, String>,
     /// HTTP addresses `host:port` by id, for redirecting writes to the leader. This
     /// node's own is added from its HTTP listener when missing.
@@ -66,6 +85,8 @@ impl NodeConfig {
     pub fn new(id: u64, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             id,
+            name: id.to_string(),
+            raft_addr: String::new(),
             data_dir: data_dir.into(),
             raft_peers: BTreeMap::new(),
             http_peers: BTreeMap::new(),
@@ -117,6 +138,13 @@ pub enum NodeError {
     /// A task of the node panicked or was cancelled.
     #[error("node task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The recorded setup in the data directory is unreadable or disagrees with the
+    /// command line.
+    #[error("{0}")]
+    Setup(String),
+    /// Shutdown was requested before the node was set up; nothing was written.
+    #[error("shut down before it was set up")]
+    StoppedBeforeSetup,
 }
 
 /// A running key-value node: its tasks, its raft handle and its shutdown signal.
@@ -155,41 +183,105 @@ impl KvNode {
     /// Opens the store under `config.data_dir` (bootstrapping it when this node is an
     /// initial member with an empty store), starts the raft driver and serves raft on
     /// `raft_listener` and the HTTP API on `http_listener`, on the current runtime.
+    ///
+    /// With an empty [`NodeConfig::raft_peers`] and nothing in the data directory, it
+    /// first waits, serving `POST /setup`, until a setup names the members (see the
+    /// module docs).
     pub async fn start(
-        mut config: NodeConfig,
+        config: NodeConfig,
         raft_listener: TcpListener,
         http_listener: TcpListener,
     ) -> Result<Self, NodeError> {
+        Self::start_with(config, raft_listener, http_listener, Shutdown::new()).await
+    }
+
+    /// [`KvNode::start`] with a shutdown signal given by the caller, which also ends the
+    /// wait for `/setup` (then [`NodeError::StoppedBeforeSetup`] is returned).
+    pub async fn start_with(
+        mut config: NodeConfig,
+        raft_listener: TcpListener,
+        http_listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<Self, NodeError> {
+        let raft_addr = raft_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        let tls = config.tls.as_ref().map(KvTls::load).transpose()?;
+        let client = ApiClient::new(tls.as_ref().map(|t| t.http_client.clone()), PASS_ON_TIMEOUT);
+        let std_http = http_listener.into_std()?;
+
+        let store = RocksLogStore::open(config.data_dir.join("raft"), StoreOptions::default())?;
+        let empty = store.is_empty().map_err(NodeError::Bootstrap)?;
+        let recorded = crate::setup::recorded(&config.data_dir).map_err(NodeError::Setup)?;
+        // Voters and state of the snapshot to bootstrap from, and whether to campaign.
+        let mut campaign = false;
+        let initial: Option<(Vec<u64>, KvState)> = match recorded {
+            Some(recorded) => {
+                if !config.raft_peers.is_empty() && recorded.id != config.id {
+                    return Err(NodeError::Setup(format!(
+                        "{} was set up as raft id {}, but --id {} is raft id {}",
+                        config.data_dir.display(),
+                        recorded.id,
+                        config.name,
+                        config.id
+                    )));
+                }
+                config.id = recorded.id;
+                // A crash between recording the setup and bootstrapping: finish it.
+                let setup = recorded.setup();
+                empty.then(|| (setup.ids(), setup_state(&setup)))
+            }
+            None if config.raft_peers.is_empty() && empty => {
+                let waiting = Arc::new(Waiting {
+                    name: config.name.clone(),
+                    raft_addr: config.raft_addr.clone(),
+                    bound: raft_addr,
+                    data_dir: config.data_dir.clone(),
+                    client: client.clone(),
+                    shutdown: shutdown.clone(),
+                    accepted: Mutex::new(None),
+                    done: Mutex::new(None),
+                });
+                let listener = std_http.try_clone()?;
+                let Some((id, setup)) = wait_for_setup(
+                    waiting,
+                    listener,
+                    tls.as_ref(),
+                    config.max_connections,
+                    &shutdown,
+                )
+                .await?
+                else {
+                    return Err(NodeError::StoppedBeforeSetup);
+                };
+                config.id = id;
+                campaign = setup.members.len() > 1 && setup.members[0].id == id;
+                Some((setup.ids(), setup_state(&setup)))
+            }
+            None if empty && config.raft_peers.contains_key(&config.id) => Some((
+                config.raft_peers.keys().copied().collect(),
+                KvState::default(),
+            )),
+            None => None,
+        };
         let id = config.id;
         if id == 0 {
             return Err(NodeError::ZeroId);
         }
-        let raft_addr = raft_listener.local_addr()?;
-        let http_addr = http_listener.local_addr()?;
         config
             .http_peers
             .entry(id)
             .or_insert_with(|| http_addr.to_string());
-        let span = tracing::info_span!("kv", node_id = id);
-        let tls = config.tls.as_ref().map(KvTls::load).transpose()?;
-
-        let store = RocksLogStore::open(config.data_dir.join("raft"), StoreOptions::default())?;
-        if store.is_empty().map_err(NodeError::Bootstrap)? {
-            if config.raft_peers.contains_key(&id) {
-                let ids: Vec<u64> = config.raft_peers.keys().copied().collect();
-                let initial = make_snapshot(
-                    1,
-                    1,
-                    voters(ids.iter().copied()),
-                    KvState::default().encode()?,
-                );
+        let span = tracing::info_span!("kv", node_id = id, name = %config.name);
+        match initial {
+            Some((ids, state)) => {
+                let initial = make_snapshot(1, 1, voters(ids.iter().copied()), state.encode()?);
                 store.bootstrap(initial).map_err(NodeError::Bootstrap)?;
                 span.in_scope(|| tracing::info!(voters = ?ids, "bootstrapped a new cluster"));
-            } else {
-                span.in_scope(|| {
-                    tracing::info!("empty store and not an initial member: waiting to be added (POST /join on the leader)")
-                });
             }
+            None if empty => span.in_scope(|| {
+                tracing::info!("empty store and not an initial member: waiting to be added (POST /join on the leader)")
+            }),
+            None => {}
         }
 
         let mut transport = PeerTransport::new(id);
@@ -222,7 +314,6 @@ impl KvNode {
         }));
         let kv = state_machine.reader();
 
-        let shutdown = Shutdown::new();
         let replica = ReplicaConfig::new(id);
         let driver_config = DriverConfig {
             tick_interval: config.tick_interval,
@@ -260,10 +351,21 @@ impl KvNode {
             .instrument(span.clone()),
         );
 
+        if campaign {
+            // The member a setup calls the leader leads the new cluster.
+            if let Err(e) = raft.campaign().await {
+                span.in_scope(|| tracing::warn!(error = %e, "cannot campaign after setup"));
+            }
+        }
+
         let api = ApiState {
             raft: raft.clone(),
             kv: kv.clone(),
             addresses: AddressBook::new(config.http_peers.clone(), kv.clone()),
+            raft_addresses: Arc::new(config.raft_peers.clone()),
+            raft_addr: config.raft_addr.clone(),
+            raft_bound: raft_addr,
+            client,
             shutdown: shutdown.clone(),
             https: tls.is_some(),
         };
@@ -274,30 +376,15 @@ impl KvNode {
             stop.await;
             h.graceful_shutdown(Some(Duration::from_secs(5)));
         });
-        let limit = ConnectionLimit::new(config.max_connections);
-        let app = router(api).into_make_service();
-        let std_listener = http_listener.into_std()?;
-        let http_server = match &tls {
-            Some(tls) => {
-                let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.http.clone());
-                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(
-                    LimitAcceptor::new(axum_server::accept::DefaultAcceptor, limit),
-                );
-                let server = axum_server::from_tcp(std_listener)?
-                    .acceptor(acceptor)
-                    .handle(handle);
-                tokio::spawn(server.serve(app).instrument(span.clone()))
-            }
-            None => {
-                let server = axum_server::from_tcp(std_listener)?
-                    .acceptor(LimitAcceptor::new(
-                        axum_server::accept::DefaultAcceptor,
-                        limit,
-                    ))
-                    .handle(handle);
-                tokio::spawn(server.serve(app).instrument(span.clone()))
-            }
-        };
+        let http_server = serve_http(
+            std_http,
+            router(api),
+            tls.as_ref(),
+            config.max_connections,
+            handle,
+        )?
+        .instrument(span.clone());
+        let http_server = tokio::spawn(http_server);
         span.in_scope(|| tracing::info!(%raft_addr, %http_addr, "node started"));
 
         Ok(Self {
@@ -373,4 +460,83 @@ impl KvNode {
         self.raft_server.abort();
         self.http_server.abort();
     }
+}
+
+/// How long a call passed on to another member (`/setup`, `/shutdown`) may take.
+const PASS_ON_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The replicated state a setup starts from: no keys, every member's addresses.
+fn setup_state(setup: &Setup) -> KvState {
+    KvState {
+        members: setup.addresses(),
+        ..KvState::default()
+    }
+}
+
+/// The HTTP server of `app` on `listener`, plain or HTTPS, bounded to
+/// `max_connections`, stopped through `handle`.
+fn serve_http(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    tls: Option<&KvTls>,
+    max_connections: usize,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>> + Send + 'static> {
+    let limit = ConnectionLimit::new(max_connections);
+    let app = app.into_make_service();
+    let server = axum_server::from_tcp(listener)?.handle(handle);
+    let tls = tls.map(|t| axum_server::tls_rustls::RustlsConfig::from_config(t.http.clone()));
+    Ok(async move {
+        match tls {
+            Some(config) => {
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(
+                    LimitAcceptor::new(axum_server::accept::DefaultAcceptor, limit),
+                );
+                server.acceptor(acceptor).serve(app).await
+            }
+            None => {
+                server
+                    .acceptor(LimitAcceptor::new(
+                        axum_server::accept::DefaultAcceptor,
+                        limit,
+                    ))
+                    .serve(app)
+                    .await
+            }
+        }
+    })
+}
+
+/// Serves the waiting API on `listener` until a setup is accepted (its raft id and the
+/// setup) or shutdown is requested (`None`), then stops that server once its answers
+/// have gone out.
+async fn wait_for_setup(
+    waiting: Arc<Waiting>,
+    listener: std::net::TcpListener,
+    tls: Option<&KvTls>,
+    max_connections: usize,
+    shutdown: &Shutdown,
+) -> Result<Option<(u64, Setup)>, NodeError> {
+    let (done, accepted) = oneshot::channel();
+    *waiting.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
+    let span = tracing::info_span!("kv", name = %waiting.name);
+    span.in_scope(|| {
+        tracing::info!(raft_addr = %waiting.bound, "empty data directory and no --peers: waiting for POST /setup")
+    });
+    let handle = axum_server::Handle::new();
+    let server = serve_http(
+        listener,
+        waiting_router(waiting),
+        tls,
+        max_connections,
+        handle.clone(),
+    )?;
+    let server = tokio::spawn(server.instrument(span));
+    let result = tokio::select! {
+        accepted = accepted => accepted.ok(),
+        () = shutdown.wait() => None,
+    };
+    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    server.await??;
+    Ok(result)
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::store::KvReader;
 
-/// A list of `id=host:port` pairs, e.g. `1=127.0.0.1:7151,2=127.0.0.1:8151`.
+/// A list of `id=host:port` pairs, e.g. `1=127.0.0.1:7151,2=127.0.0.1:8151`; ids are
+/// node names or numbers, mapped as [`crate::ids`] documents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerList(pub BTreeMap<u64, String>);
 
@@ -21,11 +22,13 @@ pub enum PeerListError {
         /// The offending item.
         item: String,
     },
-    /// The id is not a positive integer.
-    #[error("{id:?} is not a raft id (a positive integer)")]
+    /// The id is not a usable node name.
+    #[error("{id:?}: {reason}")]
     BadId {
         /// The offending id.
         id: String,
+        /// Why.
+        reason: crate::ids::IdError,
     },
     /// The same id appears twice.
     #[error("raft id {0} is listed twice")]
@@ -45,10 +48,10 @@ impl FromStr for PeerList {
             if addr.is_empty() {
                 return Err(PeerListError::NotAPair { item: item.into() });
             }
-            let id = match id.parse::<u64>() {
-                Ok(n) if n > 0 => n,
-                _ => return Err(PeerListError::BadId { id: id.into() }),
-            };
+            let id = crate::ids::raft_id(id).map_err(|reason| PeerListError::BadId {
+                id: id.into(),
+                reason,
+            })?;
             if peers.insert(id, addr.to_string()).is_some() {
                 return Err(PeerListError::Duplicate(id));
             }
@@ -133,10 +136,12 @@ mod tests {
             "0=a:1".parse::<PeerList>(),
             Err(PeerListError::BadId { .. })
         ));
-        assert!(matches!(
-            "x=a:1".parse::<PeerList>(),
-            Err(PeerListError::BadId { .. })
-        ));
+        // A name maps to its raft id, as `--id` does.
+        let named: PeerList = "node1=a:1".parse().unwrap();
+        assert_eq!(
+            named.0.keys().copied().collect::<Vec<_>>(),
+            vec![crate::ids::raft_id("node1").unwrap()]
+        );
         assert_eq!(
             "1=a:1,1=b:2".parse::<PeerList>(),
             Err(PeerListError::Duplicate(1))

@@ -15,7 +15,7 @@ use craft_transport::tls::{PeerTls, TlsError};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 
 /// Where a node's TLS files are.
@@ -66,6 +66,10 @@ pub struct KvTls {
     pub peer: PeerTls,
     /// The HTTPS server configuration of the client API.
     pub http: Arc<ServerConfig>,
+    /// The HTTPS client configuration a node uses to call another member's API
+    /// (`/setup`, `/shutdown` passed on): trusts the members' CA and presents this
+    /// node's certificate.
+    pub http_client: Arc<ClientConfig>,
 }
 
 impl KvTls {
@@ -85,6 +89,15 @@ impl KvTls {
             .map_err(pem(&files.cert))?;
         let key = PrivateKeyDer::from_pem_slice(peer.key_pem()).map_err(pem(&files.key))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut members = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(peer.ca_pem()) {
+            members.add(cert.map_err(pem(&files.ca))?)?;
+        }
+        let mut http_client = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(members)
+            .with_client_auth_cert(certs.clone(), key.clone_key())?;
+        http_client.alpn_protocols = vec![b"http/1.1".to_vec()];
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
         let mut http = match &files.http_client_ca {
@@ -114,6 +127,7 @@ impl KvTls {
         Ok(Self {
             peer,
             http: Arc::new(http),
+            http_client: Arc::new(http_client),
         })
     }
 }
