@@ -78,4 +78,28 @@ mod tests {
         );
         forbid("craft-kv", &["consensus", "craft-controller"]);
     }
+
+    #[test]
+    fn lincheck_depends_on_nothing_of_ours() {
+        let deps = closure("craft-lincheck");
+        assert!(
+            deps.contains("serde"),
+            "craft-lincheck: empty dependency tree? {deps:?}"
+        );
+        for ours in [
+            "cita-proto",
+            "craft-core",
+            "craft-storage",
+            "craft-transport",
+            "craft-controller",
+            "consensus",
+            "craft-mutate",
+            "craft-kv",
+        ] {
+            assert!(
+                !deps.contains(ours),
+                "craft-lincheck must not depend on {ours}, but does (via normal deps)"
+            );
+        }
+    }
 }
