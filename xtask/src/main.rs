@@ -11,6 +11,7 @@ mod cluster;
 mod codegen;
 mod fuzz;
 mod fuzz_sim;
+mod jepsen_kv;
 mod test_cluster;
 mod tidy;
 
@@ -50,6 +51,8 @@ enum Command {
     Bench(bench::Args),
     /// CITA-Cloud's chaos suite (link faults, kills) on a 4-node chain, as a table.
     Chaos(chaos::Args),
+    /// The KV example's linearizability test, run longer: crashes, partitions, a checker.
+    JepsenKv(jepsen_kv::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Ci(args) => ci::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
         Command::Chaos(args) => chaos::run(&root, &args),
+        Command::JepsenKv(args) => jepsen_kv::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 //! | Request | Effect |
 //! |---|---|
 //! | `POST /key` with `{"k":"v",...}` | sets each key, atomically (leader only) |
-//! | `GET /key/{key}` | `{"key":"value"}`, or 404; linearizable on any member |
+//! | `GET /key/{key}` | `{"key":"value"}`, or 404; linearizable on any member (`?consistency=stale`: this member's applied state, no barrier) |
 //! | `DELETE /key/{key}` | removes the key (leader only) |
 //! | `POST /join` with `{"id":4,"addr":"host:port","haddr":"host:port"}` | adds a voter (leader only) |
 //! | `GET /status` | role, term, leader, commit, applied, membership |
@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -179,13 +179,39 @@ async fn delete_key(State(state): State<ApiState>, uri: Uri, Path(key): Path<Str
     propose(&state, &uri, Command::Delete { key }).await
 }
 
-async fn get_key(State(state): State<ApiState>, uri: Uri, Path(key): Path<String>) -> Response {
-    // Without a leader a read barrier could only time out.
-    if state.raft.status().leader_id == 0 {
-        return no_leader();
-    }
-    if let Err(e) = state.raft.read_barrier().await {
-        return refused(&state, &uri, e);
+/// The query of a read: `?consistency=stale` reads this node's applied state without a
+/// read barrier (fast, may be stale, answers without a leader).
+#[derive(Debug, Default, Deserialize)]
+struct ReadQuery {
+    /// `linearizable` (the default) or `stale`.
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
+async fn get_key(
+    State(state): State<ApiState>,
+    uri: Uri,
+    Path(key): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Response {
+    let consistency = query.consistency;
+    match consistency.as_deref() {
+        None | Some("linearizable") => {
+            // Without a leader a read barrier could only time out.
+            if state.raft.status().leader_id == 0 {
+                return no_leader();
+            }
+            if let Err(e) = state.raft.read_barrier().await {
+                return refused(&state, &uri, e);
+            }
+        }
+        Some("stale") => {}
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("consistency must be linearizable or stale, not {other:?}"),
+            )
+        }
     }
     match state.kv.get(&key) {
         Some(value) => Json(BTreeMap::from([(key, value)])).into_response(),
