@@ -77,13 +77,26 @@ pub struct Args {
     /// blocks/s per minute (does the rate hold up?).
     #[arg(long)]
     pub soak: Option<u64>,
-    /// Instead of the consensus cases: the key-value example, 3 nodes, driven by `wrk`
-    /// with TLS off and on (`--secs` per case).
+    /// Instead of the consensus cases: the key-value example (3 `craft-kv` nodes) side by
+    /// side with a 3-member etcd cluster, both driven by `wrk` at the leader: writes, then
+    /// a 90/10 linearizable read/write mix (`--secs` per case; `--rounds` gives medians).
+    /// Results in target/bench/kv.json.
     #[arg(long)]
     pub kv: bool,
-    /// wrk connections of the `--kv` cases.
+    /// wrk connections of the `--kv` write cases.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
     pub kv_connections: Vec<usize>,
+    /// wrk connections of the `--kv` read/write mix cases.
+    #[arg(long, value_delimiter = ',', default_values_t = [16usize, 64])]
+    pub kv_mix_connections: Vec<usize>,
+    /// The etcd binary of `--kv` (default: `etcd` on PATH; apt-get install -y
+    /// etcd-server). Without one, craft-kv runs alone.
+    #[arg(long, requires = "kv")]
+    pub etcd: Option<PathBuf>,
+    /// With `--kv`: instead of etcd, craft-kv with TLS off and on (mutual TLS between
+    /// members, HTTPS for wrk), writes only; results in target/bench/kv-tls.json.
+    #[arg(long, requires = "kv")]
+    pub tls: bool,
 }
 
 /// What one cluster case measured.
@@ -571,9 +584,16 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if args.kv {
         return crate::bench_kv::run(
             root,
-            &bin_dir.join("craft-kv"),
-            args.secs,
-            &args.kv_connections,
+            &crate::bench_kv::Options {
+                kv_bin: &bin_dir.join("craft-kv"),
+                debug: args.debug,
+                secs: args.secs,
+                write_connections: &args.kv_connections,
+                mix_connections: &args.kv_mix_connections,
+                etcd: args.etcd.as_deref(),
+                rounds: args.rounds,
+                tls: args.tls,
+            },
         );
     }
     let runs: Vec<(String, Vec<PathBuf>)> = match &args.compare {

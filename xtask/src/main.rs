@@ -9,6 +9,7 @@ mod chaos;
 mod ci;
 mod cluster;
 mod codegen;
+mod etcd;
 mod fuzz;
 mod fuzz_sim;
 mod jepsen_kv;
