@@ -1,151 +1,143 @@
-//! A replicated hash map of JSON values: three nodes in one process apply the same
-//! inserts and removals in the same order, and every node answers reads with the same
-//! map once it has passed a read barrier (raft's ReadIndex).
+//! A replicated hash map of JSON values, one node per process, as in the Hoverbear
+//! raft-rs examples: every instance is given every peer's address, in id order.
 //!
-//! `cargo run -p craft-kv --example hashmap`
+//! ```text
+//! # two or three terminals
+//! cargo run -p craft-kv --example hashmap -- server 1 127.0.0.1:8080 127.0.0.1:8082
+//! cargo run -p craft-kv --example hashmap -- server 2 127.0.0.1:8080 127.0.0.1:8082
+//! # then
+//! cargo run -p craft-kv --example hashmap -- client 127.0.0.1:8080 put alice '{"age":31}'
+//! cargo run -p craft-kv --example hashmap -- client 127.0.0.1:8082 get alice
+//! cargo run -p craft-kv --example hashmap -- client 127.0.0.1:8082 remove alice
+//! ```
+//!
+//! Node `i` is the `i`-th address. It serves HTTP there (`GET`/`PUT`/`DELETE
+//! /key/{key}`) and raft on the next port; its log is kept in `./craft-hashmap-<id>`.
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 
-use common::LocalCluster;
-use craft_core::raft::eraftpb::Snapshot;
-use craft_core::{Committed, CommittedKind, StateMachine};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use common::hashmap::{JsonMap, Map, Op};
+use common::server::{call, parse_addr, serve, Node};
+use serde_json::Value;
 
-/// A change to the map.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum Op {
-    /// Sets `key` to `value`.
-    Insert {
-        /// The key.
-        key: String,
-        /// Any JSON value.
-        value: Value,
-    },
-    /// Removes `key`.
-    Remove {
-        /// The key.
-        key: String,
-    },
-}
-
-/// The replicated map, shared with the demo for reads.
-type Map = Arc<Mutex<HashMap<String, Value>>>;
-
-/// A state machine over a `HashMap<String, serde_json::Value>`.
-#[derive(Default)]
-struct JsonMap {
-    /// The map.
-    map: Map,
-}
-
-impl StateMachine for JsonMap {
-    /// The value the key held before, or an error for an undecodable command.
-    type Response = Result<Option<Value>, String>;
-
-    fn apply(&mut self, entry: &Committed) -> impl Future<Output = Self::Response> + Send {
-        let result = match &entry.kind {
-            CommittedKind::Normal { data, .. } => match serde_json::from_slice::<Op>(data) {
-                Ok(op) => {
-                    let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-                    Ok(match op {
-                        Op::Insert { key, value } => map.insert(key, value),
-                        Op::Remove { key } => map.remove(&key),
-                    })
-                }
-                Err(e) => Err(format!("entry {}: {e}", entry.index)),
-            },
-            _ => Ok(None),
-        };
-        std::future::ready(result)
-    }
-
-    fn snapshot(&mut self) -> Vec<u8> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        serde_json::to_vec(&*map).unwrap_or_default()
-    }
-
-    fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {
-        let result = if snapshot.data.is_empty() {
-            Ok(HashMap::new())
-        } else {
-            serde_json::from_slice(&snapshot.data).map_err(|e| e.to_string())
-        };
-        std::future::ready(result.map(|restored| {
-            *self.map.lock().unwrap_or_else(|e| e.into_inner()) = restored;
-        }))
-    }
-}
+const USAGE: &str = "usage:
+  hashmap server <id> <address of node 1> <address of node 2> ...
+  hashmap client <address> get <key>
+  hashmap client <address> put <key> <json value>
+  hashmap client <address> remove <key>";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut maps = BTreeMap::new();
-    let cluster = LocalCluster::start(&[1, 2, 3], |id| {
-        let sm = JsonMap::default();
-        maps.insert(id, sm.map.clone());
-        sm
-    })
-    .await?;
-    let leader = cluster.leader().await?;
-    println!(
-        "node {} leads, term {}",
-        leader.id,
-        leader.handle.status().term
-    );
-
-    let ops = [
-        Op::Insert {
-            key: "alice".into(),
-            value: json!({ "age": 31, "langs": ["rust", "go"] }),
-        },
-        Op::Insert {
-            key: "bob".into(),
-            value: json!(42),
-        },
-        Op::Insert {
-            key: "carol".into(),
-            value: json!(null),
-        },
-        Op::Insert {
-            key: "bob".into(),
-            value: json!("forty-two"),
-        },
-        Op::Remove {
-            key: "carol".into(),
-        },
-    ];
-    for op in &ops {
-        let command = serde_json::to_string(op)?;
-        let previous = leader.handle.propose(command.clone().into_bytes()).await?;
-        let previous = previous.map_err(anyhow::Error::msg)?;
-        let previous = previous.map_or_else(|| "none".to_string(), |v| v.to_string());
-        println!("  {command} (previous value: {previous})");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["server", id, addrs @ ..] if !addrs.is_empty() => {
+            let id: u64 = id
+                .parse()
+                .with_context(|| format!("{id:?} is not a node id"))?;
+            let mut members = BTreeMap::new();
+            for (i, addr) in addrs.iter().enumerate() {
+                members.insert(i as u64 + 1, parse_addr(addr)?);
+            }
+            let map = JsonMap::default();
+            let shared = map.map.clone();
+            serve("hashmap", id, members, map, move |node| {
+                axum::Router::new()
+                    .route("/key/{key}", get(read).put(insert).delete(remove))
+                    .with_state((node, shared))
+            })
+            .await
+        }
+        ["client", addr, "get", key] => {
+            let path = format!("/key/{key}");
+            println!(
+                "{}",
+                call(Method::GET, addr, &path, Bytes::new()).await?.trim()
+            );
+            Ok(())
+        }
+        ["client", addr, "put", key, value] => {
+            serde_json::from_str::<Value>(value)
+                .with_context(|| format!("{value:?} is not JSON"))?;
+            let path = format!("/key/{key}");
+            let body = Bytes::from(value.to_string());
+            println!("{}", call(Method::PUT, addr, &path, body).await?.trim());
+            Ok(())
+        }
+        ["client", addr, "remove", key] => {
+            let path = format!("/key/{key}");
+            println!(
+                "{}",
+                call(Method::DELETE, addr, &path, Bytes::new())
+                    .await?
+                    .trim()
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!("{USAGE}"),
     }
+}
 
-    let mut seen = Vec::new();
-    for node in &cluster.nodes {
-        let applied = node.handle.read_barrier().await?;
-        let map: BTreeMap<String, Value> = maps[&node.id]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let text = serde_json::to_string(&map)?;
-        println!("  node {} (applied index {applied}): {text}", node.id);
-        seen.push(text);
+type AppState = (Node<Result<Option<Value>, String>>, Map);
+
+async fn read(State((node, map)): State<AppState>, Path(key): Path<String>) -> Response {
+    if let Err(e) = node.raft.read_barrier().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
     }
-    anyhow::ensure!(
-        seen.windows(2).all(|w| w[0] == w[1]),
-        "replicas disagree: {seen:?}"
-    );
+    let value = map
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    match value {
+        Some(value) => Json(value).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no key {key:?}\n")).into_response(),
+    }
+}
 
-    cluster.stop().await?;
-    println!("all replicas agree; done");
-    Ok(())
+async fn change(node: &Node<Result<Option<Value>, String>>, path: &str, op: Op) -> Response {
+    if let Some(redirect) = node.not_leader(path) {
+        return redirect;
+    }
+    let command = match serde_json::to_vec(&op) {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    match node.raft.propose(command).await {
+        // The previous value, as the Hoverbear example answers.
+        Ok(Ok(previous)) => Json(serde_json::json!({ "previous": previous })).into_response(),
+        Ok(Err(rejected)) => (StatusCode::BAD_REQUEST, rejected).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn insert(
+    State((node, _)): State<AppState>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("not JSON: {e}\n")).into_response(),
+    };
+    let path = format!("/key/{key}");
+    change(&node, &path, Op::Insert { key, value }).await
+}
+
+async fn remove(State((node, _)): State<AppState>, Path(key): Path<String>) -> Response {
+    let path = format!("/key/{key}");
+    change(&node, &path, Op::Remove { key }).await
 }

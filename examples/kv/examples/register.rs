@@ -1,128 +1,99 @@
-//! A single replicated register: three nodes in one process agree on one value.
+//! A single replicated register, one node per process, as in the Hoverbear raft-rs
+//! examples. Writes go to the leader (a follower redirects) and answer with the
+//! register's version once applied; reads pass a read barrier (raft's ReadIndex) first,
+//! so they see every write acknowledged before them.
 //!
-//! Writes go to the leader and answer with the register's version once applied; reads
-//! on any node pass a read barrier (raft's ReadIndex) first, so they see every write
-//! acknowledged before them. Then the leader crashes, the other two elect a new one and
-//! carry on.
+//! ```text
+//! # a single-node register
+//! cargo run -p craft-kv --example register -- server 1 1 127.0.0.1:8080
+//! # three nodes: every instance gets every peer as <id> <address>
+//! cargo run -p craft-kv --example register -- server 1 1 127.0.0.1:8080 2 127.0.0.1:8082 3 127.0.0.1:8084
+//! cargo run -p craft-kv --example register -- client 127.0.0.1:8080 put hello
+//! cargo run -p craft-kv --example register -- client 127.0.0.1:8082 get
+//! ```
 //!
-//! `cargo run -p craft-kv --example register`
+//! A node serves HTTP on its address (`GET /`, `PUT /`, so curl works too) and raft on
+//! the next port; its log is kept in `./craft-register-<id>`.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
 
-use common::{DemoNode, LocalCluster};
-use craft_core::raft::eraftpb::Snapshot;
-use craft_core::{Committed, CommittedKind, StateMachine};
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use common::register::Register;
+use common::server::{call, parse_addr, serve, Node};
 
-/// The register's state: how many writes it has seen, and the last one.
-type Cell = Arc<Mutex<(u64, Option<String>)>>;
-
-/// A state machine holding one string; every command overwrites it.
-#[derive(Default)]
-struct Register {
-    /// Shared with the demo, which reads it after a read barrier.
-    cell: Cell,
-}
-
-impl StateMachine for Register {
-    /// The version after the write.
-    type Response = u64;
-
-    fn apply(&mut self, entry: &Committed) -> impl Future<Output = u64> + Send {
-        let mut cell = self.cell.lock().unwrap_or_else(|e| e.into_inner());
-        if let CommittedKind::Normal { data, .. } = &entry.kind {
-            cell.0 += 1;
-            cell.1 = Some(String::from_utf8_lossy(data).into_owned());
-        }
-        std::future::ready(cell.0)
-    }
-
-    fn snapshot(&mut self) -> Vec<u8> {
-        let cell = self.cell.lock().unwrap_or_else(|e| e.into_inner());
-        serde_json::to_vec(&*cell).unwrap_or_default()
-    }
-
-    fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {
-        let result = if snapshot.data.is_empty() {
-            Ok((0, None))
-        } else {
-            serde_json::from_slice(&snapshot.data).map_err(|e| e.to_string())
-        };
-        std::future::ready(result.map(|restored| {
-            *self.cell.lock().unwrap_or_else(|e| e.into_inner()) = restored;
-        }))
-    }
-}
-
-async fn read_everywhere(
-    nodes: &[DemoNode<u64>],
-    cells: &BTreeMap<u64, Cell>,
-) -> anyhow::Result<()> {
-    for node in nodes {
-        let applied = node.handle.read_barrier().await?;
-        let (version, value) = cells[&node.id]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        println!(
-            "  node {} reads {value:?} (version {version}, applied index {applied})",
-            node.id
-        );
-    }
-    Ok(())
-}
+const USAGE: &str = "usage:
+  register server <id> (<peer id> <peer address>)...
+  register client <address> get
+  register client <address> put <value>";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut cells = BTreeMap::new();
-    let mut cluster = LocalCluster::start(&[1, 2, 3], |id| {
-        let register = Register::default();
-        cells.insert(id, register.cell.clone());
-        register
-    })
-    .await?;
-
-    let leader = cluster.leader().await?;
-    let first_leader = leader.id;
-    println!(
-        "node {} leads, term {}",
-        leader.id,
-        leader.handle.status().term
-    );
-    for value in ["red", "green", "blue"] {
-        let version = leader.handle.propose(value.into()).await?;
-        println!(
-            "  wrote {value:?} through node {}: version {version}",
-            leader.id
-        );
-    }
-    if let Some(follower) = cluster.nodes.iter().find(|n| n.id != first_leader) {
-        match follower.handle.propose(b"purple".to_vec()).await {
-            Err(e) => println!("  node {} refuses a write: {e}", follower.id),
-            Ok(v) => anyhow::bail!("follower {} accepted a write (version {v})", follower.id),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["server", id, peers @ ..] if !peers.is_empty() && peers.len() % 2 == 0 => {
+            let id: u64 = id
+                .parse()
+                .with_context(|| format!("{id:?} is not a node id"))?;
+            let mut members = BTreeMap::new();
+            for pair in peers.chunks(2) {
+                let peer: u64 = pair[0]
+                    .parse()
+                    .with_context(|| format!("{:?} is not a node id", pair[0]))?;
+                members.insert(peer, parse_addr(pair[1])?);
+            }
+            let register = Register::default();
+            let cell = register.cell.clone();
+            serve("register", id, members, register, move |node| {
+                axum::Router::new()
+                    .route("/", get(read).put(write))
+                    .with_state((node, cell))
+            })
+            .await
         }
+        ["client", addr, "get"] => {
+            println!(
+                "{}",
+                call(Method::GET, addr, "/", Bytes::new()).await?.trim()
+            );
+            Ok(())
+        }
+        ["client", addr, "put", value] => {
+            let body = Bytes::from(value.to_string());
+            println!("{}", call(Method::PUT, addr, "/", body).await?.trim());
+            Ok(())
+        }
+        _ => anyhow::bail!("{USAGE}"),
     }
-    read_everywhere(&cluster.nodes, &cells).await?;
+}
 
-    println!("node {first_leader} crashes");
-    cluster.crash(first_leader).await?;
-    let leader = cluster.leader().await?;
-    println!(
-        "node {} leads, term {}",
-        leader.id,
-        leader.handle.status().term
-    );
-    let version = leader.handle.propose(b"yellow".to_vec()).await?;
-    println!(
-        "  wrote \"yellow\" through node {}: version {version}",
-        leader.id
-    );
-    read_everywhere(&cluster.nodes, &cells).await?;
+type AppState = (Node<u64>, common::register::Cell);
 
-    cluster.stop().await?;
-    println!("done");
-    Ok(())
+async fn read(State((node, cell)): State<AppState>) -> Response {
+    if let Err(e) = node.raft.read_barrier().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
+    }
+    let (version, value) = cell.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    format!("{} (version {version})\n", value.unwrap_or_default()).into_response()
+}
+
+async fn write(State((node, _)): State<AppState>, body: Bytes) -> Response {
+    if let Some(redirect) = node.not_leader("/") {
+        return redirect;
+    }
+    match node.raft.propose(body.to_vec()).await {
+        Ok(version) => format!("ok (version {version})\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
 }

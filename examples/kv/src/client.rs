@@ -72,7 +72,31 @@ impl ApiClient {
         path: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), CallError> {
-        match tokio::time::timeout(self.timeout, self.post_now(addr, path, body)).await {
+        self.request(Method::POST, addr, path, body).await
+    }
+
+    /// `{method} http(s)://{addr}{path}` with `body` and the [`FORWARDED`] header; the
+    /// status and (at most 1 MiB of) the reply body.
+    pub async fn request(
+        &self,
+        method: Method,
+        addr: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        let (status, body, _) = self.request_with_location(method, addr, path, body).await?;
+        Ok((status, body))
+    }
+
+    /// [`ApiClient::request`], with the answer's `Location` header (of a redirect).
+    pub async fn request_with_location(
+        &self,
+        method: Method,
+        addr: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes, Option<String>), CallError> {
+        match tokio::time::timeout(self.timeout, self.request_now(method, addr, path, body)).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Timeout {
                 addr: addr.to_string(),
@@ -81,18 +105,19 @@ impl ApiClient {
         }
     }
 
-    async fn post_now(
+    async fn request_now(
         &self,
+        method: Method,
         addr: &str,
         path: &str,
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes), CallError> {
+    ) -> Result<(StatusCode, Bytes, Option<String>), CallError> {
         let fail = |reason: String| CallError::Connection {
             addr: addr.to_string(),
             reason,
         };
         let request = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header(header::HOST, addr)
             .header(header::CONTENT_TYPE, "application/json")
@@ -122,7 +147,10 @@ impl ApiClient {
     }
 }
 
-async fn send<IO>(io: IO, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
+async fn send<IO>(
+    io: IO,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes, Option<String>), String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -138,10 +166,15 @@ where
         .await
         .map_err(|e| e.to_string())?;
     let status = reply.status();
+    let location = reply
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_string);
     let body = Limited::new(reply.into_body(), MAX_REPLY_BYTES)
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok((status, body))
+    Ok((status, body, location))
 }

@@ -1,0 +1,77 @@
+//! The hashmap demo's state machine: a `HashMap<String, serde_json::Value>` changed by
+//! JSON commands.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use craft_core::raft::eraftpb::Snapshot;
+use craft_core::{Committed, CommittedKind, StateMachine};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A change to the map.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Sets `key` to `value`.
+    Insert {
+        /// The key.
+        key: String,
+        /// Any JSON value.
+        value: Value,
+    },
+    /// Removes `key`.
+    Remove {
+        /// The key.
+        key: String,
+    },
+}
+
+/// The replicated map, shared with the demo for reads.
+pub type Map = Arc<Mutex<HashMap<String, Value>>>;
+
+/// A state machine over a `HashMap<String, serde_json::Value>`.
+#[derive(Default)]
+pub struct JsonMap {
+    /// The map.
+    pub map: Map,
+}
+
+impl StateMachine for JsonMap {
+    /// The value the key held before, or an error for an undecodable command.
+    type Response = Result<Option<Value>, String>;
+
+    fn apply(&mut self, entry: &Committed) -> impl Future<Output = Self::Response> + Send {
+        let result = match &entry.kind {
+            CommittedKind::Normal { data, .. } => match serde_json::from_slice::<Op>(data) {
+                Ok(op) => {
+                    let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+                    Ok(match op {
+                        Op::Insert { key, value } => map.insert(key, value),
+                        Op::Remove { key } => map.remove(&key),
+                    })
+                }
+                Err(e) => Err(format!("entry {}: {e}", entry.index)),
+            },
+            _ => Ok(None),
+        };
+        std::future::ready(result)
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_vec(&*map).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {
+        let result = if snapshot.data.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            serde_json::from_slice(&snapshot.data).map_err(|e| e.to_string())
+        };
+        std::future::ready(result.map(|restored| {
+            *self.map.lock().unwrap_or_else(|e| e.into_inner()) = restored;
+        }))
+    }
+}

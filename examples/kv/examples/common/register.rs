@@ -1,0 +1,48 @@
+//! The register demo's state machine: one string, overwritten by every write, with a
+//! version counting the writes.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use craft_core::raft::eraftpb::Snapshot;
+use craft_core::{Committed, CommittedKind, StateMachine};
+
+/// The register's state: how many writes it has seen, and the last one.
+pub type Cell = Arc<Mutex<(u64, Option<String>)>>;
+
+/// A state machine holding one string; every command overwrites it.
+#[derive(Default)]
+pub struct Register {
+    /// Shared with the demo, which reads it after a read barrier.
+    pub cell: Cell,
+}
+
+impl StateMachine for Register {
+    /// The version after the write.
+    type Response = u64;
+
+    fn apply(&mut self, entry: &Committed) -> impl Future<Output = u64> + Send {
+        let mut cell = self.cell.lock().unwrap_or_else(|e| e.into_inner());
+        if let CommittedKind::Normal { data, .. } = &entry.kind {
+            cell.0 += 1;
+            cell.1 = Some(String::from_utf8_lossy(data).into_owned());
+        }
+        std::future::ready(cell.0)
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        let cell = self.cell.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_vec(&*cell).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {
+        let result = if snapshot.data.is_empty() {
+            Ok((0, None))
+        } else {
+            serde_json::from_slice(&snapshot.data).map_err(|e| e.to_string())
+        };
+        std::future::ready(result.map(|restored| {
+            *self.cell.lock().unwrap_or_else(|e| e.into_inner()) = restored;
+        }))
+    }
+}
