@@ -4,6 +4,19 @@
 //! own controller and commits it (empty proof). The state is the chain's
 //! `ConsensusConfiguration` (height, block interval, validators); snapshot data is that
 //! configuration, encoded, as the existing raft service expects.
+//!
+//! An entry counts as applied only once the controller has its block: `CheckProposal`
+//! and `CommitBlock` succeeded, or the controller's own height reached the block's
+//! (it synced the block from its peers). A refusal or an error is retried with backoff on
+//! the apply task, never skipped, so raft's applied index never runs ahead of the chain.
+//!
+//! The snapshot is not a pure function of the log, and cannot be: the configuration
+//! (validators, block interval) is computed by the controller, which is the chain's
+//! source of truth. What it holds is the controller's configuration after every block up
+//! to the snapshot's index, or a newer one if the controller synced further. Both are
+//! the chain's state at some height at or above the snapshot's, which is all a
+//! restoring node needs: [`StateMachine::restore`] keeps whichever view is newer, and the
+//! controller, not the snapshot, decides the next height.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,7 +35,9 @@ use crate::metrics::Metrics;
 pub enum BlockOutcome {
     /// The block at this height was committed to the controller.
     Committed(u64),
-    /// Nothing to commit (not a block, already committed, or refused); the reason.
+    /// Nothing to commit: not a block, or the controller already has a block at this
+    /// height (committed before, or synced from its peers); the reason. A block the
+    /// controller refuses is never skipped: it is retried until it is taken or synced.
     Skipped(&'static str),
 }
 
@@ -145,64 +160,99 @@ impl<C: Controller> BlockStateMachine<C> {
             Some(handle) => handle.await.ok().and_then(Result::ok),
             None => None,
         };
-        let checked = match early {
-            Some(ok) => Ok(ok),
-            None => {
-                let timer = self.metrics.check_latency.start_timer();
-                let checked = retry(
-                    "CheckProposal",
-                    &self.backoff,
-                    ControllerError::is_transient,
-                    || controller.check_proposal(proposal.clone()),
-                )
-                .await;
-                timer.observe_duration();
-                checked
-            }
-        };
-        match checked {
-            Ok(true) => {}
-            Ok(false) => {
+        // A block raft committed is never skipped: it is applied only once this node's
+        // controller has it, either through this CheckProposal and CommitBlock, or by
+        // syncing it from its peers (its height reaches the block's). Until then the
+        // apply task waits and retries; raft keeps running.
+        let mut attempt = 0u32;
+        let mut early = early;
+        loop {
+            let checked = match early.take() {
+                Some(ok) => Ok(ok),
+                None => {
+                    let timer = self.metrics.check_latency.start_timer();
+                    let checked = retry(
+                        "CheckProposal",
+                        &self.backoff,
+                        ControllerError::is_transient,
+                        || controller.check_proposal(proposal.clone()),
+                    )
+                    .await;
+                    timer.observe_duration();
+                    checked
+                }
+            };
+            let refused = match checked {
+                Ok(true) => {
+                    match retry(
+                        "CommitBlock",
+                        &self.backoff,
+                        ControllerError::is_transient,
+                        || controller.commit_block(proposal.clone()),
+                    )
+                    .await
+                    {
+                        Ok(new_config) => {
+                            let h = proposal.height;
+                            tracing::debug!(
+                                height = h,
+                                index,
+                                validators = new_config.validators.len(),
+                                "block committed"
+                            );
+                            self.metrics.height.set(new_config.height as i64);
+                            self.metrics
+                                .last_commit_latency_us
+                                .set(started.elapsed().as_micros() as i64);
+                            self.config.send_replace(new_config);
+                            return BlockOutcome::Committed(h);
+                        }
+                        Err(e) => format!("CommitBlock refused: {e}"),
+                    }
+                }
+                Ok(false) => "CheckProposal rejected it".to_string(),
+                Err(e) => format!("CheckProposal failed: {e}"),
+            };
+            attempt += 1;
+            if attempt == 1 || attempt.is_power_of_two() {
                 tracing::warn!(
                     index,
                     height = proposal.height,
-                    "controller rejected a committed proposal; waiting for it to sync"
+                    attempt,
+                    reason = %refused,
+                    "committed block not applied yet: waiting for the controller to take it or sync it"
                 );
-                return BlockOutcome::Skipped("rejected by CheckProposal");
             }
-            Err(e) => {
-                tracing::warn!(index, height = proposal.height, error = %e, "CheckProposal failed");
-                return BlockOutcome::Skipped("CheckProposal failed");
+            if let Some(outcome) = self.synced_past(&proposal, attempt).await {
+                return outcome;
             }
         }
-        let committed = retry(
-            "CommitBlock",
-            &self.backoff,
-            ControllerError::is_transient,
-            || controller.commit_block(proposal.clone()),
-        )
-        .await;
-        match committed {
-            Ok(new_config) => {
-                let h = proposal.height;
-                tracing::debug!(
-                    height = h,
-                    index,
-                    validators = new_config.validators.len(),
-                    "block committed"
-                );
-                self.metrics.height.set(new_config.height as i64);
-                self.metrics
-                    .last_commit_latency_us
-                    .set(started.elapsed().as_micros() as i64);
-                self.config.send_replace(new_config);
-                BlockOutcome::Committed(h)
-            }
-            Err(e) => {
-                tracing::warn!(index, height = proposal.height, error = %e, "CommitBlock refused");
-                BlockOutcome::Skipped("CommitBlock refused")
+    }
+
+    /// After a refused attempt: waits a backoff (or until the configuration changes),
+    /// then asks the controller where it is. `Some` once its height has reached the
+    /// proposal's: another node's block at that height was synced into it.
+    async fn synced_past(&self, proposal: &Proposal, attempt: u32) -> Option<BlockOutcome> {
+        let mut changes = self.config.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(self.backoff.delay(attempt)) => {}
+            _ = changes.changed() => {}
+        }
+        if let Ok(current) = self.controller.ping().await {
+            if current.height > self.config.borrow().height {
+                self.metrics.height.set(current.height as i64);
+                self.config.send_replace(current);
             }
         }
+        let height = self.config.borrow().height;
+        (height >= proposal.height).then(|| {
+            tracing::info!(
+                height = proposal.height,
+                controller = height,
+                "the controller synced past the block; applied"
+            );
+            BlockOutcome::Skipped("synced by the controller")
+        })
     }
 }
 
@@ -239,5 +289,134 @@ impl<C: Controller> StateMachine for BlockStateMachine<C> {
         });
         self.metrics.height.set(self.config.borrow().height as i64);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use craft_controller::PING_HEIGHT;
+
+    use super::*;
+
+    /// A controller whose `CheckProposal` answers come from a script (then `true`), and
+    /// whose height can be moved as if it synced blocks from its peers.
+    #[derive(Default)]
+    struct Scripted {
+        checks: Mutex<VecDeque<Result<bool, ControllerError>>>,
+        commits: Mutex<VecDeque<Result<(), ControllerError>>>,
+        height: Mutex<u64>,
+        committed: Mutex<Vec<u64>>,
+    }
+
+    impl Scripted {
+        fn config(&self) -> ConsensusConfiguration {
+            ConsensusConfiguration {
+                height: *self.height.lock().unwrap(),
+                ..Default::default()
+            }
+        }
+    }
+
+    impl Controller for Scripted {
+        async fn get_proposal(&self) -> Result<Proposal, ControllerError> {
+            Err(ControllerError::Unavailable("not used".into()))
+        }
+
+        async fn check_proposal(&self, _: Proposal) -> Result<bool, ControllerError> {
+            self.checks.lock().unwrap().pop_front().unwrap_or(Ok(true))
+        }
+
+        async fn commit_block(
+            &self,
+            proposal: Proposal,
+        ) -> Result<ConsensusConfiguration, ControllerError> {
+            if proposal.height != PING_HEIGHT {
+                self.commits.lock().unwrap().pop_front().unwrap_or(Ok(()))?;
+                *self.height.lock().unwrap() = proposal.height;
+                self.committed.lock().unwrap().push(proposal.height);
+            }
+            Ok(self.config())
+        }
+    }
+
+    fn machine(controller: &Arc<Scripted>) -> BlockStateMachine<Scripted> {
+        let config = Arc::new(watch::Sender::new(ConsensusConfiguration::default()));
+        BlockStateMachine::new(
+            controller.clone(),
+            config,
+            Metrics::new(&[0.001, 0.01]).unwrap(),
+            PreCheckSlot::default(),
+        )
+    }
+
+    fn block(height: u64) -> Vec<u8> {
+        Proposal {
+            height,
+            data: vec![7; 8],
+        }
+        .encode_to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_or_failed_check_is_retried_until_the_block_is_committed() {
+        let controller = Arc::new(Scripted::default());
+        controller.checks.lock().unwrap().extend([
+            Ok(false),
+            Err(ControllerError::Status {
+                call: "CheckProposal",
+                code: 1,
+            }),
+            Err(ControllerError::Unavailable("restarting".into())),
+            Ok(false),
+        ]);
+        controller
+            .commits
+            .lock()
+            .unwrap()
+            .extend([Err(ControllerError::Status {
+                call: "CommitBlock",
+                code: 1,
+            })]);
+        let mut sm = machine(&controller);
+        assert_eq!(
+            sm.apply_block(5, &block(1)).await,
+            BlockOutcome::Committed(1)
+        );
+        assert_eq!(*controller.committed.lock().unwrap(), vec![1]);
+        assert!(controller.checks.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_block_the_controller_keeps_refusing_waits_until_it_syncs_past_it() {
+        let controller = Arc::new(Scripted::default());
+        controller
+            .checks
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(Ok(false), 10_000));
+        let mut sm = machine(&controller);
+        let entry = block(1);
+        let apply = sm.apply_block(9, &entry);
+        tokio::pin!(apply);
+        // An hour of (virtual) refusals: still not applied.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), &mut apply)
+                .await
+                .is_err(),
+            "a refused block must not be skipped"
+        );
+        // The controller syncs height 1 from its peers: now it is applied, not committed
+        // a second time.
+        *controller.height.lock().unwrap() = 1;
+        assert_eq!(
+            apply.await,
+            BlockOutcome::Skipped("synced by the controller")
+        );
+        assert!(controller.committed.lock().unwrap().is_empty());
     }
 }
