@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::error::{Error, ProposeError};
+use crate::read::ReadContexts;
 use crate::replica::{Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
@@ -252,6 +253,7 @@ where
     let applier =
         tokio::spawn(apply_loop(state_machine, jobs_rx, done_tx).instrument(span.clone()));
     let sm_applied = replica.applied_index();
+    let replica_id = replica.id();
     let mut task = Driver {
         replica,
         transport,
@@ -266,7 +268,7 @@ where
         conf_changes: VecDeque::new(),
         reads: HashMap::new(),
         ready_reads: Vec::new(),
-        next_read: 0,
+        read_contexts: ReadContexts::new(replica_id),
     };
     task.publish_status();
     let join = tokio::spawn(
@@ -377,13 +379,15 @@ struct Driver<S: LogStore, R, T> {
     sm_applied: u64,
     proposals: VecDeque<Pending<R>>,
     conf_changes: VecDeque<Pending<ConfState>>,
-    /// Read requests sent to raft, by context, with the time they were made. Raft drops
-    /// a read silently when there is no leader; such reads expire after the proposal
-    /// timeout (their callers gave up by then).
+    /// Read requests sent to raft, by the sequence number of their context, with the
+    /// time they were made. Raft drops a read silently when there is no leader; such
+    /// reads expire after the proposal timeout (their callers gave up by then).
     reads: HashMap<u64, (Instant, oneshot::Sender<Result<u64, ProposeError>>)>,
     /// Reads with a known read index, waiting for apply to reach it.
     ready_reads: Vec<(u64, oneshot::Sender<Result<u64, ProposeError>>)>,
-    next_read: u64,
+    /// Contexts of this run's reads: unique across nodes and restarts, so an answer to
+    /// another node's read, or to a read of an earlier run, completes none of ours.
+    read_contexts: ReadContexts,
 }
 
 impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
@@ -483,10 +487,9 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 }
             }
             Command::ReadIndex { reply } => {
-                self.next_read += 1;
-                let ctx = self.next_read;
-                self.reads.insert(ctx, (Instant::now(), reply));
-                self.replica.read_index(ctx.to_be_bytes().to_vec());
+                let (seq, ctx) = self.read_contexts.issue();
+                self.reads.insert(seq, (Instant::now(), reply));
+                self.replica.read_index(ctx);
             }
             Command::TransferLeader(to) => self.replica.transfer_leader(to),
             Command::Campaign => {
@@ -531,10 +534,16 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
             });
         }
         for rs in out.read_states {
-            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            // Only an answer to one of this run's own requests completes a read.
+            let Some(seq) = self.read_contexts.recognise(&rs.request_ctx) else {
+                tracing::debug!(
+                    index = rs.index,
+                    context_len = rs.request_ctx.len(),
+                    "read answer for a request this run did not make; ignored"
+                );
                 continue;
             };
-            if let Some((_, reply)) = self.reads.remove(&u64::from_be_bytes(ctx)) {
+            if let Some((_, reply)) = self.reads.remove(&seq) {
                 self.ready_reads.push((rs.index, reply));
             }
         }

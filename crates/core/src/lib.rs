@@ -38,6 +38,7 @@ mod driver;
 mod error;
 pub mod gate;
 pub mod logging;
+mod read;
 mod replica;
 mod state_machine;
 mod storage;
@@ -47,6 +48,7 @@ mod transport;
 
 pub use driver::{start, DriverConfig, NodeHandle, NodeStatus, Role};
 pub use error::{Error, ProposeError};
+pub use read::ReadContexts;
 pub use replica::{
     Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig, RoleChange,
 };

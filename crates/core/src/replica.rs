@@ -402,6 +402,10 @@ impl<S: LogStore> Replica<S> {
 
     /// Starts a linearizable read. The answer arrives as a [`ReadState`] carrying `ctx`
     /// in a later [`ReadyOutput::read_states`].
+    ///
+    /// `ctx` must be unique across the cluster and across restarts: the leader drops a
+    /// request whose context it already has pending, and an answer is matched to its
+    /// request by context alone. [`crate::ReadContexts`] issues such contexts.
     pub fn read_index(&mut self, ctx: Vec<u8>) {
         self.raw.read_index(ctx);
     }
