@@ -1,12 +1,14 @@
 //! The async driver: runs a [`Replica`] on tokio.
 //!
-//! Two tasks. The raft task owns the replica: it ticks on a timer, takes every command
-//! and peer message that is already waiting (so proposals that arrive together share
-//! one Ready and one fsync), handles the Ready and hands committed entries to the apply
-//! task. The apply task owns the state machine and applies entries in log order; a
-//! slow application (a controller taking seconds per call) therefore never stops ticks,
-//! heartbeats or votes. Each proposer is answered when its own entry is applied; local
-//! snapshots are taken on the apply task and written with the next Ready.
+//! Three tasks. The raft task owns the replica: it ticks on a timer, takes every
+//! command and peer message that is already waiting (so proposals that arrive together
+//! share one Ready and one fsync), handles the Ready and hands committed entries to the
+//! apply task. The apply task owns the state machine and applies entries in log order;
+//! a slow application (a controller taking seconds per call) therefore never stops
+//! ticks, heartbeats or votes. Each proposer is answered when its own entry is applied.
+//! A local snapshot is captured on the apply task between two entries
+//! ([`StateMachine::snapshot`]); the snapshot task serialises it on a blocking thread
+//! while both other tasks go on, and the raft task writes it with the next Ready.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -21,7 +23,7 @@ use tracing::Instrument;
 use crate::error::{Error, ProposeError};
 use crate::read::ReadContexts;
 use crate::replica::{Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{SnapshotJob, StateMachine};
 use crate::storage::LogStore;
 use crate::transport::Transport;
 
@@ -250,8 +252,12 @@ where
     let span = tracing::info_span!("raft", node_id = replica.id());
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let applier =
-        tokio::spawn(apply_loop(state_machine, jobs_rx, done_tx).instrument(span.clone()));
+    let (captures_tx, captures_rx) = mpsc::unbounded_channel();
+    let snapshotter =
+        tokio::spawn(snapshot_loop(captures_rx, done_tx.clone()).instrument(span.clone()));
+    let applier = tokio::spawn(
+        apply_loop(state_machine, jobs_rx, done_tx, captures_tx).instrument(span.clone()),
+    );
     let sm_applied = replica.applied_index();
     let replica_id = replica.id();
     let mut task = Driver {
@@ -275,6 +281,8 @@ where
         async move {
             let result = task.run(shutdown).await;
             applier.abort();
+            // A serialisation already running on a blocking thread finishes unheard.
+            snapshotter.abort();
             result
         }
         .instrument(span),
@@ -286,8 +294,8 @@ where
 enum Job {
     /// Restore the state machine from a snapshot received from the leader.
     Restore(Snapshot),
-    /// Apply these entries; when `snapshot` is set, snapshot the state machine after
-    /// the last of them (whose membership it gives).
+    /// Apply these entries; when `snapshot` is set, capture a snapshot of the state
+    /// machine after the last of them (whose membership it gives).
     Apply {
         committed: Vec<Committed>,
         snapshot: Option<ConfState>,
@@ -301,22 +309,38 @@ enum Outcome<R> {
     Empty,
 }
 
-/// The apply task's report of one job.
+/// The apply task's (and the snapshot task's) report of one job.
 enum Done<R> {
     Restored(u64),
     Applied {
         results: Vec<(u64, u64, Outcome<R>)>,
+        /// A snapshot that was ready at once ([`SnapshotJob::ready`]).
         snapshot: Option<(u64, ConfState, Vec<u8>)>,
     },
+    /// The snapshot task serialised the state captured after entry `index`.
+    Snapshot {
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    },
     Failed(Error),
+}
+
+/// A snapshot captured after entry `index`, waiting to be serialised.
+struct Capture {
+    index: u64,
+    conf_state: ConfState,
+    job: SnapshotJob,
 }
 
 async fn apply_loop<M: StateMachine>(
     mut sm: M,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     done: mpsc::UnboundedSender<Done<M::Response>>,
+    captures: mpsc::UnboundedSender<Capture>,
 ) {
     while let Some(job) = jobs.recv().await {
+        let mut capture = None;
         let report = match job {
             Job::Restore(snapshot) => {
                 let index = snapshot.get_metadata().index;
@@ -328,7 +352,7 @@ async fn apply_loop<M: StateMachine>(
             }
             Job::Apply {
                 committed,
-                snapshot,
+                snapshot: snapshot_at,
             } => {
                 let mut results = Vec::with_capacity(committed.len());
                 for entry in &committed {
@@ -345,15 +369,83 @@ async fn apply_loop<M: StateMachine>(
                     };
                     results.push((entry.index, entry.term, outcome));
                 }
-                let snapshot = match (snapshot, committed.last()) {
-                    (Some(cs), Some(last)) => Some((last.index, cs, sm.snapshot())),
-                    _ => None,
-                };
+                let mut snapshot = None;
+                if let (Some(conf_state), Some(last)) = (snapshot_at, committed.last()) {
+                    let job = sm.snapshot();
+                    if job.is_ready() {
+                        match job.run() {
+                            Ok(data) => snapshot = Some((last.index, conf_state, data)),
+                            Err(e) => {
+                                tracing::warn!(index = last.index, error = %e, "state machine snapshot failed; log kept")
+                            }
+                        }
+                    } else {
+                        capture = Some(Capture {
+                            index: last.index,
+                            conf_state,
+                            job,
+                        });
+                    }
+                }
                 Done::Applied { results, snapshot }
             }
         };
         let failed = matches!(report, Done::Failed(_));
         if done.send(report).is_err() || failed {
+            return;
+        }
+        // Handed over after the report of the entries it follows, so the raft task
+        // knows them applied before the snapshot's bytes arrive.
+        if let Some(capture) = capture {
+            let _ = captures.send(capture);
+        }
+    }
+}
+
+/// Serialises captured snapshots one at a time on a blocking thread, newest first: a
+/// capture overtaken by a newer one before its turn is dropped unrun.
+async fn snapshot_loop<R>(
+    mut captures: mpsc::UnboundedReceiver<Capture>,
+    done: mpsc::UnboundedSender<Done<R>>,
+) {
+    while let Some(mut capture) = captures.recv().await {
+        while let Ok(newer) = captures.try_recv() {
+            tracing::debug!(
+                index = capture.index,
+                newer = newer.index,
+                "snapshot overtaken before it was serialised"
+            );
+            capture = newer;
+        }
+        let Capture {
+            index,
+            conf_state,
+            job,
+        } = capture;
+        let started = Instant::now();
+        let data = match tokio::task::spawn_blocking(move || job.run()).await {
+            Ok(Ok(data)) => data,
+            Ok(Err(e)) => {
+                tracing::warn!(index, error = %e, "state machine snapshot failed; log kept");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(index, error = %e, "state machine snapshot panicked; log kept");
+                continue;
+            }
+        };
+        tracing::debug!(
+            index,
+            bytes = data.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state machine snapshot serialised"
+        );
+        let report = Done::Snapshot {
+            index,
+            conf_state,
+            data,
+        };
+        if done.send(report).is_err() {
             return;
         }
     }
@@ -578,6 +670,22 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 self.replica.advance_apply(self.sm_applied);
                 if let Some((index, cs, data)) = snapshot {
                     self.replica.stage_snapshot(index, cs, data)?;
+                }
+            }
+            Done::Snapshot {
+                index,
+                conf_state,
+                data,
+            } => {
+                // The entries it follows were reported applied before it was captured.
+                if index > self.replica.applied_index() {
+                    tracing::warn!(
+                        index,
+                        applied = self.replica.applied_index(),
+                        "snapshot ahead of the applied index; dropped"
+                    );
+                } else {
+                    self.replica.stage_snapshot(index, conf_state, data)?;
                 }
             }
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use craft_core::raft::eraftpb::{Message, MessageType, Snapshot};
 use craft_core::{
     make_snapshot, start, voters, Committed, DriverConfig, Error, LogStore, MemLogStore,
-    NodeHandle, ReplicaConfig, Role, StateMachine, Transport,
+    NodeHandle, ReplicaConfig, Role, SnapshotJob, StateMachine, Transport,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -36,8 +36,8 @@ impl StateMachine for Echo {
         entry.index
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        self.applied.to_be_bytes().to_vec()
+    fn snapshot(&mut self) -> SnapshotJob {
+        SnapshotJob::ready(self.applied.to_be_bytes().to_vec())
     }
 
     async fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {
@@ -309,4 +309,141 @@ async fn a_read_answer_from_an_earlier_run_does_not_complete_a_new_read() {
     }
     let at = at.expect("node f never served a read after reconnecting");
     assert!(at >= written, "read at {at} misses writes up to {written}");
+}
+
+/// A gate a snapshot serialisation waits at until the test opens it. Dropping the
+/// guard opens it too, so a failing test never leaves a thread blocked.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<GateState>, std::sync::Condvar)>);
+
+#[derive(Default)]
+struct GateState {
+    open: bool,
+    waiting: u32,
+}
+
+impl Gate {
+    /// Blocks the calling thread until the gate is open.
+    fn pass(&self) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        state.waiting += 1;
+        cv.notify_all();
+        while !state.open {
+            state = cv.wait(state).unwrap();
+        }
+    }
+
+    /// How many have arrived at the gate so far.
+    fn arrived(&self) -> u32 {
+        self.0 .0.lock().unwrap().waiting
+    }
+
+    fn open(&self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().open = true;
+        cv.notify_all();
+    }
+}
+
+/// Opens the gate when dropped.
+struct OpenOnDrop(Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// Like [`Echo`], but serialising a snapshot waits at a [`Gate`].
+struct SlowSnapshots {
+    applied: u64,
+    gate: Gate,
+}
+
+impl StateMachine for SlowSnapshots {
+    type Response = u64;
+
+    async fn apply(&mut self, entry: &Committed) -> u64 {
+        self.applied = entry.index;
+        entry.index
+    }
+
+    fn snapshot(&mut self) -> SnapshotJob {
+        let (applied, gate) = (self.applied, self.gate.clone());
+        SnapshotJob::new(move || {
+            gate.pass();
+            Ok(applied.to_be_bytes().to_vec())
+        })
+    }
+
+    async fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        self.applied = snapshot.get_metadata().index;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_commit_while_a_snapshot_is_being_serialised() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let sm_gate = gate.clone();
+    let c = Cluster::start_with(
+        1,
+        |id| {
+            let mut config = ReplicaConfig::new(id);
+            config.snapshot_interval = 3;
+            config.log_retain = 1;
+            config
+        },
+        move || SlowSnapshots {
+            applied: 0,
+            gate: sm_gate.clone(),
+        },
+    )
+    .await;
+    let h = c.handle(1);
+    h.campaign().await.unwrap();
+    let mut index = 0;
+    // Entries up to the snapshot interval: a snapshot starts and blocks at the gate.
+    for _ in 0..50 {
+        if gate.arrived() > 0 {
+            break;
+        }
+        if let Ok(i) = h.propose(b"before".to_vec()).await {
+            index = i;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gate.arrived() > 0, "no snapshot was started");
+    // While it is held there, proposals still commit and are answered.
+    for n in 0..5 {
+        let answer = h.propose(b"during".to_vec()).await;
+        assert!(
+            matches!(answer, Ok(i) if i > index),
+            "proposal {n} while the snapshot is serialised: {answer:?}"
+        );
+        index = answer.unwrap();
+    }
+    // Let go, the snapshot is saved and the log compacted behind it.
+    gate.open();
+    let store = c.stores[&1].clone();
+    for _ in 0..100 {
+        if store.latest_snapshot().unwrap().get_metadata().index > 1 {
+            break;
+        }
+        // A write is what carries a staged snapshot to the store.
+        let _ = h.propose(b"after".to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = store.latest_snapshot().unwrap();
+    assert!(
+        snap.get_metadata().index > 1,
+        "the snapshot was never saved"
+    );
+    assert_eq!(
+        snap.data,
+        snap.get_metadata().index.to_be_bytes().to_vec(),
+        "the snapshot's data must be the state at its index"
+    );
 }
