@@ -15,7 +15,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfChangeV2, ConfState, Message, Snapshot};
-use raft::StateRole;
+use raft::{SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -25,7 +25,7 @@ use crate::read::ReadContexts;
 use crate::replica::{Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig};
 use crate::state_machine::{SnapshotJob, StateMachine};
 use crate::storage::LogStore;
-use crate::transport::Transport;
+use crate::transport::{SnapshotReporter, Transport};
 
 /// Tunables of the driver.
 #[derive(Debug, Clone)]
@@ -236,7 +236,10 @@ where
     M: StateMachine,
     T: Transport,
 {
-    let (replica, snapshot) = Replica::open(config, store)?;
+    let (mut replica, snapshot) = Replica::open(config, store)?;
+    let (reporter, snapshot_reports) = SnapshotReporter::channel();
+    let reported = transport.report_snapshots(reporter.clone());
+    replica.set_snapshots_reported(reported);
     if let Some(snap) = &snapshot {
         state_machine.restore(snap).await.map_err(Error::Restore)?;
     }
@@ -266,6 +269,8 @@ where
         config: driver,
         commands: cmd_rx,
         inbox: msg_rx,
+        snapshot_reports,
+        _reporter: reporter,
         status: status_tx,
         jobs: jobs_tx,
         done: done_rx,
@@ -462,6 +467,10 @@ struct Driver<S: LogStore, R, T> {
     config: DriverConfig,
     commands: mpsc::Receiver<Command<R>>,
     inbox: mpsc::Receiver<Message>,
+    /// How snapshots sent by the transport went, when it reports them.
+    snapshot_reports: mpsc::UnboundedReceiver<(u64, SnapshotStatus)>,
+    /// Keeps `snapshot_reports` open when the transport does not report.
+    _reporter: SnapshotReporter,
     status: watch::Sender<NodeStatus>,
     /// To the apply task.
     jobs: mpsc::UnboundedSender<Job>,
@@ -502,6 +511,12 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 },
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(msg) = self.inbox.recv() => self.on_message(msg),
+                Some((to, status)) = self.snapshot_reports.recv() => {
+                    self.on_snapshot_report(to, status)
+                }
+            }
+            while let Ok((to, status)) = self.snapshot_reports.try_recv() {
+                self.on_snapshot_report(to, status);
             }
             while let Ok(done) = self.done.try_recv() {
                 self.on_done(done)?;
@@ -544,6 +559,16 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 let _ = reply.send(Err(ProposeError::Timeout));
             }
         }
+    }
+
+    fn on_snapshot_report(&mut self, to: u64, status: SnapshotStatus) {
+        match status {
+            SnapshotStatus::Finish => tracing::debug!(to, "snapshot delivered"),
+            SnapshotStatus::Failure => {
+                tracing::info!(to, "snapshot not delivered; raft will send another")
+            }
+        }
+        self.replica.report_snapshot(to, status);
     }
 
     fn on_message(&mut self, msg: Message) {

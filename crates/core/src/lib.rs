@@ -58,7 +58,7 @@ pub use replica::{
 };
 pub use state_machine::{SnapshotJob, StateMachine};
 pub use storage::{make_snapshot, voters, LocalSnapshot, LogStore, LogWrite, MemLogStore};
-pub use transport::Transport;
+pub use transport::{SnapshotReporter, Transport};
 
 /// The `raft` crate this engine is built on, re-exported so users name the same types.
 pub use raft;

@@ -6,13 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use craft_core::raft::eraftpb::{Message, MessageType, Snapshot};
+use craft_core::raft::SnapshotStatus;
 use craft_core::{
     make_snapshot, start, voters, Committed, DriverConfig, Error, LogStore, MemLogStore,
-    NodeHandle, ReplicaConfig, Role, SnapshotJob, StateMachine, Transport,
+    NodeHandle, ReplicaConfig, Role, SnapshotJob, SnapshotReporter, StateMachine, Transport,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -63,6 +64,11 @@ struct Net {
     nodes: RwLock<HashMap<u64, NodeHandle<u64>>>,
     filter: RwLock<Option<Filter>>,
     held: Mutex<Vec<Message>>,
+    /// Whether the links report each snapshot: finished when delivered, failed when
+    /// the filter dropped it (or held it back).
+    report_snapshots: bool,
+    /// Snapshot messages that went through a link, with the report they got.
+    snapshots: Mutex<Vec<(u64, SnapshotStatus)>>,
 }
 
 impl Net {
@@ -80,24 +86,45 @@ impl Net {
 }
 
 /// One node's transport: into the shared [`Net`].
-struct Link(Arc<Net>);
+struct Link {
+    net: Arc<Net>,
+    reporter: OnceLock<SnapshotReporter>,
+}
 
 impl Transport for Link {
     fn send(&self, messages: Vec<Message>) {
-        let filter = self.0.filter.read().unwrap();
-        let nodes = self.0.nodes.read().unwrap();
+        let net = &self.net;
+        let filter = net.filter.read().unwrap();
+        let nodes = net.nodes.read().unwrap();
         for m in messages {
             let fate = filter.as_ref().map_or(Fate::Deliver, |f| f(&m));
-            match fate {
-                Fate::Deliver => {
-                    if let Some(h) = nodes.get(&m.to) {
-                        h.step(m);
-                    }
+            let to = m.to;
+            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let delivered = match fate {
+                Fate::Deliver => nodes.get(&to).is_some_and(|h| h.step(m)),
+                Fate::Drop => false,
+                Fate::Hold => {
+                    net.held.lock().unwrap().push(m);
+                    false
                 }
-                Fate::Drop => {}
-                Fate::Hold => self.0.held.lock().unwrap().push(m),
+            };
+            if let (true, Some(reporter)) = (snapshot, self.reporter.get()) {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                net.snapshots.lock().unwrap().push((to, status));
+                reporter.report(to, status);
             }
         }
+    }
+
+    fn report_snapshots(&self, reporter: SnapshotReporter) -> bool {
+        if self.net.report_snapshots {
+            let _ = self.reporter.set(reporter);
+        }
+        self.net.report_snapshots
     }
 }
 
@@ -129,8 +156,17 @@ impl<M: StateMachine<Response = u64>> Cluster<M> {
         config: impl Fn(u64) -> ReplicaConfig,
         make_sm: impl Fn() -> M + 'static,
     ) -> Self {
+        Self::start_on(Net::default(), n, config, make_sm).await
+    }
+
+    async fn start_on(
+        net: Net,
+        n: u64,
+        config: impl Fn(u64) -> ReplicaConfig,
+        make_sm: impl Fn() -> M + 'static,
+    ) -> Self {
         let mut c = Self {
-            net: Arc::new(Net::default()),
+            net: Arc::new(net),
             stores: HashMap::new(),
             nodes: HashMap::new(),
             make_sm: Box::new(make_sm),
@@ -159,7 +195,10 @@ impl<M: StateMachine<Response = u64>> Cluster<M> {
             driver,
             self.stores[&id].clone(),
             (self.make_sm)(),
-            Link(self.net.clone()),
+            Link {
+                net: self.net.clone(),
+                reporter: OnceLock::new(),
+            },
             async move {
                 let _ = stopped.await;
             },
@@ -445,5 +484,61 @@ async fn proposals_commit_while_a_snapshot_is_being_serialised() {
         snap.data,
         snap.get_metadata().index.to_be_bytes().to_vec(),
         "the snapshot's data must be the state at its index"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_the_transport_reports_failed_is_sent_again() {
+    let net = Net {
+        report_snapshots: true,
+        ..Net::default()
+    };
+    let compacting = |id| {
+        let mut config = ReplicaConfig::new(id);
+        config.snapshot_interval = 5;
+        config.log_retain = 2;
+        config
+    };
+    let c = Cluster::start_on(net, 3, compacting, Echo::default).await;
+    let leader = c.wait_leader().await;
+    let lagging = (1..=3).find(|&id| id != leader).unwrap();
+    // The lagging node misses enough writes that the leader compacts them away.
+    c.net.set_filter(move |m| {
+        if m.to == lagging || m.from == lagging {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let mut written = 0;
+    for _ in 0..20 {
+        written = c.handle(leader).propose(b"w".to_vec()).await.unwrap();
+    }
+    // Back on the network, its first snapshot is lost (and reported so), later ones
+    // arrive.
+    let lost = Arc::new(Mutex::new(false));
+    c.net.set_filter(move |m| {
+        let mut lost = lost.lock().unwrap();
+        if m.get_msg_type() == MessageType::MsgSnapshot && !*lost {
+            *lost = true;
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let h = c.handle(lagging);
+    eventually("the lagging node to catch up", 300, || {
+        h.status().applied >= written
+    })
+    .await;
+    let sent = c.net.snapshots.lock().unwrap().clone();
+    assert_eq!(
+        sent.first(),
+        Some(&(lagging, SnapshotStatus::Failure)),
+        "{sent:?}"
+    );
+    assert!(
+        sent.contains(&(lagging, SnapshotStatus::Finish)),
+        "no snapshot arrived: {sent:?}"
     );
 }
