@@ -24,7 +24,7 @@ use std::time::Instant;
 use cita_proto::common::{ConsensusConfiguration, Proposal};
 use craft_controller::{retry, Backoff, Controller, ControllerError};
 use craft_core::raft::eraftpb::Snapshot;
-use craft_core::{Committed, CommittedKind, StateMachine};
+use craft_core::{Committed, CommittedKind, SnapshotJob, StateMachine};
 use prost::Message as _;
 use tokio::sync::watch;
 
@@ -267,8 +267,9 @@ impl<C: Controller> StateMachine for BlockStateMachine<C> {
         }
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        self.config.borrow().encode_to_vec()
+    fn snapshot(&mut self) -> SnapshotJob {
+        // The configuration is a few hundred bytes: serialised at once.
+        SnapshotJob::ready(self.config.borrow().encode_to_vec())
     }
 
     async fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {

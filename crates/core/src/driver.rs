@@ -1,28 +1,31 @@
 //! The async driver: runs a [`Replica`] on tokio.
 //!
-//! Two tasks. The raft task owns the replica: it ticks on a timer, takes every command
-//! and peer message that is already waiting (so proposals that arrive together share
-//! one Ready and one fsync), handles the Ready and hands committed entries to the apply
-//! task. The apply task owns the state machine and applies entries in log order; a
-//! slow application (a controller taking seconds per call) therefore never stops ticks,
-//! heartbeats or votes. Each proposer is answered when its own entry is applied; local
-//! snapshots are taken on the apply task and written with the next Ready.
+//! Three tasks. The raft task owns the replica: it ticks on a timer, takes every
+//! command and peer message that is already waiting (so proposals that arrive together
+//! share one Ready and one fsync), handles the Ready and hands committed entries to the
+//! apply task. The apply task owns the state machine and applies entries in log order;
+//! a slow application (a controller taking seconds per call) therefore never stops
+//! ticks, heartbeats or votes. Each proposer is answered when its own entry is applied.
+//! A local snapshot is captured on the apply task between two entries
+//! ([`StateMachine::snapshot`]); the snapshot task serialises it on a blocking thread
+//! while both other tasks go on, and the raft task writes it with the next Ready.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfChangeV2, ConfState, Message, Snapshot};
-use raft::StateRole;
+use raft::{SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::error::{Error, ProposeError};
+use crate::read::ReadContexts;
 use crate::replica::{Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{SnapshotJob, StateMachine};
 use crate::storage::LogStore;
-use crate::transport::Transport;
+use crate::transport::{SnapshotReporter, Transport};
 
 /// Tunables of the driver.
 #[derive(Debug, Clone)]
@@ -233,7 +236,10 @@ where
     M: StateMachine,
     T: Transport,
 {
-    let (replica, snapshot) = Replica::open(config, store)?;
+    let (mut replica, snapshot) = Replica::open(config, store)?;
+    let (reporter, snapshot_reports) = SnapshotReporter::channel();
+    let reported = transport.report_snapshots(reporter.clone());
+    replica.set_snapshots_reported(reported);
     if let Some(snap) = &snapshot {
         state_machine.restore(snap).await.map_err(Error::Restore)?;
     }
@@ -249,15 +255,22 @@ where
     let span = tracing::info_span!("raft", node_id = replica.id());
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let applier =
-        tokio::spawn(apply_loop(state_machine, jobs_rx, done_tx).instrument(span.clone()));
+    let (captures_tx, captures_rx) = mpsc::unbounded_channel();
+    let snapshotter =
+        tokio::spawn(snapshot_loop(captures_rx, done_tx.clone()).instrument(span.clone()));
+    let applier = tokio::spawn(
+        apply_loop(state_machine, jobs_rx, done_tx, captures_tx).instrument(span.clone()),
+    );
     let sm_applied = replica.applied_index();
+    let replica_id = replica.id();
     let mut task = Driver {
         replica,
         transport,
         config: driver,
         commands: cmd_rx,
         inbox: msg_rx,
+        snapshot_reports,
+        _reporter: reporter,
         status: status_tx,
         jobs: jobs_tx,
         done: done_rx,
@@ -266,13 +279,15 @@ where
         conf_changes: VecDeque::new(),
         reads: HashMap::new(),
         ready_reads: Vec::new(),
-        next_read: 0,
+        read_contexts: ReadContexts::new(replica_id),
     };
     task.publish_status();
     let join = tokio::spawn(
         async move {
             let result = task.run(shutdown).await;
             applier.abort();
+            // A serialisation already running on a blocking thread finishes unheard.
+            snapshotter.abort();
             result
         }
         .instrument(span),
@@ -284,8 +299,8 @@ where
 enum Job {
     /// Restore the state machine from a snapshot received from the leader.
     Restore(Snapshot),
-    /// Apply these entries; when `snapshot` is set, snapshot the state machine after
-    /// the last of them (whose membership it gives).
+    /// Apply these entries; when `snapshot` is set, capture a snapshot of the state
+    /// machine after the last of them (whose membership it gives).
     Apply {
         committed: Vec<Committed>,
         snapshot: Option<ConfState>,
@@ -299,22 +314,38 @@ enum Outcome<R> {
     Empty,
 }
 
-/// The apply task's report of one job.
+/// The apply task's (and the snapshot task's) report of one job.
 enum Done<R> {
     Restored(u64),
     Applied {
         results: Vec<(u64, u64, Outcome<R>)>,
+        /// A snapshot that was ready at once ([`SnapshotJob::ready`]).
         snapshot: Option<(u64, ConfState, Vec<u8>)>,
     },
+    /// The snapshot task serialised the state captured after entry `index`.
+    Snapshot {
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    },
     Failed(Error),
+}
+
+/// A snapshot captured after entry `index`, waiting to be serialised.
+struct Capture {
+    index: u64,
+    conf_state: ConfState,
+    job: SnapshotJob,
 }
 
 async fn apply_loop<M: StateMachine>(
     mut sm: M,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     done: mpsc::UnboundedSender<Done<M::Response>>,
+    captures: mpsc::UnboundedSender<Capture>,
 ) {
     while let Some(job) = jobs.recv().await {
+        let mut capture = None;
         let report = match job {
             Job::Restore(snapshot) => {
                 let index = snapshot.get_metadata().index;
@@ -326,7 +357,7 @@ async fn apply_loop<M: StateMachine>(
             }
             Job::Apply {
                 committed,
-                snapshot,
+                snapshot: snapshot_at,
             } => {
                 let mut results = Vec::with_capacity(committed.len());
                 for entry in &committed {
@@ -343,15 +374,83 @@ async fn apply_loop<M: StateMachine>(
                     };
                     results.push((entry.index, entry.term, outcome));
                 }
-                let snapshot = match (snapshot, committed.last()) {
-                    (Some(cs), Some(last)) => Some((last.index, cs, sm.snapshot())),
-                    _ => None,
-                };
+                let mut snapshot = None;
+                if let (Some(conf_state), Some(last)) = (snapshot_at, committed.last()) {
+                    let job = sm.snapshot();
+                    if job.is_ready() {
+                        match job.run() {
+                            Ok(data) => snapshot = Some((last.index, conf_state, data)),
+                            Err(e) => {
+                                tracing::warn!(index = last.index, error = %e, "state machine snapshot failed; log kept")
+                            }
+                        }
+                    } else {
+                        capture = Some(Capture {
+                            index: last.index,
+                            conf_state,
+                            job,
+                        });
+                    }
+                }
                 Done::Applied { results, snapshot }
             }
         };
         let failed = matches!(report, Done::Failed(_));
         if done.send(report).is_err() || failed {
+            return;
+        }
+        // Handed over after the report of the entries it follows, so the raft task
+        // knows them applied before the snapshot's bytes arrive.
+        if let Some(capture) = capture {
+            let _ = captures.send(capture);
+        }
+    }
+}
+
+/// Serialises captured snapshots one at a time on a blocking thread, newest first: a
+/// capture overtaken by a newer one before its turn is dropped unrun.
+async fn snapshot_loop<R>(
+    mut captures: mpsc::UnboundedReceiver<Capture>,
+    done: mpsc::UnboundedSender<Done<R>>,
+) {
+    while let Some(mut capture) = captures.recv().await {
+        while let Ok(newer) = captures.try_recv() {
+            tracing::debug!(
+                index = capture.index,
+                newer = newer.index,
+                "snapshot overtaken before it was serialised"
+            );
+            capture = newer;
+        }
+        let Capture {
+            index,
+            conf_state,
+            job,
+        } = capture;
+        let started = Instant::now();
+        let data = match tokio::task::spawn_blocking(move || job.run()).await {
+            Ok(Ok(data)) => data,
+            Ok(Err(e)) => {
+                tracing::warn!(index, error = %e, "state machine snapshot failed; log kept");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(index, error = %e, "state machine snapshot panicked; log kept");
+                continue;
+            }
+        };
+        tracing::debug!(
+            index,
+            bytes = data.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state machine snapshot serialised"
+        );
+        let report = Done::Snapshot {
+            index,
+            conf_state,
+            data,
+        };
+        if done.send(report).is_err() {
             return;
         }
     }
@@ -368,6 +467,10 @@ struct Driver<S: LogStore, R, T> {
     config: DriverConfig,
     commands: mpsc::Receiver<Command<R>>,
     inbox: mpsc::Receiver<Message>,
+    /// How snapshots sent by the transport went, when it reports them.
+    snapshot_reports: mpsc::UnboundedReceiver<(u64, SnapshotStatus)>,
+    /// Keeps `snapshot_reports` open when the transport does not report.
+    _reporter: SnapshotReporter,
     status: watch::Sender<NodeStatus>,
     /// To the apply task.
     jobs: mpsc::UnboundedSender<Job>,
@@ -377,13 +480,15 @@ struct Driver<S: LogStore, R, T> {
     sm_applied: u64,
     proposals: VecDeque<Pending<R>>,
     conf_changes: VecDeque<Pending<ConfState>>,
-    /// Read requests sent to raft, by context, with the time they were made. Raft drops
-    /// a read silently when there is no leader; such reads expire after the proposal
-    /// timeout (their callers gave up by then).
+    /// Read requests sent to raft, by the sequence number of their context, with the
+    /// time they were made. Raft drops a read silently when there is no leader; such
+    /// reads expire after the proposal timeout (their callers gave up by then).
     reads: HashMap<u64, (Instant, oneshot::Sender<Result<u64, ProposeError>>)>,
     /// Reads with a known read index, waiting for apply to reach it.
     ready_reads: Vec<(u64, oneshot::Sender<Result<u64, ProposeError>>)>,
-    next_read: u64,
+    /// Contexts of this run's reads: unique across nodes and restarts, so an answer to
+    /// another node's read, or to a read of an earlier run, completes none of ours.
+    read_contexts: ReadContexts,
 }
 
 impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
@@ -406,6 +511,12 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 },
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(msg) = self.inbox.recv() => self.on_message(msg),
+                Some((to, status)) = self.snapshot_reports.recv() => {
+                    self.on_snapshot_report(to, status)
+                }
+            }
+            while let Ok((to, status)) = self.snapshot_reports.try_recv() {
+                self.on_snapshot_report(to, status);
             }
             while let Ok(done) = self.done.try_recv() {
                 self.on_done(done)?;
@@ -450,6 +561,16 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
         }
     }
 
+    fn on_snapshot_report(&mut self, to: u64, status: SnapshotStatus) {
+        match status {
+            SnapshotStatus::Finish => tracing::debug!(to, "snapshot delivered"),
+            SnapshotStatus::Failure => {
+                tracing::info!(to, "snapshot not delivered; raft will send another")
+            }
+        }
+        self.replica.report_snapshot(to, status);
+    }
+
     fn on_message(&mut self, msg: Message) {
         match self.replica.step(msg) {
             Ok(()) => {}
@@ -483,10 +604,9 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 }
             }
             Command::ReadIndex { reply } => {
-                self.next_read += 1;
-                let ctx = self.next_read;
-                self.reads.insert(ctx, (Instant::now(), reply));
-                self.replica.read_index(ctx.to_be_bytes().to_vec());
+                let (seq, ctx) = self.read_contexts.issue();
+                self.reads.insert(seq, (Instant::now(), reply));
+                self.replica.read_index(ctx);
             }
             Command::TransferLeader(to) => self.replica.transfer_leader(to),
             Command::Campaign => {
@@ -531,10 +651,16 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
             });
         }
         for rs in out.read_states {
-            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            // Only an answer to one of this run's own requests completes a read.
+            let Some(seq) = self.read_contexts.recognise(&rs.request_ctx) else {
+                tracing::debug!(
+                    index = rs.index,
+                    context_len = rs.request_ctx.len(),
+                    "read answer for a request this run did not make; ignored"
+                );
                 continue;
             };
-            if let Some((_, reply)) = self.reads.remove(&u64::from_be_bytes(ctx)) {
+            if let Some((_, reply)) = self.reads.remove(&seq) {
                 self.ready_reads.push((rs.index, reply));
             }
         }
@@ -569,6 +695,22 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 self.replica.advance_apply(self.sm_applied);
                 if let Some((index, cs, data)) = snapshot {
                     self.replica.stage_snapshot(index, cs, data)?;
+                }
+            }
+            Done::Snapshot {
+                index,
+                conf_state,
+                data,
+            } => {
+                // The entries it follows were reported applied before it was captured.
+                if index > self.replica.applied_index() {
+                    tracing::warn!(
+                        index,
+                        applied = self.replica.applied_index(),
+                        "snapshot ahead of the applied index; dropped"
+                    );
+                } else {
+                    self.replica.stage_snapshot(index, conf_state, data)?;
                 }
             }
         }

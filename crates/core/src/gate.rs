@@ -330,6 +330,26 @@ mod tests {
     }
 
     #[test]
+    fn reads_with_the_drivers_contexts_pass() {
+        // The driver's contexts (`crate::ReadContexts`) are 24 bytes, in the one entry.
+        let (_, ctx) = crate::ReadContexts::new(2).issue();
+        let mut read = msg(MessageType::MsgReadIndex);
+        read.term = 0;
+        read.entries = vec![Entry {
+            data: ctx.clone(),
+            ..Default::default()
+        }];
+        assert_eq!(check(&read, &view()), Ok(()));
+        let mut answer = msg(MessageType::MsgReadIndexResp);
+        answer.index = 10;
+        answer.entries = vec![Entry {
+            data: ctx,
+            ..Default::default()
+        }];
+        assert_eq!(check(&answer, &view()), Ok(()));
+    }
+
+    #[test]
     fn what_raft_rs_cannot_survive_is_refused() {
         let v = view();
         assert_eq!(

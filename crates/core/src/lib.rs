@@ -11,7 +11,11 @@
 //!   replicas with logical time.
 //! - [`start`]: an async driver on tokio that ticks on a timer, batches everything that
 //!   arrives together into one Ready (one fsync), applies committed entries to a
-//!   [`StateMachine`] and answers each proposer through a [`NodeHandle`].
+//!   [`StateMachine`] and answers each proposer through a [`NodeHandle`]. State-machine
+//!   snapshots are captured between two entries and serialised on a blocking thread
+//!   ([`SnapshotJob`]), so neither raft nor the apply loop waits for a large state.
+//!   Linearizable reads ([`NodeHandle::read_barrier`]) carry contexts unique across
+//!   nodes and restarts ([`ReadContexts`]).
 //!
 //! ```
 //! use craft_core::{MemLogStore, LogStore, Replica, ReplicaConfig, make_snapshot, voters};
@@ -38,6 +42,7 @@ mod driver;
 mod error;
 pub mod gate;
 pub mod logging;
+mod read;
 mod replica;
 mod state_machine;
 mod storage;
@@ -47,12 +52,13 @@ mod transport;
 
 pub use driver::{start, DriverConfig, NodeHandle, NodeStatus, Role};
 pub use error::{Error, ProposeError};
+pub use read::ReadContexts;
 pub use replica::{
     Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig, RoleChange,
 };
-pub use state_machine::StateMachine;
+pub use state_machine::{SnapshotJob, StateMachine};
 pub use storage::{make_snapshot, voters, LocalSnapshot, LogStore, LogWrite, MemLogStore};
-pub use transport::Transport;
+pub use transport::{SnapshotReporter, Transport};
 
 /// The `raft` crate this engine is built on, re-exported so users name the same types.
 pub use raft;

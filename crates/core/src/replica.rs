@@ -177,6 +177,9 @@ pub struct Replica<S: LogStore> {
     flush_due: bool,
     /// Peer messages refused by the gate.
     refused: u64,
+    /// Whether the caller reports how each snapshot sent went
+    /// ([`Replica::report_snapshot`]); otherwise each is reported finished when sent.
+    snapshots_reported: bool,
     last_role: RoleChange,
 }
 
@@ -225,6 +228,7 @@ impl<S: LogStore> Replica<S> {
             commit_broadcast: 0,
             flush_due: false,
             refused: 0,
+            snapshots_reported: false,
             last_role,
         };
         Ok((replica, (applied > 0).then_some(snapshot)))
@@ -402,6 +406,10 @@ impl<S: LogStore> Replica<S> {
 
     /// Starts a linearizable read. The answer arrives as a [`ReadState`] carrying `ctx`
     /// in a later [`ReadyOutput::read_states`].
+    ///
+    /// `ctx` must be unique across the cluster and across restarts: the leader drops a
+    /// request whose context it already has pending, and an answer is matched to its
+    /// request by context alone. [`crate::ReadContexts`] issues such contexts.
     pub fn read_index(&mut self, ctx: Vec<u8>) {
         self.raw.read_index(ctx);
     }
@@ -409,6 +417,23 @@ impl<S: LogStore> Replica<S> {
     /// Tells raft a peer could not be reached, so it probes instead of streaming.
     pub fn report_unreachable(&mut self, id: u64) {
         self.raw.report_unreachable(id);
+    }
+
+    /// Says whether whoever sends this replica's messages reports how each snapshot
+    /// went, with [`Replica::report_snapshot`]. Off by default: every snapshot is then
+    /// reported finished as soon as [`Replica::handle_ready`] hands it out (see
+    /// [`crate::Transport#snapshots`]).
+    pub fn set_snapshots_reported(&mut self, reported: bool) {
+        self.snapshots_reported = reported;
+    }
+
+    /// Tells raft how the snapshot last sent to `id` ended: after
+    /// [`SnapshotStatus::Finish`] it waits for the follower's answer and goes on from
+    /// the snapshot; after [`SnapshotStatus::Failure`] it probes the follower again a
+    /// heartbeat later and sends a new snapshot if it still needs one. A report for a
+    /// follower that is not waiting for a snapshot is ignored.
+    pub fn report_snapshot(&mut self, id: u64, status: SnapshotStatus) {
+        self.raw.report_snapshot(id, status);
     }
 
     /// Whether [`Replica::handle_ready`] has work.
@@ -513,14 +538,17 @@ impl<S: LogStore> Replica<S> {
         out.messages.extend(light.take_messages());
         self.hand_out(light.take_committed_entries(), &mut out.committed)?;
 
-        // The transport is fire-and-forget, so report each snapshot as delivered. Unless
-        // told, raft waits for that snapshot's answer and sends that follower nothing
-        // else, forever if the snapshot was lost or refused (a new member refuses one
-        // that predates it). Reported, it probes the follower after the snapshot; a
-        // follower that did not install it rejects the probe and gets a fresh snapshot.
-        snapshots_sent.extend(snapshot_recipients(&out.messages));
-        for to in snapshots_sent {
-            self.raw.report_snapshot(to, SnapshotStatus::Finish);
+        // Unless told how a snapshot went, raft waits for its answer and sends that
+        // follower nothing else, forever if the snapshot was lost or refused (a new
+        // member refuses one that predates it). A fire-and-forget transport cannot
+        // tell, so each snapshot is reported delivered: raft then probes the follower
+        // after the snapshot, and one that did not install it rejects the probe and
+        // gets a fresh snapshot. A transport that knows reports itself.
+        if !self.snapshots_reported {
+            snapshots_sent.extend(snapshot_recipients(&out.messages));
+            for to in snapshots_sent {
+                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
         }
 
         let now = self.role();

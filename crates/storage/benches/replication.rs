@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use craft_core::raft::eraftpb::{Message, Snapshot};
 use craft_core::{
     make_snapshot, start, voters, Committed, DriverConfig, LogStore, MemLogStore, NodeHandle,
-    ReplicaConfig, StateMachine, Transport,
+    ReplicaConfig, SnapshotJob, StateMachine, Transport,
 };
 use craft_storage::{RocksLogStore, StoreOptions};
 
@@ -27,8 +27,8 @@ impl StateMachine for Counter {
         self.0 += 1;
         self.0
     }
-    fn snapshot(&mut self) -> Vec<u8> {
-        self.0.to_be_bytes().to_vec()
+    fn snapshot(&mut self) -> SnapshotJob {
+        SnapshotJob::ready(self.0.to_be_bytes().to_vec())
     }
     async fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         let b: [u8; 8] = snapshot.data.as_slice().try_into().unwrap_or([0; 8]);

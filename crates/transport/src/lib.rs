@@ -6,14 +6,17 @@
 //! - [`dev_network`]: a development network microservice that routes `NetworkMsg`
 //!   between the nodes of a local cluster and can cut links.
 //! - [`peer`]: a plain peer-to-peer gRPC transport for services outside CITA-Cloud,
-//!   with opt-in mutual TLS ([`tls`]).
+//!   with opt-in mutual TLS ([`tls`]). It streams snapshots in chunks and tells raft
+//!   how each went ([`craft_core::Transport::report_snapshots`]).
 //! - [`limits`]: a bound on the connections a server holds open.
 //! - [`integrity`]: a CRC32C trailer on every raft message our nodes send, so a message
 //!   damaged in transit is dropped before raft sees it.
 //!
 //! Every transport implements [`craft_core::Transport`]: sends never block the Ready
 //! loop; each peer has a bounded queue and its own sender task, and a full queue drops
-//! the newest message (raft retransmits) and counts it. It must not depend on the
+//! the newest message (raft retransmits) and counts it. The CITA adapter sends a
+//! snapshot like any other message (CITA-Cloud's snapshots are one configuration, a
+//! few hundred bytes) and leaves the driver to report it delivered. It must not depend on the
 //! consensus service or on storage crates.
 
 pub mod cita;

@@ -6,22 +6,36 @@
 //! With [`PeerTls`] both sides use mutual TLS: only holders of a certificate signed by
 //! the cluster's CA can connect, in either direction.
 //!
-//! Limits: a message (one batch) is at most [`cita_proto::MAX_MESSAGE_BYTES`] either
-//! way, a server holds at most its [`ConnectionLimit`] of connections and
-//! [`MAX_STREAMS_PER_CONNECTION`] concurrent requests on each, and each peer has a
-//! queue of [`QUEUE_CAPACITY`] batches (when full the newest is dropped and counted).
+//! Snapshots (`MsgSnapshot`, the whole state machine) do not go through the batch
+//! queue: each is streamed to its peer on a task of its own (`RaftPeer.SendSnapshot`)
+//! in chunks of [`SNAPSHOT_CHUNK_BYTES`], on a connection of its own so it holds back no
+//! heartbeat. The receiver reassembles it, checks its integrity trailer, decodes it and
+//! hands it to raft before it answers; only that answer makes the transport report the
+//! snapshot finished to raft, and any failure reports it failed, so raft sends another
+//! later instead of waiting forever or resending one that can never arrive.
+//!
+//! Limits: a message (one batch, or one snapshot chunk) is at most
+//! [`cita_proto::MAX_MESSAGE_BYTES`] either way; a snapshot is at most
+//! [`DEFAULT_MAX_SNAPSHOT_BYTES`] ([`PeerService::with_max_snapshot_bytes`]), and a server
+//! receives at most [`MAX_CONCURRENT_SNAPSHOTS`] at once; a server holds at most its
+//! [`ConnectionLimit`] of connections and [`MAX_STREAMS_PER_CONNECTION`] concurrent
+//! requests on each, and each peer has a queue of [`QUEUE_CAPACITY`] batches (when full
+//! the newest is dropped and counted).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use cita_proto::peer::raft_peer_client::RaftPeerClient;
 use cita_proto::peer::raft_peer_server::{RaftPeer, RaftPeerServer};
-use cita_proto::peer::{Ack, RaftBatch};
-use raft::eraftpb::Message;
+use cita_proto::peer::{Ack, RaftBatch, SnapshotChunk};
+use craft_core::SnapshotReporter;
+use raft::eraftpb::{Message, MessageType};
+use raft::SnapshotStatus;
+use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::cita::Inbound;
 use crate::integrity::{decode_checked, encode_checked};
@@ -34,14 +48,43 @@ pub const QUEUE_CAPACITY: usize = 1024;
 /// Concurrent requests a peer server serves on one connection (a sender has one batch
 /// in flight per peer).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Bytes of a snapshot message per chunk of its stream.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest snapshot message a [`PeerService`] accepts by default: 1 GiB.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+/// Snapshots a [`PeerService`] receives at once; more are refused (the sender's raft
+/// tries again later). Bounds the memory held by snapshots being reassembled.
+pub const MAX_CONCURRENT_SNAPSHOTS: usize = 2;
+/// Time a snapshot stream may take: this much, plus [`SNAPSHOT_SECS_PER_MIB`] for each
+/// MiB of the snapshot.
+pub const SNAPSHOT_BASE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Seconds a snapshot stream may take per MiB on top of [`SNAPSHOT_BASE_TIMEOUT`]: a
+/// rate of 1 MiB/s at least.
+pub const SNAPSHOT_SECS_PER_MIB: u64 = 1;
 
-/// The sending side: a [`craft_core::Transport`] over `RaftPeer.Send`.
+/// The clients of one peer.
+#[derive(Clone)]
+struct Peer {
+    /// Batches of small messages (short timeout).
+    batches: RaftPeerClient<Channel>,
+    /// Snapshot streams, on a connection of their own (timeout per stream).
+    snapshots: RaftPeerClient<Channel>,
+}
+
+/// The sending side: a [`craft_core::Transport`] over `RaftPeer.Send` (batches) and
+/// `RaftPeer.SendSnapshot` (snapshot streams).
 #[derive(Clone)]
 pub struct PeerTransport {
     id: u64,
-    peers: Arc<RwLock<HashMap<u64, RaftPeerClient<Channel>>>>,
+    peers: Arc<RwLock<HashMap<u64, Peer>>>,
     queues: Arc<PeerQueues<RaftBatch>>,
     tls: Option<PeerTls>,
+    /// Where snapshot outcomes go, once the raft driver has asked for them.
+    reporter: Arc<OnceLock<SnapshotReporter>>,
+    /// Peers a snapshot is being streamed to now.
+    streaming: Arc<Mutex<HashSet<u64>>>,
+    /// Bytes per snapshot chunk.
+    chunk_bytes: usize,
 }
 
 impl std::fmt::Debug for PeerTransport {
@@ -60,7 +103,17 @@ impl PeerTransport {
             peers: Arc::new(RwLock::new(HashMap::new())),
             queues: Arc::new(PeerQueues::new(QUEUE_CAPACITY)),
             tls: None,
+            reporter: Arc::new(OnceLock::new()),
+            streaming: Arc::new(Mutex::new(HashSet::new())),
+            chunk_bytes: SNAPSHOT_CHUNK_BYTES,
         }
+    }
+
+    /// Streams snapshots in chunks of `bytes` (at least 1) instead of
+    /// [`SNAPSHOT_CHUNK_BYTES`].
+    pub fn with_snapshot_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.chunk_bytes = bytes.max(1);
+        self
     }
 
     /// Dials peers with mutual TLS (`https`), presenting `tls`'s certificate and
@@ -79,20 +132,97 @@ impl PeerTransport {
         };
         let mut endpoint = Endpoint::from_shared(addr)?
             .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.client_config())?;
         }
-        let client = RaftPeerClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES);
+        let client = |endpoint: Endpoint| {
+            RaftPeerClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+        };
+        let peer = Peer {
+            batches: client(endpoint.clone().timeout(Duration::from_secs(3))),
+            // Each stream sets its own deadline, by its size; keepalives notice a dead
+            // peer sooner.
+            snapshots: client(
+                endpoint
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(20)),
+            ),
+        };
         self.peers
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, client);
+            .insert(id, peer);
         self.queues.remove(id);
         Ok(())
+    }
+
+    fn peer(&self, id: u64) -> Option<Peer> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Tells raft, when it asked to be told, how the snapshot to `to` went.
+    fn report(&self, to: u64, status: SnapshotStatus) {
+        if let Some(reporter) = self.reporter.get() {
+            reporter.report(to, status);
+        }
+    }
+
+    /// Streams one snapshot message to its peer on a task of its own, and reports the
+    /// outcome. One stream per peer at a time: raft sends a follower one snapshot at a
+    /// time, and a second one (from a new term) fails at once and is sent again later.
+    fn send_snapshot(&self, msg: Message) {
+        let to = msg.to;
+        let index = msg.get_snapshot().get_metadata().index;
+        let Some(peer) = self.peer(to) else {
+            tracing::debug!(to, "no address for peer; snapshot dropped");
+            self.report(to, SnapshotStatus::Failure);
+            return;
+        };
+        if !self
+            .streaming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(to)
+        {
+            tracing::debug!(
+                to,
+                index,
+                "a snapshot to this peer is still streaming; new one dropped"
+            );
+            self.report(to, SnapshotStatus::Failure);
+            return;
+        }
+        let transport = self.clone();
+        tokio::spawn(async move {
+            // Encoded here rather than on the raft task, and the message dropped at once:
+            // only the encoded copy stays while it streams.
+            let bytes = encode_checked(&msg);
+            drop(msg);
+            let result =
+                stream_snapshot(peer.snapshots, transport.id, bytes, transport.chunk_bytes).await;
+            transport
+                .streaming
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&to);
+            match result {
+                Ok(bytes) => {
+                    tracing::info!(to, index, bytes, "snapshot sent");
+                    transport.report(to, SnapshotStatus::Finish);
+                }
+                Err(status) => {
+                    tracing::warn!(to, index, code = ?status.code(), error = %status.message(), "snapshot not sent");
+                    transport.report(to, SnapshotStatus::Failure);
+                }
+            }
+        });
     }
 
     /// `(peer, sent, dropped)` batches per peer.
@@ -104,17 +234,15 @@ impl PeerTransport {
 impl craft_core::Transport for PeerTransport {
     fn send(&self, messages: Vec<Message>) {
         let mut by_peer: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
-        for m in &messages {
-            by_peer.entry(m.to).or_default().push(encode_checked(m));
+        for m in messages {
+            if m.msg_type == MessageType::MsgSnapshot as i32 {
+                self.send_snapshot(m);
+            } else {
+                by_peer.entry(m.to).or_default().push(encode_checked(&m));
+            }
         }
         for (to, msgs) in by_peer {
-            let Some(client) = self
-                .peers
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&to)
-                .cloned()
-            else {
+            let Some(client) = self.peer(to).map(|p| p.batches) else {
                 tracing::debug!(to, "no address for peer; dropping");
                 continue;
             };
@@ -130,6 +258,43 @@ impl craft_core::Transport for PeerTransport {
             });
         }
     }
+
+    /// Snapshots are streamed and acknowledged, so their outcome is known.
+    fn report_snapshots(&self, reporter: SnapshotReporter) -> bool {
+        let _ = self.reporter.set(reporter);
+        true
+    }
+}
+
+/// The deadline of a stream of `bytes` bytes.
+fn snapshot_timeout(bytes: u64) -> Duration {
+    SNAPSHOT_BASE_TIMEOUT + Duration::from_secs(SNAPSHOT_SECS_PER_MIB * bytes.div_ceil(1 << 20))
+}
+
+/// Streams an encoded snapshot message (integrity trailer included) in chunks of
+/// `chunk_bytes`; returns its size once the peer has acknowledged it.
+async fn stream_snapshot(
+    mut client: RaftPeerClient<Channel>,
+    from: u64,
+    bytes: Vec<u8>,
+    chunk_bytes: usize,
+) -> Result<u64, Status> {
+    let bytes = Arc::new(bytes);
+    let total_len = bytes.len() as u64;
+    let chunks = bytes.len().div_ceil(chunk_bytes);
+    let stream = futures::stream::iter((0..chunks).map(move |i| {
+        let start = i * chunk_bytes;
+        let end = bytes.len().min(start + chunk_bytes);
+        SnapshotChunk {
+            from,
+            total_len,
+            data: bytes[start..end].to_vec(),
+        }
+    }));
+    let mut request = Request::new(stream);
+    request.set_timeout(snapshot_timeout(total_len));
+    client.send_snapshot(request).await?;
+    Ok(total_len)
 }
 
 /// Serves `service` on `listener` until `shutdown` completes: mutual TLS when `tls` is
@@ -163,13 +328,77 @@ pub async fn serve(
 #[derive(Clone)]
 pub struct PeerService {
     inbound: Inbound,
+    /// Largest snapshot message accepted, in bytes.
+    max_snapshot_bytes: u64,
+    /// One permit per snapshot being received.
+    snapshot_slots: Arc<Semaphore>,
 }
 
 impl PeerService {
-    /// A service that delivers to `inbound`.
+    /// A service that delivers to `inbound`, accepting snapshots of up to
+    /// [`DEFAULT_MAX_SNAPSHOT_BYTES`].
     pub fn new(inbound: Inbound) -> Self {
-        Self { inbound }
+        Self {
+            inbound,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+            snapshot_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_SNAPSHOTS)),
+        }
     }
+
+    /// Accepts snapshot messages of up to `bytes` bytes (encoded, trailer included);
+    /// larger ones are refused before any of them is buffered, and the sender's raft
+    /// tries again later. A state machine whose snapshots outgrow it cannot add members
+    /// or catch up lagging ones, so size it above the largest state expected.
+    pub fn with_max_snapshot_bytes(mut self, bytes: u64) -> Self {
+        self.max_snapshot_bytes = bytes;
+        self
+    }
+}
+
+/// Reads a snapshot stream whole: at most `max` bytes, every chunk from the same
+/// sender and announcing the same length, and exactly that many bytes in all. Returns
+/// the sender and the bytes.
+async fn reassemble(
+    stream: &mut Streaming<SnapshotChunk>,
+    max: u64,
+) -> Result<(u64, Vec<u8>), Status> {
+    let first = stream
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+    let (from, total_len) = (first.from, first.total_len);
+    if total_len > max {
+        return Err(Status::resource_exhausted(format!(
+            "snapshot of {total_len} bytes from raft id {from} exceeds the limit of {max} bytes"
+        )));
+    }
+    let total = usize::try_from(total_len)
+        .map_err(|_| Status::resource_exhausted("snapshot larger than memory"))?;
+    // Grown as the bytes arrive, so an announced length costs no memory up front.
+    let mut bytes = Vec::with_capacity(total.min(cita_proto::MAX_MESSAGE_BYTES));
+    let mut chunk = Some(first);
+    while let Some(c) = chunk {
+        if c.from != from || c.total_len != total_len {
+            return Err(Status::invalid_argument(format!(
+                "snapshot chunk from raft id {} announcing {} bytes, in a stream from {from} of {total_len} bytes",
+                c.from, c.total_len
+            )));
+        }
+        if c.data.len() > total - bytes.len() {
+            return Err(Status::invalid_argument(format!(
+                "snapshot stream from raft id {from} carries more than the {total_len} bytes it announced"
+            )));
+        }
+        bytes.extend_from_slice(&c.data);
+        chunk = stream.message().await?;
+    }
+    if bytes.len() != total {
+        return Err(Status::invalid_argument(format!(
+            "snapshot stream from raft id {from} ended after {} of {total_len} bytes",
+            bytes.len()
+        )));
+    }
+    Ok((from, bytes))
 }
 
 #[tonic::async_trait]
@@ -193,6 +422,44 @@ impl RaftPeer for PeerService {
         for m in msgs {
             (self.inbound)(m);
         }
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Ack>, Status> {
+        let Ok(_slot) = self.snapshot_slots.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(
+                "already receiving as many snapshots as allowed",
+            ));
+        };
+        let mut stream = req.into_inner();
+        let (from, bytes) = reassemble(&mut stream, self.max_snapshot_bytes).await?;
+        let len = bytes.len();
+        // Checksumming and decoding tens of MiB is work for a blocking thread.
+        let decoded = tokio::task::spawn_blocking(move || decode_checked(&bytes, true))
+            .await
+            .map_err(|e| Status::internal(format!("decoding the snapshot: {e}")))?;
+        let (m, _) = decoded
+            .map_err(|e| Status::invalid_argument(format!("snapshot message refused: {e}")))?;
+        if m.msg_type != MessageType::MsgSnapshot as i32 {
+            return Err(Status::invalid_argument(format!(
+                "a snapshot stream carried message type {}",
+                m.msg_type
+            )));
+        }
+        if m.from != from {
+            return Err(Status::invalid_argument(format!(
+                "snapshot from {} in a stream from {from}",
+                m.from
+            )));
+        }
+        let index = m.get_snapshot().get_metadata().index;
+        if !(self.inbound)(m) {
+            return Err(Status::unavailable("raft inbox full; snapshot dropped"));
+        }
+        tracing::info!(from, index, bytes = len, "snapshot received");
         Ok(Response::new(Ack {}))
     }
 }

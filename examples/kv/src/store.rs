@@ -1,19 +1,26 @@
-//! The replicated state machine: a `BTreeMap<String, String>` changed by [`Command`]s,
-//! plus the addresses of members that joined at run time.
+//! The replicated state machine: an ordered string-to-string map changed by
+//! [`Command`]s, plus the addresses of members that joined at run time.
 //!
 //! Commands and snapshots are JSON (`serde_json`). A snapshot is the whole
 //! [`KvState`]: the key-value map and the address book of joined members. The address
 //! book is replicated state on purpose: a member added through `POST /join` announces
 //! its addresses in the membership change itself, so every replica (and every replica
 //! restored from a snapshot later) learns where to reach it.
+//!
+//! The live map is a persistent B-tree ([`imbl::OrdMap`]) of shared strings: taking a
+//! snapshot copies a pointer, and the apply task goes on while the driver serialises
+//! that copy on a blocking thread ([`craft_core::SnapshotJob`]). A write after it copies
+//! only the few tree nodes on its path, never the values.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use craft_core::raft::eraftpb::{ConfChangeType, Snapshot};
-use craft_core::{Committed, CommittedKind, StateMachine};
-use serde::{Deserialize, Serialize};
+use craft_core::{Committed, CommittedKind, SnapshotJob, StateMachine};
+use imbl::OrdMap;
+use serde::ser::SerializeStruct as _;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// A change to the key-value map, as proposed to raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +61,7 @@ pub struct MemberAddrs {
     pub http: Option<String>,
 }
 
-/// Everything the state machine holds; also its snapshot format.
+/// Everything the state machine holds, as plain maps; also its snapshot format.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvState {
     /// The key-value map.
@@ -79,6 +86,59 @@ impl KvState {
     }
 }
 
+/// The state as the state machine holds it: cheap to clone (a snapshot's capture), and
+/// serialised exactly as the [`KvState`] with the same contents.
+#[derive(Debug, Clone, Default)]
+struct LiveState {
+    /// The key-value map; keys and values are shared, so copying a tree node copies
+    /// pointers.
+    data: OrdMap<Arc<str>, Arc<str>>,
+    /// Addresses of members added at run time (a handful), by raft id.
+    members: BTreeMap<u64, MemberAddrs>,
+}
+
+impl From<KvState> for LiveState {
+    fn from(state: KvState) -> Self {
+        Self {
+            data: state
+                .data
+                .into_iter()
+                .map(|(k, v)| (Arc::from(k), Arc::from(v)))
+                .collect(),
+            members: state.members,
+        }
+    }
+}
+
+impl From<&LiveState> for KvState {
+    fn from(live: &LiveState) -> Self {
+        Self {
+            data: live
+                .data
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            members: live.members.clone(),
+        }
+    }
+}
+
+impl Serialize for LiveState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The map as a JSON object, in key order like a `BTreeMap`'s.
+        struct Data<'a>(&'a OrdMap<Arc<str>, Arc<str>>);
+        impl Serialize for Data<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(k, v)| (&**k, &**v)))
+            }
+        }
+        let mut state = serializer.serialize_struct("KvState", 2)?;
+        state.serialize_field("data", &Data(&self.data))?;
+        state.serialize_field("members", &self.members)?;
+        state.end()
+    }
+}
+
 /// A committed command the state machine could not apply. Every replica rejects it
 /// alike, so the replicas stay equal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,7 +160,7 @@ pub type MemberHook = Box<dyn FnMut(u64, Option<&MemberAddrs>) + Send>;
 /// The key-value [`StateMachine`]. The driver owns it; readers use a [`KvReader`].
 pub struct KvStateMachine {
     /// State shared with readers.
-    state: Arc<RwLock<KvState>>,
+    state: Arc<RwLock<LiveState>>,
     /// Told about membership changes, to update the transport.
     on_member: Option<MemberHook>,
 }
@@ -121,7 +181,7 @@ impl KvStateMachine {
     /// An empty state machine.
     pub fn new() -> Self {
         Self {
-            state: Arc::new(RwLock::new(KvState::default())),
+            state: Arc::new(RwLock::new(LiveState::default())),
             on_member: None,
         }
     }
@@ -139,7 +199,7 @@ impl KvStateMachine {
         }
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, KvState> {
+    fn write(&self) -> RwLockWriteGuard<'_, LiveState> {
         // Every mutation below completes before it could panic, so a poisoned lock
         // still guards consistent data.
         self.state.write().unwrap_or_else(|e| e.into_inner())
@@ -155,9 +215,13 @@ impl KvStateMachine {
                 })?;
                 let mut state = self.write();
                 match command {
-                    Command::Set { pairs } => state.data.extend(pairs),
+                    Command::Set { pairs } => {
+                        for (k, v) in pairs {
+                            state.data.insert(Arc::from(k), Arc::from(v));
+                        }
+                    }
                     Command::Delete { key } => {
-                        state.data.remove(&key);
+                        state.data.remove(key.as_str());
                     }
                 }
                 Ok(())
@@ -203,11 +267,10 @@ impl StateMachine for KvStateMachine {
         std::future::ready(self.apply_now(entry))
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        // A map of strings always serialises; an empty snapshot would only lose state
-        // that the log still holds.
-        state.encode().unwrap_or_default()
+    fn snapshot(&mut self) -> SnapshotJob {
+        // A pointer copy under the lock; the serialisation runs on a blocking thread.
+        let captured = self.state.read().unwrap_or_else(|e| e.into_inner()).clone();
+        SnapshotJob::new(move || serde_json::to_vec(&captured).map_err(|e| e.to_string()))
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {
@@ -224,7 +287,7 @@ impl StateMachine for KvStateMachine {
                         hook(*id, Some(addrs));
                     }
                 }
-                *self.write() = restored;
+                *self.write() = LiveState::from(restored);
             });
         std::future::ready(result)
     }
@@ -235,17 +298,17 @@ impl StateMachine for KvStateMachine {
 #[derive(Debug, Clone)]
 pub struct KvReader {
     /// State shared with the state machine.
-    state: Arc<RwLock<KvState>>,
+    state: Arc<RwLock<LiveState>>,
 }
 
 impl KvReader {
-    fn read(&self) -> RwLockReadGuard<'_, KvState> {
+    fn read(&self) -> RwLockReadGuard<'_, LiveState> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The value of `key`, if set.
     pub fn get(&self, key: &str) -> Option<String> {
-        self.read().data.get(key).cloned()
+        self.read().data.get(key).map(|v| v.to_string())
     }
 
     /// Number of keys.
@@ -265,7 +328,9 @@ impl KvReader {
 
     /// A copy of the whole state.
     pub fn state(&self) -> KvState {
-        self.read().clone()
+        // The lock is held for a pointer copy only.
+        let live = self.read().clone();
+        KvState::from(&live)
     }
 }
 
@@ -365,7 +430,7 @@ mod tests {
         .unwrap();
         sm.apply(&add_node(3, 4, &addrs)).await.unwrap();
         assert_eq!(seen.lock().unwrap().as_slice(), &[(4, Some(addrs.clone()))]);
-        let data = sm.snapshot();
+        let data = sm.snapshot().run().unwrap();
 
         let restored_seen = Arc::new(Mutex::new(Vec::new()));
         let hook_seen = restored_seen.clone();
@@ -379,6 +444,50 @@ mod tests {
         assert_eq!(other.reader().state(), sm.reader().state());
         assert_eq!(other.reader().member(4), Some(addrs));
         assert_eq!(restored_seen.lock().unwrap().as_slice(), &[4]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_the_state_when_taken_not_when_serialised() {
+        let mut sm = KvStateMachine::new();
+        let set = |items: &[(&str, &str)]| Command::Set {
+            pairs: pairs(items),
+        };
+        sm.apply(&normal(2, &set(&[("a", "1")]))).await.unwrap();
+        let job = sm.snapshot();
+        assert!(
+            !job.is_ready(),
+            "the map must be serialised off the apply task"
+        );
+        sm.apply(&normal(3, &set(&[("a", "2"), ("b", "3")])))
+            .await
+            .unwrap();
+        sm.apply(&normal(4, &Command::Delete { key: "a".into() }))
+            .await
+            .unwrap();
+        let taken = KvState::decode(&job.run().unwrap()).unwrap();
+        assert_eq!(taken.data, pairs(&[("a", "1")]));
+        assert_eq!(sm.reader().state().data, pairs(&[("b", "3")]));
+    }
+
+    #[test]
+    fn the_live_state_serialises_exactly_as_a_kv_state() {
+        let state = KvState {
+            data: pairs(&[("z", "last"), ("a", "first"), ("k\"q", "ü\n")]),
+            members: BTreeMap::from([(
+                4,
+                MemberAddrs {
+                    raft: "127.0.0.1:9151".into(),
+                    http: None,
+                },
+            )]),
+        };
+        let live = LiveState::from(state.clone());
+        assert_eq!(serde_json::to_vec(&live).unwrap(), state.encode().unwrap());
+        assert_eq!(KvState::from(&live), state);
+        assert_eq!(
+            serde_json::to_vec(&LiveState::default()).unwrap(),
+            KvState::default().encode().unwrap()
+        );
     }
 
     #[tokio::test]

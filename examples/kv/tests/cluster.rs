@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 mod common;
 
-use common::{eventually, http, Reply, PATIENCE};
+use common::{eventually, eventually_within, http, Reply, PATIENCE};
 
 /// A node under test, with its data directory.
 struct TestNode {
@@ -291,5 +291,93 @@ async fn a_node_added_through_join_catches_up_and_redirects_writes() {
         redirect.header("location"),
         Some(format!("http://{joiner_http}/key").as_str())
     );
+    stop_all(&mut nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joining_a_cluster_that_holds_72_mib_catches_up_from_a_snapshot() {
+    // Writes of 64 values of 16 KiB each (1 MiB a write): the state, and so the
+    // snapshot, outgrows the largest gRPC message (64 MiB).
+    const WRITES: usize = 72;
+    const KEYS_PER_WRITE: usize = 64;
+    const VALUE_BYTES: usize = 16 << 10;
+    let mut nodes = start_cluster(3).await;
+    let leader = wait_for_leader(&nodes).await;
+    let leader_node = node(&nodes, leader).node.as_ref().unwrap();
+    let raft = leader_node.raft().clone();
+    for w in 0..WRITES {
+        let pairs = (0..KEYS_PER_WRITE)
+            .map(|k| {
+                let tag = format!("{w}.{k}:");
+                let value = tag.repeat(VALUE_BYTES / tag.len() + 1)[..VALUE_BYTES].to_string();
+                (format!("key-{w:03}-{k:02}"), value)
+            })
+            .collect();
+        let command = craft_kv::Command::Set { pairs }.encode().unwrap();
+        raft.propose(command).await.unwrap().unwrap();
+    }
+    let state = leader_node.kv().state();
+    assert_eq!(state.data.len(), WRITES * KEYS_PER_WRITE);
+    let bytes = state.encode().unwrap().len();
+    assert!(
+        bytes > cita_proto::MAX_MESSAGE_BYTES,
+        "the state is only {bytes} bytes"
+    );
+
+    // Node 4 starts empty and is added: it can only start from a snapshot of the
+    // whole state, taken for the membership change.
+    let joiner = slot(4).await;
+    let raft_peers = nodes.iter().map(|n| (n.id, n.raft.to_string())).collect();
+    let http_peers = nodes.iter().map(|n| (n.id, n.http.to_string())).collect();
+    let joiner_raft = joiner.raft.local_addr().unwrap();
+    let joiner_http = joiner.http.local_addr().unwrap();
+    nodes.push(start(joiner, raft_peers, http_peers).await);
+    let body = format!(r#"{{"id":4,"addr":"{joiner_raft}","haddr":"{joiner_http}"}}"#);
+    // A join is idempotent, so it is simply asked of whichever node leads.
+    eventually("node 4 to be added", || async {
+        let leader = wait_for_leader(&nodes[..3]).await;
+        let join = http(node(&nodes, leader).http, "POST", "/join", Some(&body))
+            .await
+            .ok()?;
+        (join.status == 200).then_some(())
+    })
+    .await;
+
+    let new = node(&nodes, 4).node.as_ref().unwrap();
+    eventually_within(
+        Duration::from_secs(120),
+        "node 4 to catch up with the whole state",
+        || async { (new.kv().len() == WRITES * KEYS_PER_WRITE).then_some(()) },
+    )
+    .await;
+    // (`==` rather than `assert_eq!`: a difference would print 72 MiB.)
+    assert!(
+        new.kv().state().data == state.data,
+        "node 4 holds other data"
+    );
+    // It serves linearizable reads and follows new writes.
+    let last = format!("key-{:03}-{:02}", WRITES - 1, KEYS_PER_WRITE - 1);
+    assert_value(
+        joiner_http,
+        &last,
+        state.data.get(&last).map(|v| v.as_str()),
+    )
+    .await;
+    // Leadership may have moved meanwhile (a debug build takes seconds over 72 MiB):
+    // write on whichever node leads now.
+    eventually("a write on the current leader", || async {
+        let leader = wait_for_leader(&nodes).await;
+        let set = http(
+            node(&nodes, leader).http,
+            "POST",
+            "/key",
+            Some(r#"{"after":"join"}"#),
+        )
+        .await
+        .ok()?;
+        (set.status == 200).then_some(())
+    })
+    .await;
+    assert_value(joiner_http, "after", Some("join")).await;
     stop_all(&mut nodes).await;
 }

@@ -9,6 +9,22 @@ pub struct RaftBatch {
     #[prost(bytes = "vec", repeated, tag = "2")]
     pub messages: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }
+/// One piece of a raft snapshot message. A `MsgSnapshot` carries the whole state
+/// machine, which may be far larger than one gRPC message, so it travels as a stream of
+/// chunks whose `data`, concatenated, is the encoded `eraftpb.Message`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SnapshotChunk {
+    /// Raft id of the sender; the same in every chunk of a stream.
+    #[prost(uint64, tag = "1")]
+    pub from: u64,
+    /// Length in bytes of the whole encoded message; the same in every chunk, so the
+    /// receiver can refuse a message over its limit before buffering any of it.
+    #[prost(uint64, tag = "2")]
+    pub total_len: u64,
+    /// The next bytes of the encoded message.
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ack {}
 /// Generated client implementations.
@@ -115,6 +131,22 @@ pub mod raft_peer_client {
                 .insert(GrpcMethod::new("craft.peer.RaftPeer", "Send"));
             self.inner.unary(req, path, codec).await
         }
+        /// Sends one snapshot message in chunks. Answered once the receiver has the whole
+        /// message, has checked it and has handed it to raft; an error means it did not.
+        pub async fn send_snapshot(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::SnapshotChunk>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/craft.peer.RaftPeer/SendSnapshot");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("craft.peer.RaftPeer", "SendSnapshot"));
+            self.inner.client_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -133,6 +165,12 @@ pub mod raft_peer_server {
         async fn send(
             &self,
             request: tonic::Request<super::RaftBatch>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
+        /// Sends one snapshot message in chunks. Answered once the receiver has the whole
+        /// message, has checked it and has handed it to raft; an error means it did not.
+        async fn send_snapshot(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::SnapshotChunk>>,
         ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
     }
     #[derive(Debug)]
@@ -241,6 +279,47 @@ pub mod raft_peer_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/craft.peer.RaftPeer/SendSnapshot" => {
+                    #[allow(non_camel_case_types)]
+                    struct SendSnapshotSvc<T: RaftPeer>(pub Arc<T>);
+                    impl<T: RaftPeer> tonic::server::ClientStreamingService<super::SnapshotChunk>
+                        for SendSnapshotSvc<T>
+                    {
+                        type Response = super::Ack;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::SnapshotChunk>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RaftPeer>::send_snapshot(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SendSnapshotSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use craft_core::raft::eraftpb::Snapshot;
-use craft_core::{Committed, CommittedKind, StateMachine};
+use craft_core::{Committed, CommittedKind, SnapshotJob, StateMachine};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -59,9 +59,10 @@ impl StateMachine for JsonMap {
         std::future::ready(result)
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        serde_json::to_vec(&*map).unwrap_or_default()
+    fn snapshot(&mut self) -> SnapshotJob {
+        // A copy is cheap for a demo-sized map; it is serialised off the apply task.
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        SnapshotJob::new(move || serde_json::to_vec(&map).map_err(|e| e.to_string()))
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {

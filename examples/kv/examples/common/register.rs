@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use craft_core::raft::eraftpb::Snapshot;
-use craft_core::{Committed, CommittedKind, StateMachine};
+use craft_core::{Committed, CommittedKind, SnapshotJob, StateMachine};
 
 /// The register's state: how many writes it has seen, and the last one.
 pub type Cell = Arc<Mutex<(u64, Option<String>)>>;
@@ -30,9 +30,10 @@ impl StateMachine for Register {
         std::future::ready(cell.0)
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
+    fn snapshot(&mut self) -> SnapshotJob {
+        // One string: serialised at once, on the apply task.
         let cell = self.cell.lock().unwrap_or_else(|e| e.into_inner());
-        serde_json::to_vec(&*cell).unwrap_or_default()
+        SnapshotJob::ready(serde_json::to_vec(&*cell).unwrap_or_default())
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {

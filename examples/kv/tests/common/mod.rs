@@ -85,18 +85,27 @@ pub async fn http(
 }
 
 /// Polls `attempt` until it returns `Some`, for at most [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    eventually_within(PATIENCE, what, attempt).await
+}
+
+/// Polls `attempt` until it returns `Some`, for at most `patience`.
+pub async fn eventually_within<T, F, Fut>(patience: Duration, what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         if let Some(v) = attempt().await {
             return v;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("gave up after {PATIENCE:?} waiting for {what}");
+            panic!("gave up after {patience:?} waiting for {what}");
         }
         tokio::time::sleep(POLL).await;
     }
