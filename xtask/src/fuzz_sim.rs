@@ -11,6 +11,14 @@ pub struct Args {
     /// Replay exactly this seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Cut nodes' power in every seed (by default about half the seeds do).
+    #[arg(long)]
+    pub power_loss: bool,
+    /// Run on deliberately broken disks that acknowledge writes before they are
+    /// durable (`lag-one-write`, `unsynced-votes`, `unsynced-entries`, `no-sync`): the
+    /// checkers must catch them.
+    #[arg(long)]
+    pub flaw: Option<String>,
 }
 
 /// Runs the simulation fuzzer.
@@ -18,6 +26,12 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let mut envs = vec![("CRAFT_SIM_SEEDS", args.seeds.to_string())];
     if let Some(seed) = args.seed {
         envs.push(("CRAFT_SIM_SEED", seed.to_string()));
+    }
+    if args.power_loss {
+        envs.push(("CRAFT_SIM_POWER_LOSS", "1".to_owned()));
+    }
+    if let Some(flaw) = &args.flaw {
+        envs.push(("CRAFT_SIM_FLAW", flaw.clone()));
     }
     crate::ci::cargo(
         root,

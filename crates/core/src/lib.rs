@@ -8,7 +8,9 @@
 //! - [`Replica`]: deterministic and sans-IO. `tick`, `step`, `propose` change raft
 //!   state; [`Replica::handle_ready`] persists what raft asks for through the
 //!   [`LogStore`] and returns what to send and to apply. Simulation tests drive many
-//!   replicas with logical time.
+//!   replicas with logical time, over [`MemLogStore`]s that track what they synced
+//!   ([`MemLogStore::with_sync_tracking`]) so that a simulated power loss drops the
+//!   rest.
 //! - [`start`]: an async driver on tokio that ticks on a timer, batches everything that
 //!   arrives together into one Ready (one fsync), applies committed entries to a
 //!   [`StateMachine`] and answers each proposer through a [`NodeHandle`]. State-machine

@@ -2,7 +2,9 @@
 //!
 //! The read side is [`raft::Storage`]; the write side is [`LogStore`]. Implementations
 //! live in their own crates (`craft-storage` for RocksDB); [`MemLogStore`] here serves
-//! tests, simulations and examples that need no durability.
+//! tests, simulations and examples that need no durability. A simulation can ask it to
+//! model a disk's write cache as well ([`MemLogStore::with_sync_tracking`]), so that a
+//! simulated power loss drops whatever was written but not yet synced.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -59,6 +61,11 @@ impl LogWrite {
 /// Invariants every implementation keeps (the shared storage suite checks them):
 /// - [`LogStore::write`] is atomic: after a crash either all of it is there or none.
 /// - When `must_sync` is set, `write` returns only once the data is on stable storage.
+///   A write without it may be lost on power failure, until a later synced write (an
+///   fsync of a write-ahead log) makes it durable too; the replica only sends what
+///   depends on a synced write (entries, a snapshot, a term or a vote), so losing the
+///   rest (a commit index, a local snapshot) costs a replay, not safety. The
+///   simulation checks that by cutting power ([`MemLogStore::with_sync_tracking`]).
 /// - [`raft::Storage::first_index`] is one past the last compacted index, and
 ///   [`raft::Storage::term`] answers for that compacted index too.
 /// - [`raft::Storage::initial_state`] reports the conf state of the latest snapshot;
@@ -135,7 +142,7 @@ pub fn voters(ids: impl IntoIterator<Item = u64>) -> ConfState {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct MemCore {
     hard_state: HardState,
     snapshot: Snapshot,
@@ -155,13 +162,56 @@ impl MemCore {
     }
 }
 
+/// What a disk would hold: the state as of the last sync, and the writes made since,
+/// which only the page cache holds until the next sync.
+#[derive(Debug, Default)]
+struct Disk {
+    /// The state as of the last sync.
+    synced: MemCore,
+    /// Writes made since, in order; each was accepted, so replaying them onto `synced`
+    /// gives the live state.
+    unsynced: Vec<LogWrite>,
+    /// Writes that reached `synced` so far.
+    synced_writes: u64,
+}
+
+impl Disk {
+    /// Makes the first `n` unsynced writes durable.
+    fn persist(&mut self, n: usize) {
+        let n = n.min(self.unsynced.len());
+        for write in self.unsynced.drain(..n) {
+            // The same write on the same state: it was accepted once, so it is again.
+            if let Err(e) = self.synced.apply(write) {
+                unreachable!("replaying an accepted write failed: {e}");
+            }
+            self.synced_writes += 1;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemState {
+    /// What readers see: every write so far.
+    live: MemCore,
+    /// Present when the store tracks what is synced.
+    disk: Option<Disk>,
+}
+
 /// An in-memory [`LogStore`]: fast, deterministic, and gone with the process.
 ///
 /// Clones share the same log, so a test can keep a handle to a node's "disk" and
-/// restart the node from it.
+/// restart the node from it. Restarting from it models a process crash: everything
+/// written survives, as it does in the page cache of a machine that keeps running.
+///
+/// Made with [`MemLogStore::with_sync_tracking`], the store also models a power loss:
+/// it remembers the state as of the last sync (a write with [`LogWrite::must_sync`], or
+/// [`MemLogStore::sync`]), which makes every write before it durable, as an fsync of a
+/// write-ahead log does; [`MemLogStore::power_loss`] goes back to that state, keeping
+/// as many of the later writes as the caller says reached the disk anyway. Writes stay
+/// atomic: a power loss keeps or drops each one whole.
 #[derive(Debug, Clone, Default)]
 pub struct MemLogStore {
-    core: Arc<RwLock<MemCore>>,
+    core: Arc<RwLock<MemState>>,
 }
 
 impl MemLogStore {
@@ -170,13 +220,68 @@ impl MemLogStore {
         Self::default()
     }
 
-    fn rl(&self) -> RwLockReadGuard<'_, MemCore> {
+    /// An empty store that tracks what is synced, so that [`MemLogStore::power_loss`]
+    /// can drop what is not. Costs a copy of every write until the next sync.
+    pub fn with_sync_tracking() -> Self {
+        Self {
+            core: Arc::new(RwLock::new(MemState {
+                live: MemCore::default(),
+                disk: Some(Disk::default()),
+            })),
+        }
+    }
+
+    /// Whether the store tracks what is synced.
+    pub fn tracks_sync(&self) -> bool {
+        self.rl().disk.is_some()
+    }
+
+    /// Makes everything written so far durable, like an fsync with no new data.
+    pub fn sync(&self) {
+        if let Some(disk) = self.wl().disk.as_mut() {
+            disk.persist(usize::MAX);
+        }
+    }
+
+    /// How many writes were made since the last sync (0 when not tracking).
+    pub fn unsynced_writes(&self) -> usize {
+        self.rl().disk.as_ref().map_or(0, |d| d.unsynced.len())
+    }
+
+    /// How many writes reached stable storage so far, by a sync or a power loss that
+    /// kept them (0 when not tracking).
+    pub fn synced_writes(&self) -> u64 {
+        self.rl().disk.as_ref().map_or(0, |d| d.synced_writes)
+    }
+
+    /// A power loss: the store goes back to its state as of the last sync, plus the
+    /// first `keep` writes made after it (the ones the disk happened to write back
+    /// before the power went). Returns how many writes were lost. Whoever holds the
+    /// store must be restarted from it, as after a crash.
+    ///
+    /// # Panics
+    ///
+    /// When the store was not made by [`MemLogStore::with_sync_tracking`]: it cannot
+    /// tell what was synced.
+    pub fn power_loss(&self, keep: usize) -> usize {
+        let mut state = self.wl();
+        let Some(disk) = state.disk.as_mut() else {
+            panic!("power_loss needs a store made by MemLogStore::with_sync_tracking");
+        };
+        let lost = disk.unsynced.len().saturating_sub(keep);
+        disk.persist(keep);
+        disk.unsynced.clear();
+        state.live = disk.synced.clone();
+        lost
+    }
+
+    fn rl(&self) -> RwLockReadGuard<'_, MemState> {
         // A poisoned lock means a panic elsewhere already; the data is still consistent
         // because every mutation below completes before it can panic.
         self.core.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wl(&self) -> RwLockWriteGuard<'_, MemCore> {
+    fn wl(&self) -> RwLockWriteGuard<'_, MemState> {
         self.core.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -187,7 +292,8 @@ fn store_err(msg: String) -> raft::Error {
 
 impl raft::Storage for MemLogStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        let core = self.rl();
+        let state = self.rl();
+        let core = &state.live;
         Ok(RaftState::new(
             core.hard_state.clone(),
             core.snapshot.get_metadata().get_conf_state().clone(),
@@ -201,7 +307,8 @@ impl raft::Storage for MemLogStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let core = self.rl();
+        let state = self.rl();
+        let core = &state.live;
         if low < core.first_index() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
@@ -215,7 +322,8 @@ impl raft::Storage for MemLogStore {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let core = self.rl();
+        let state = self.rl();
+        let core = &state.live;
         if idx == core.truncated.0 {
             return Ok(core.truncated.1);
         }
@@ -229,15 +337,16 @@ impl raft::Storage for MemLogStore {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.rl().first_index())
+        Ok(self.rl().live.first_index())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.rl().last_index())
+        Ok(self.rl().live.last_index())
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let core = self.rl();
+        let state = self.rl();
+        let core = &state.live;
         if core.snapshot.get_metadata().index < request_index {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
@@ -276,9 +385,10 @@ impl MemCore {
     }
 }
 
-impl LogStore for MemLogStore {
-    fn write(&self, write: LogWrite) -> raft::Result<()> {
-        let mut core = self.wl();
+impl MemCore {
+    /// Applies one write atomically: checks everything first, then changes the state.
+    fn apply(&mut self, write: LogWrite) -> raft::Result<()> {
+        let core = self;
         // Check everything before changing anything, so a rejected write leaves the
         // store as it was.
         let local = match write.local_snapshot {
@@ -324,9 +434,28 @@ impl LogStore for MemLogStore {
         }
         Ok(())
     }
+}
+
+impl LogStore for MemLogStore {
+    fn write(&self, write: LogWrite) -> raft::Result<()> {
+        let mut state = self.wl();
+        let state = &mut *state;
+        match state.disk.as_mut() {
+            None => state.live.apply(write),
+            Some(disk) => {
+                let must_sync = write.must_sync;
+                state.live.apply(write.clone())?;
+                disk.unsynced.push(write);
+                if must_sync {
+                    disk.persist(usize::MAX);
+                }
+                Ok(())
+            }
+        }
+    }
 
     fn latest_snapshot(&self) -> raft::Result<Snapshot> {
-        Ok(self.rl().snapshot.clone())
+        Ok(self.rl().live.snapshot.clone())
     }
 
     fn may_block(&self) -> bool {

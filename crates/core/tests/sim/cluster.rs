@@ -1,25 +1,27 @@
-//! The cluster harness: replicas over [`MemLogStore`], a [`Network`] between them, one
+//! The cluster harness: replicas over simulated disks ([`SimStore`]), a [`Network`] between them, one
 //! seeded RNG and logical time, so a run is a pure function of its seed.
 //!
 //! The harness plays every role around the replicas: it ticks them, carries their
 //! messages, applies what they commit to a [`KvStateMachine`], takes snapshots, crashes
-//! and restarts them from their stores, and runs every invariant checker after each
-//! operation and each step. A violation panics with the seed, the step and the recent
+//! them (a process crash keeps every write, a power loss only what was synced, see
+//! [`crate::sim::disk`]) and restarts them from their stores, and runs every invariant
+//! checker after each operation and each step. A violation panics with the seed, the step and the recent
 //! actions.
 
 use std::collections::{BTreeMap, VecDeque};
 
+use craft_core::gate::Rejection;
 use craft_core::raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Message};
 use craft_core::raft::StateRole;
 use craft_core::{
-    make_snapshot, voters, CommittedKind, LogPosition, LogStore, MemLogStore, Replica,
-    ReplicaConfig,
+    make_snapshot, voters, CommittedKind, LogPosition, LogStore, Replica, ReplicaConfig,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::sim::client::{ClientOracle, PendingRead};
 use crate::sim::committed_immutable::CommittedImmutable;
+use crate::sim::disk::{SimStore, SyncFlaw};
 use crate::sim::election_safety::ElectionSafety;
 use crate::sim::network::Network;
 use crate::sim::state_machine::{Command, KvStateMachine};
@@ -46,6 +48,9 @@ pub struct SimConfig {
     pub pre_vote: bool,
     /// Raft check-quorum.
     pub check_quorum: bool,
+    /// Give every disk this flaw (`None`: honest disks), to show what the checkers
+    /// catch when writes are acknowledged before they are durable.
+    pub sync_flaw: Option<SyncFlaw>,
 }
 
 impl Default for SimConfig {
@@ -58,6 +63,7 @@ impl Default for SimConfig {
             log_retain: 2,
             pre_vote: true,
             check_quorum: true,
+            sync_flaw: None,
         }
     }
 }
@@ -77,10 +83,10 @@ impl SimConfig {
 pub struct Node {
     /// Raft id.
     pub id: u64,
-    /// Its "disk": survives crashes.
-    pub store: MemLogStore,
+    /// Its "disk": survives process crashes whole, power losses up to its last sync.
+    pub store: SimStore,
     /// The running replica; `None` while crashed or after removal.
-    pub replica: Option<Replica<MemLogStore>>,
+    pub replica: Option<Replica<SimStore>>,
     /// Its application state; lost on crash, rebuilt on restart.
     pub sm: KvStateMachine,
     /// Snapshots received from a leader.
@@ -115,6 +121,10 @@ pub struct Cluster {
     pub sm_safety: StateMachineSafety,
     /// Client oracle.
     pub client: ClientOracle,
+    /// Power losses so far, one per node.
+    pub power_losses: u64,
+    /// Unsynced writes they threw away.
+    pub writes_lost: u64,
     /// Recent actions, for failure reports.
     trace: VecDeque<String>,
 }
@@ -127,6 +137,26 @@ fn mix(parts: &[u64]) -> u64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     })
+}
+
+/// The failure report for a message node `to` could not step. Every node is honest, so
+/// no message should fail the gate; two refusals are what lost writes look like.
+fn refused(to: u64, e: &craft_core::Error) -> String {
+    let hint = match e {
+        craft_core::Error::Refused { reason, .. } => match reason {
+            Rejection::CommitPastLog => {
+                " (the leader counts entries as held here that this log lacks: entries \
+                 acknowledged, then lost; raft-rs would panic \"to_commit out of range\")"
+            }
+            Rejection::AckPastLog => {
+                " (the follower acknowledges entries this leader's log lacks: one of \
+                 the two lost entries it had acknowledged)"
+            }
+            _ => " (no honest peer sends that)",
+        },
+        _ => "",
+    };
+    format!("node {to} failed to step a message: {e}{hint}")
 }
 
 /// A single-change membership change.
@@ -154,6 +184,8 @@ impl Cluster {
             committed: CommittedImmutable::default(),
             sm_safety: StateMachineSafety::default(),
             client: ClientOracle::default(),
+            power_losses: 0,
+            writes_lost: 0,
             trace: VecDeque::new(),
             config,
         };
@@ -162,10 +194,11 @@ impl Cluster {
             ..KvStateMachine::default()
         };
         for id in 1..=cluster.config.voters {
-            let store = MemLogStore::new();
+            let store = SimStore::new(cluster.config.sync_flaw);
             let snapshot =
                 make_snapshot(1, 1, voters(1..=cluster.config.voters), initial.snapshot());
             store.bootstrap(snapshot).unwrap();
+            store.sync();
             cluster.open_node(id, store);
         }
         cluster
@@ -183,7 +216,7 @@ impl Cluster {
     }
 
     /// Opens a replica on `store` (new node or restart), restoring its state machine.
-    fn open_node(&mut self, id: u64, store: MemLogStore) {
+    fn open_node(&mut self, id: u64, store: SimStore) {
         let (replica, snapshot) = Replica::open(self.replica_config(id), store.clone())
             .unwrap_or_else(|e| self.fail(format!("node {id} failed to open: {e}")));
         let sm = match &snapshot {
@@ -239,7 +272,7 @@ impl Cluster {
     }
 
     /// The running replica of `id`.
-    pub fn replica(&self, id: u64) -> &Replica<MemLogStore> {
+    pub fn replica(&self, id: u64) -> &Replica<SimStore> {
         self.nodes
             .get(&id)
             .and_then(|n| n.replica.as_ref())
@@ -296,7 +329,12 @@ impl Cluster {
             s.delivered,
         ];
         for node in self.nodes.values() {
-            parts.extend([node.id, node.sm.applied_index, node.snapshots_received]);
+            parts.extend([
+                node.id,
+                node.sm.applied_index,
+                node.snapshots_received,
+                node.store.synced_writes(),
+            ]);
             if let Some(r) = &node.replica {
                 let role = r.role();
                 parts.extend([role.term, role.leader_id, r.last_index(), r.commit_index()]);
@@ -460,7 +498,7 @@ impl Cluster {
                 continue;
             };
             if let Err(e) = r.step(msg) {
-                self.fail(format!("node {to} failed to step a message: {e}"));
+                self.fail(refused(to, &e));
             }
             self.after_op(to);
             if !touched.contains(&to) {
@@ -565,14 +603,45 @@ impl Cluster {
         }
     }
 
-    /// Crashes node `id`: the replica and its state machine are gone, its store stays.
+    /// Crashes node `id`'s process: the replica and its state machine are gone, its
+    /// store stays whole (the page cache outlives the process). Messages it already
+    /// sent stay on the wire.
     pub fn crash(&mut self, id: u64) {
         self.note(format!("crash {id}"));
+        self.stop(id);
+    }
+
+    fn stop(&mut self, id: u64) {
         if let Some(node) = self.nodes.get_mut(&id) {
-            node.replica = None;
-            node.sm = KvStateMachine::default();
-            self.net.crashed.insert(id);
+            if node.replica.is_some() {
+                node.replica = None;
+                node.sm = KvStateMachine::default();
+                self.net.crashed.insert(id);
+            }
         }
+    }
+
+    /// Cuts node `id`'s power: its process stops if it ran, and its disk goes back to
+    /// the last sync plus the first `keep` writes after it (those the disk wrote back
+    /// anyway). Messages it already sent stay on the wire. Works on a crashed node too,
+    /// whose unsynced writes still sat in the page cache. Returns how many writes were
+    /// lost.
+    pub fn power_loss(&mut self, id: u64, keep: usize) -> usize {
+        let Some(node) = self.nodes.get(&id) else {
+            return 0;
+        };
+        if node.removed {
+            return 0;
+        }
+        let unsynced = node.store.unsynced_writes();
+        let lost = node.store.power_loss(keep);
+        self.power_losses += 1;
+        self.writes_lost += lost as u64;
+        self.note(format!(
+            "power loss {id}: {lost} of {unsynced} unsynced writes lost"
+        ));
+        self.stop(id);
+        lost
     }
 
     /// Restarts crashed node `id` from its store.
@@ -592,7 +661,7 @@ impl Cluster {
         let id = self.next_id;
         self.next_id += 1;
         self.note(format!("new empty node {id}"));
-        self.open_node(id, MemLogStore::new());
+        self.open_node(id, SimStore::new(self.config.sync_flaw));
         id
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use craft_core::raft::eraftpb::{Entry, EntryType};
 use craft_core::raft::GetEntriesContext;
-use craft_core::{Committed, CommittedKind, MemLogStore, Replica};
+use craft_core::{Committed, CommittedKind, LogStore, Replica};
 
 /// One entry as first seen committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct CommittedImmutable {
 impl CommittedImmutable {
     /// Reads the entries node `id` newly considers committed and compares them with
     /// what was recorded.
-    pub fn observe(&mut self, id: u64, replica: &Replica<MemLogStore>) -> Result<(), String> {
+    pub fn observe<S: LogStore>(&mut self, id: u64, replica: &Replica<S>) -> Result<(), String> {
         let raft_log = &replica.raw().raft.raft_log;
         let commit = raft_log.committed;
         let seen = self.observed.get(&id).copied().unwrap_or(0);

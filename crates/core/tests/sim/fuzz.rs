@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::sim::cluster::{conf_change, Cluster, SimConfig};
+use crate::sim::disk::SyncFlaw;
 
 /// Which faults a run injects, and how hard.
 #[derive(Debug, Clone)]
@@ -22,8 +23,11 @@ pub struct FaultPlan {
     pub duplicate_rate: f64,
     /// Largest extra delay, in steps (reordering).
     pub max_delay: u64,
-    /// Crash and restart nodes.
+    /// Crash and restart nodes' processes (their disks keep every write).
     pub crashes: bool,
+    /// Cut nodes' power (their disks keep what was synced), one node or all at once;
+    /// restart them.
+    pub power_loss: bool,
     /// Cut links: isolate nodes, split the cluster, one-way cuts.
     pub partitions: bool,
     /// Make single links very lossy.
@@ -57,6 +61,9 @@ impl FaultPlan {
             reads: rng.random_bool(0.6),
             campaigns: rng.random_bool(0.3),
             fault_rate: pick(rng, &[0.01, 0.03, 0.08]),
+            // Drawn last, so the other faults of a seed stay what they were before
+            // power loss existed.
+            power_loss: rng.random_bool(0.5),
         }
     }
 }
@@ -78,15 +85,38 @@ pub struct RunSummary {
     pub snapshots_received: u64,
     /// Faults injected.
     pub faults: u64,
+    /// Power losses (a whole-cluster one counts once per node).
+    pub power_losses: u64,
+    /// Unsynced writes those power losses threw away.
+    pub writes_lost: u64,
     /// Hash of the final state: equal for two runs of the same seed.
     pub fingerprint: u64,
+}
+
+/// Variations on a run, beyond what the seed draws.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Give every disk this flaw (`None`: honest disks).
+    pub sync_flaw: Option<SyncFlaw>,
+    /// Inject power losses whatever the seed's plan says.
+    pub force_power_loss: bool,
 }
 
 /// Runs seed `seed`: `chaos_steps` random steps under its fault plan, then the liveness
 /// phase. Panics (with the seed) on any violation.
 pub fn run_seed(seed: u64, chaos_steps: u64) -> RunSummary {
-    let plan = FaultPlan::random(&mut StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15));
-    let mut c = Cluster::new(seed, SimConfig::with_voters(plan.voters));
+    run_seed_with(seed, chaos_steps, RunOptions::default())
+}
+
+/// [`run_seed`] with `options`.
+pub fn run_seed_with(seed: u64, chaos_steps: u64, options: RunOptions) -> RunSummary {
+    let mut plan = FaultPlan::random(&mut StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15));
+    plan.power_loss |= options.force_power_loss;
+    let config = SimConfig {
+        sync_flaw: options.sync_flaw,
+        ..SimConfig::with_voters(plan.voters)
+    };
+    let mut c = Cluster::new(seed, config);
     c.note(format!("plan {plan:?}"));
     c.net.drop_rate = plan.drop_rate;
     c.net.duplicate_rate = plan.duplicate_rate;
@@ -96,6 +126,10 @@ pub fn run_seed(seed: u64, chaos_steps: u64) -> RunSummary {
         let step = catch_unwind(AssertUnwindSafe(|| random_step(&mut c, &plan)));
         match step {
             Ok(fault) => faults += u64::from(fault),
+            // A checker's report already says everything.
+            Err(panic) if panic_message(&*panic).starts_with(&format!("seed {seed} ")) => {
+                resume_unwind(panic)
+            }
             // A panic inside raft: report it with the cluster's state and recent actions.
             Err(panic) => c.fail(format!("panic: {}", panic_message(&*panic))),
         }
@@ -114,6 +148,8 @@ pub fn run_seed(seed: u64, chaos_steps: u64) -> RunSummary {
         reads: c.client.answered_reads.len(),
         snapshots_received: c.nodes.values().map(|n| n.snapshots_received).sum(),
         faults,
+        power_losses: c.power_losses,
+        writes_lost: c.writes_lost,
         fingerprint: c.fingerprint(),
     }
 }
@@ -127,6 +163,18 @@ pub fn panic_message(panic: &(dyn Any + Send)) -> String {
     } else {
         "non-string panic".to_owned()
     }
+}
+
+/// Cuts `id`'s power. Half the time the disk keeps nothing unsynced (what LazyFS does
+/// by default), else a random number of the unsynced writes, oldest first.
+fn lose_power(c: &mut Cluster, id: u64) {
+    let unsynced = c.nodes.get(&id).map_or(0, |n| n.store.unsynced_writes());
+    let keep = if c.rng.random_bool(0.5) {
+        0
+    } else {
+        c.rng.random_range(0..=unsynced)
+    };
+    c.power_loss(id, keep);
 }
 
 fn choose(c: &mut Cluster, ids: &[u64]) -> Option<u64> {
@@ -164,6 +212,8 @@ pub fn random_step(c: &mut Cluster, plan: &FaultPlan) -> bool {
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     Crash,
+    PowerLoss,
+    PowerLossAll,
     Restart,
     Isolate,
     Split,
@@ -180,6 +230,11 @@ fn random_fault(c: &mut Cluster, plan: &FaultPlan) {
     let mut menu = Vec::new();
     if plan.crashes {
         menu.extend([Fault::Crash, Fault::Restart, Fault::Restart]);
+    }
+    if plan.power_loss {
+        menu.extend([Fault::PowerLoss; 3]);
+        menu.extend([Fault::Restart; 3]);
+        menu.push(Fault::PowerLossAll);
     }
     if plan.partitions {
         menu.extend([
@@ -220,6 +275,17 @@ fn random_fault(c: &mut Cluster, plan: &FaultPlan) {
         Fault::Crash => {
             if let Some(id) = choose(c, &live) {
                 c.crash(id);
+            }
+        }
+        Fault::PowerLoss => {
+            if let Some(id) = choose(c, &members) {
+                lose_power(c, id);
+            }
+        }
+        Fault::PowerLossAll => {
+            c.note("power loss everywhere");
+            for &id in &members {
+                lose_power(c, id);
             }
         }
         Fault::Restart => {

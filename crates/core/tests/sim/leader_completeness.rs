@@ -3,16 +3,15 @@
 //! Checked at the moment a leader is first seen, against every entry seen committed
 //! so far whose commit term is lower than the new leader's.
 
-use craft_core::raft::RaftLog;
-use craft_core::MemLogStore;
+use craft_core::raft::{RaftLog, Storage};
 
 use crate::sim::committed_immutable::CommittedImmutable;
 
 /// Checks the log of node `id`, just elected leader of `term`.
-pub fn check_new_leader(
+pub fn check_new_leader<S: Storage>(
     id: u64,
     term: u64,
-    log: &RaftLog<MemLogStore>,
+    log: &RaftLog<S>,
     committed: &CommittedImmutable,
 ) -> Result<(), String> {
     let first = log.first_index();

@@ -4,10 +4,9 @@
 
 use craft_core::raft::eraftpb::Entry;
 use craft_core::raft::{GetEntriesContext, Storage};
-use craft_core::MemLogStore;
 
 /// The persisted log of one store: its first index and its entries.
-pub fn persisted_log(store: &MemLogStore) -> Vec<Entry> {
+pub fn persisted_log(store: &impl Storage) -> Vec<Entry> {
     let first = store.first_index().unwrap_or(1);
     let last = store.last_index().unwrap_or(0);
     if last < first {
