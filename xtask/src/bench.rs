@@ -93,6 +93,10 @@ pub struct Args {
     /// etcd-server). Without one, craft-kv runs alone.
     #[arg(long, requires = "kv")]
     pub etcd: Option<PathBuf>,
+    /// With --kv: this `craft-kv` binary (an optimised build, unless --debug says it is
+    /// not) instead of building the workspace.
+    #[arg(long, requires = "kv")]
+    pub kv_bin: Option<PathBuf>,
     /// With `--kv`: instead of etcd, craft-kv with TLS off and on (mutual TLS between
     /// members, HTTPS for wrk), writes only; results in target/bench/kv-tls.json.
     #[arg(long, requires = "kv")]
@@ -577,15 +581,18 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         // optimised RocksDB build serves both.
         crate::ci::cargo(root, &["bench", "--workspace"], &[])?;
     }
-    let bin_dir = build_profile(root, Profile::for_figures(args.debug))?;
-    if let Some(secs) = args.soak {
-        return soak(root, &bin_dir, args, secs);
-    }
     if args.kv {
+        let kv_bin = match &args.kv_bin {
+            Some(bin) => {
+                anyhow::ensure!(bin.is_file(), "no craft-kv binary at {}", bin.display());
+                bin.clone()
+            }
+            None => build_profile(root, Profile::for_figures(args.debug))?.join("craft-kv"),
+        };
         return crate::bench_kv::run(
             root,
             &crate::bench_kv::Options {
-                kv_bin: &bin_dir.join("craft-kv"),
+                kv_bin: &kv_bin,
                 debug: args.debug,
                 secs: args.secs,
                 write_connections: &args.kv_connections,
@@ -595,6 +602,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 tls: args.tls,
             },
         );
+    }
+    let bin_dir = build_profile(root, Profile::for_figures(args.debug))?;
+    if let Some(secs) = args.soak {
+        return soak(root, &bin_dir, args, secs);
     }
     let runs: Vec<(String, Vec<PathBuf>)> = match &args.compare {
         Some(other) => vec![

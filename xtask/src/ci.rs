@@ -81,9 +81,45 @@ fn audit(root: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs the checks.
+/// The Kubernetes manifests of `deploy/k8s`, validated offline against the Kubernetes
+/// schemas (strict: an unknown field fails) with `kubernetes-validate` from PyPI, which
+/// ships the schemas. `.ci/run` installs it; elsewhere a missing tool is reported and
+/// skipped.
+fn kubernetes_manifests(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("deploy/k8s");
+    let mut manifests: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // kustomize's own file is not a Kubernetes resource.
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .collect();
+    manifests.sort();
+    println!("==> kubernetes-validate --strict deploy/k8s/*.yaml");
+    let status = match Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .args(&manifests)
+        .status()
+    {
+        Ok(status) => status,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "kubernetes-validate not installed (pip install kubernetes-validate): skipped"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e).context("running kubernetes-validate"),
+    };
+    if !status.success() {
+        bail!("the Kubernetes manifests in deploy/k8s do not validate");
+    }
+    Ok(())
+}
+
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
     audit(root)?;
+    kubernetes_manifests(root)?;
     cargo(
         root,
         &[

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, http};
+use common::{eventually, free_addr, http, kill};
 use craft_lincheck::{check, Op, Recorder, Ret, Verdict};
 use rand::{Rng as _, SeedableRng as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -121,18 +121,8 @@ impl Node {
 
     /// SIGKILL, as a crash.
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(self.child.take());
     }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// The cluster: nodes, and the proxies of every raft link (`links[from][to]`).

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-use common::{eventually, http, Reply};
+use common::{eventually, free_addr, http, kill, Reply};
 use serde_json::{json, Value};
 
 /// A `craft-kv` process, killed if the test ends before it exits.
@@ -25,18 +25,8 @@ struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(self.child.take());
     }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 impl Proc {

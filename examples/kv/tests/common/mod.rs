@@ -110,3 +110,19 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// A loopback address with a port free at the time of the call.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// SIGKILLs `child` (if any) and reaps it, as a crash.
+pub fn kill(child: Option<std::process::Child>) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
