@@ -965,6 +965,8 @@ impl Filesystem for FaultFs {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
