@@ -102,4 +102,54 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn faultfs_is_a_test_tool_nothing_ships_with() {
+        // Inverted: every package that reaches craft-faultfs through normal dependencies.
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(crate::workspace_root())
+            .args([
+                "tree",
+                "--workspace",
+                "-e",
+                "normal",
+                "-i",
+                "craft-faultfs",
+                "--prefix",
+                "none",
+                "--format",
+                "{p}",
+            ])
+            .output()
+            .expect("cargo tree");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dependents: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|p| *p != "craft-faultfs")
+            .map(str::to_string)
+            .collect();
+        assert!(
+            dependents.is_empty(),
+            "craft-faultfs is a test tool: only dev-dependencies may name it, but {dependents:?} \
+             depend on it"
+        );
+        let deps = closure("craft-faultfs");
+        assert!(deps.contains("fuser"), "craft-faultfs: {deps:?}");
+        for ours in [
+            "craft-core",
+            "craft-storage",
+            "consensus",
+            "craft-transport",
+        ] {
+            assert!(
+                !deps.contains(ours),
+                "craft-faultfs must not depend on {ours}"
+            );
+        }
+    }
 }

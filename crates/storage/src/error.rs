@@ -25,6 +25,15 @@ pub enum StorageError {
         /// RocksDB's error.
         source: rocksdb::Error,
     },
+    /// RocksDB stalled writes (memtables full, a flush that does not complete) for
+    /// longer than [`crate::StoreOptions::write_stall_timeout`].
+    #[error("rocksdb stalled a write for {waited:?} (a flush cannot complete: disk full or failing?): {source}")]
+    WriteStalled {
+        /// How long the write waited.
+        waited: std::time::Duration,
+        /// RocksDB's answer to the last attempt.
+        source: rocksdb::Error,
+    },
     /// A value on disk could not be decoded, or the on-disk layout breaks an invariant
     /// (a hole in the log, an entry stored under the wrong index).
     #[error("corrupt value at {key}: {reason}")]

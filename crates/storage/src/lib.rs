@@ -12,7 +12,14 @@
 //! - a write marked `must_sync` returns only after fsync (unless
 //!   [`StoreOptions::sync`] is turned off, for benchmarks);
 //! - a value that does not decode is reported as [`StorageError::Corrupt`] naming its
-//!   key, never a panic.
+//!   key, never a panic;
+//! - a write never hangs: one that RocksDB stalls for longer than
+//!   [`StoreOptions::write_stall_timeout`] (a flush that cannot complete on a full disk)
+//!   fails with [`StorageError::WriteStalled`].
+//!
+//! Disk faults under it (EIO, ENOSPC, corrupted reads, latency, through craft-faultfs)
+//! and a genuinely full disk are tested in `tests/disk_faults.rs` and
+//! `tests/disk_full.rs`; the README's "Fault tolerance" section lists what was seen.
 //!
 //! ```
 //! use craft_core::{make_snapshot, voters, LogStore};

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use craft_core::{LocalSnapshot, LogStore, LogWrite};
 use raft::eraftpb::{Entry, HardState, Snapshot, SnapshotMetadata};
@@ -43,6 +44,11 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// RocksDB memtable size per column family. Default 1 MiB.
     pub write_buffer_bytes: usize,
+    /// How long a write may wait while RocksDB stalls writes (memtables full, waiting
+    /// for a flush) before it fails with [`StorageError::WriteStalled`]. Default 30 s:
+    /// a healthy stall lasts milliseconds; one that never ends (a flush that cannot
+    /// write) must stop the node with an error rather than hang it.
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -52,6 +58,7 @@ impl Default for StoreOptions {
             entry_cache_bytes: 8 << 20,
             block_cache_bytes: 512 << 10,
             write_buffer_bytes: 1 << 20,
+            write_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -78,6 +85,12 @@ impl StoreOptions {
     /// Sets [`StoreOptions::write_buffer_bytes`].
     pub fn with_write_buffer_bytes(mut self, bytes: usize) -> Self {
         self.write_buffer_bytes = bytes;
+        self
+    }
+
+    /// Sets [`StoreOptions::write_stall_timeout`].
+    pub fn with_write_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.write_stall_timeout = timeout;
         self
     }
 }
@@ -300,12 +313,16 @@ fn load_meta(db: &DB) -> Result<Meta, StorageError> {
             reason: format!("log key is {} bytes, expected 8", key.len()),
         })
     };
+    // Each seek resets the iterator's status: check it after each, or a failed read
+    // of the first entry would look like an empty log.
     it.seek_to_first();
+    it.status()
+        .map_err(StorageError::rocks("find the first entry of the log"))?;
     let first = it.key().map(key_index).transpose()?;
     it.seek_to_last();
-    let last = it.key().map(key_index).transpose()?;
     it.status()
-        .map_err(StorageError::rocks("scan the ends of the log"))?;
+        .map_err(StorageError::rocks("find the last entry of the log"))?;
+    let last = it.key().map(key_index).transpose()?;
 
     let last_index = match (first, last) {
         (Some(first), Some(last)) => {
@@ -320,7 +337,13 @@ fn load_meta(db: &DB) -> Result<Meta, StorageError> {
             }
             last
         }
-        _ => truncated.0,
+        (None, None) => truncated.0,
+        (first, last) => {
+            return Err(StorageError::Corrupt {
+                key: LOG_CF.to_owned(),
+                reason: format!("the log's first entry is {first:?} but its last {last:?}"),
+            })
+        }
     };
     Ok(Meta {
         hard_state,
@@ -496,13 +519,35 @@ impl RocksLogStore {
         Ok(snapshot)
     }
 
+    /// Writes `batch`. RocksDB is told never to wait inside a write: while its writes
+    /// stall (memtables full, waiting for a flush) it would block the caller, and on a
+    /// full disk that flush never completes while its error recovery waits for free
+    /// space, so the write would hang rather than fail. The store waits instead,
+    /// retrying, until RocksDB takes the write, fails it (a background error such as
+    /// ENOSPC stops the database and fails every write), or the stall outlasts
+    /// [`StoreOptions::write_stall_timeout`].
     fn commit(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync && self.inner.options.sync);
-        self.inner
-            .db
-            .write_opt(batch, &opts)
-            .map_err(StorageError::rocks("write a batch"))
+        opts.set_no_slowdown(true);
+        let started = Instant::now();
+        let mut pause = Duration::from_micros(100);
+        loop {
+            // `write_opt` takes the batch; keep the original for a retry.
+            let attempt = WriteBatch::from_data(batch.data());
+            match self.inner.db.write_opt(attempt, &opts) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => {
+                    let waited = started.elapsed();
+                    if waited >= self.inner.options.write_stall_timeout {
+                        return Err(StorageError::WriteStalled { waited, source: e });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(e) => return Err(StorageError::rocks("write a batch")(e)),
+            }
+        }
     }
 
     fn put_snapshot(
