@@ -69,6 +69,9 @@ pub struct Args {
     /// Connections each server (raft, HTTP) holds open at most.
     #[arg(long, default_value_t = craft_transport::limits::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Applied entries between two snapshots of the whole map (each compacts the log).
+    #[arg(long, default_value_t = crate::node::DEFAULT_SNAPSHOT_INTERVAL)]
+    pub snapshot_interval: u64,
     /// Directory for the raft log and snapshots.
     pub data_dir: PathBuf,
 }
@@ -146,6 +149,7 @@ impl Args {
         }
         config.tick_interval = Duration::from_millis(self.tick_ms.max(1));
         config.max_connections = self.max_connections;
+        config.snapshot_interval = self.snapshot_interval;
         if let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) {
             config.tls = Some(TlsFiles {
                 cert: cert.clone(),

@@ -78,7 +78,15 @@ pub struct NodeConfig {
     /// Connections each of the two servers (raft, HTTP) holds open at most; past it new
     /// ones are closed at once. Default [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// Take a snapshot of the whole map (and compact the log) after this many applied
+    /// entries. Default [`DEFAULT_SNAPSHOT_INTERVAL`]: a snapshot writes the whole map, so
+    /// taking one every thousand writes of a large map stalls writes behind it.
+    pub snapshot_interval: u64,
 }
+
+/// Entries between two snapshots of a key-value node, by default (etcd 3.4 takes one
+/// every 100,000).
+pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 10_000;
 
 impl NodeConfig {
     /// A configuration with the default timings.
@@ -94,6 +102,7 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(5),
             tls: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
         }
     }
 }
@@ -314,7 +323,8 @@ impl KvNode {
         }));
         let kv = state_machine.reader();
 
-        let replica = ReplicaConfig::new(id);
+        let mut replica = ReplicaConfig::new(id);
+        replica.snapshot_interval = config.snapshot_interval.max(1);
         let driver_config = DriverConfig {
             tick_interval: config.tick_interval,
             proposal_timeout: config.request_timeout,
