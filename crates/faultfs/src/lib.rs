@@ -66,6 +66,7 @@ mod control;
 mod error;
 mod fs;
 pub mod rules;
+pub mod temp;
 
 use std::path::{Path, PathBuf};
 

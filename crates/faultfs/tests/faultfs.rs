@@ -8,61 +8,16 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use craft_faultfs::{FaultRule, FaultSet, Faults, InjectedError, Mount, Op};
-use tempfile::TempDir;
+use craft_faultfs::temp::TempDisk;
+use craft_faultfs::temp::usable;
+use craft_faultfs::{FaultRule, FaultSet, InjectedError, Op};
 
-/// Whether FUSE can be mounted here, checked once; prints why not.
-fn usable() -> bool {
-    static USABLE: OnceLock<Result<(), String>> = OnceLock::new();
-    match USABLE.get_or_init(|| craft_faultfs::check_usable().map_err(|e| e.to_string())) {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            false
-        }
-    }
-}
-
-/// A mounted fault filesystem over an empty backing directory.
-struct Fixture {
-    // Dropped in this order: unmounted before the directories go.
-    mount: Mount,
-    faults: Faults,
-    _mnt: TempDir,
-    backing: TempDir,
-}
-
-impl Fixture {
-    fn new() -> Option<Self> {
-        if !usable() {
-            return None;
-        }
-        let backing = tempfile::tempdir().unwrap();
-        let mnt = tempfile::tempdir().unwrap();
-        let faults = Faults::with_seed(FaultSet::none(), 42);
-        let mount = craft_faultfs::mount(backing.path(), mnt.path(), faults.clone()).unwrap();
-        Some(Self {
-            backing,
-            _mnt: mnt,
-            mount,
-            faults,
-        })
-    }
-
-    fn at(&self, rel: &str) -> std::path::PathBuf {
-        self.mount.path().join(rel)
-    }
-
-    fn backing(&self, rel: &str) -> std::path::PathBuf {
-        self.backing.path().join(rel)
-    }
-
-    fn rule(&self, rule: FaultRule) {
-        self.faults.set(FaultSet::none().with(rule));
-    }
+/// A mounted fault filesystem over an empty backing directory, or `None` (said why)
+/// where FUSE cannot be mounted.
+fn fixture() -> Option<TempDisk> {
+    TempDisk::new(42).unwrap()
 }
 
 fn raw_errno(e: &std::io::Error) -> Option<i32> {
@@ -71,7 +26,7 @@ fn raw_errno(e: &std::io::Error) -> Option<i32> {
 
 #[test]
 fn passthrough_mirrors_the_backing_directory() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = fixture() else { return };
     std::fs::create_dir(fx.at("db")).unwrap();
     std::fs::write(fx.at("db/a"), b"hello").unwrap();
     assert_eq!(std::fs::read(fx.backing("db/a")).unwrap(), b"hello");
@@ -172,7 +127,7 @@ fn passthrough_mirrors_the_backing_directory() {
 
 #[test]
 fn fallocate_and_statfs_pass_through() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = fixture() else { return };
     let f = File::create(fx.at("prealloc")).unwrap();
     // Keep-size preallocation, as RocksDB does for its WAL and SST files.
     nix::fcntl::fallocate(
@@ -192,7 +147,7 @@ fn fallocate_and_statfs_pass_through() {
 
 #[test]
 fn eio_on_fsync_fails_fsync_only_on_matching_paths() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = fixture() else { return };
     let wal = File::create(fx.at("000003.log")).unwrap();
     let sst = File::create(fx.at("000004.sst")).unwrap();
     fx.rule(
@@ -234,7 +189,7 @@ fn eio_on_fsync_fails_fsync_only_on_matching_paths() {
 
 #[test]
 fn eio_on_read_and_enospc_on_write() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = fixture() else { return };
     std::fs::write(fx.at("data"), b"0123456789").unwrap();
     let f = OpenOptions::new()
         .read(true)
@@ -281,7 +236,7 @@ fn eio_on_read_and_enospc_on_write() {
 
 #[test]
 fn corruption_flips_bits_in_what_is_read_never_on_disk() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = fixture() else { return };
     let original: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(fx.backing("000009.sst"), &original).unwrap();
     std::fs::write(fx.backing("000010.log"), &original).unwrap();
@@ -310,7 +265,7 @@ fn corruption_flips_bits_in_what_is_read_never_on_disk() {
 
 #[test]
 fn latency_delays_but_every_operation_succeeds() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = fixture() else { return };
     fx.rule(FaultRule::on("**").delay(Duration::from_millis(10)));
     std::fs::create_dir(fx.at("d")).unwrap();
     let f = File::create(fx.at("d/f")).unwrap();
@@ -336,7 +291,7 @@ fn latency_delays_but_every_operation_succeeds() {
 
 #[test]
 fn probability_fails_some_operations() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = fixture() else { return };
     std::fs::write(fx.at("f"), b"x").unwrap();
     let f = File::open(fx.at("f")).unwrap();
     fx.rule(
@@ -354,7 +309,7 @@ fn probability_fails_some_operations() {
 
 #[test]
 fn a_control_file_switches_rules_at_run_time() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = fixture() else { return };
     let control = tempfile::tempdir().unwrap();
     let path = control.path().join("faults.json");
     let watcher = fx.faults.watch(&path).unwrap();
@@ -387,7 +342,7 @@ fn a_control_file_switches_rules_at_run_time() {
 
 #[test]
 fn unmount_refuses_while_files_are_open_then_detaches() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = fixture() else { return };
     let f = File::create(fx.at("held")).unwrap();
     let mountpoint = fx.mount.path().to_owned();
     let e = fx.mount.unmount().unwrap_err();

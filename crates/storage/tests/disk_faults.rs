@@ -15,66 +15,40 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use craft_core::testing::hard_state;
 use craft_core::LogWrite;
-use craft_faultfs::{FaultRule, FaultSet, Faults, InjectedError, Mount, Op};
+use craft_faultfs::temp::TempDisk;
+use craft_faultfs::{FaultRule, InjectedError, Op};
 use craft_storage::{RocksLogStore, StorageError, StoreOptions};
 use raft::eraftpb::{Entry, HardState};
 use raft::{GetEntriesContext, Storage as _};
-use tempfile::TempDir;
-
-fn usable() -> bool {
-    static USABLE: OnceLock<Result<(), String>> = OnceLock::new();
-    match USABLE.get_or_init(|| craft_faultfs::check_usable().map_err(|e| e.to_string())) {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            false
-        }
-    }
-}
 
 /// A fault filesystem with the store's directory on it.
-struct Disk {
-    // Dropped in this order: unmounted before the directories go.
-    mount: Mount,
-    faults: Faults,
-    _mnt: TempDir,
-    backing: TempDir,
+struct Disk(TempDisk);
+
+impl std::ops::Deref for Disk {
+    type Target = TempDisk;
+
+    fn deref(&self) -> &TempDisk {
+        &self.0
+    }
 }
 
 impl Disk {
     fn new() -> Option<Self> {
-        if !usable() {
-            return None;
-        }
-        let backing = tempfile::tempdir().unwrap();
-        let mnt = tempfile::tempdir().unwrap();
-        let faults = Faults::with_seed(FaultSet::none(), 11);
-        let mount = craft_faultfs::mount(backing.path(), mnt.path(), faults.clone()).unwrap();
-        Some(Self {
-            mount,
-            faults,
-            _mnt: mnt,
-            backing,
-        })
+        TempDisk::new(11).unwrap().map(Self)
     }
 
     /// The store's directory, on the fault filesystem.
     fn dir(&self) -> PathBuf {
-        self.mount.path().join("raft")
+        self.at("raft")
     }
 
     /// The same directory in the backing directory, past the faults.
     fn backing_dir(&self) -> PathBuf {
-        self.backing.path().join("raft")
-    }
-
-    fn rule(&self, rule: FaultRule) {
-        self.faults.set(FaultSet::none().with(rule));
+        self.backing("raft")
     }
 
     fn files_ending(&self, suffix: &str) -> Vec<String> {
