@@ -10,8 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use craft_faultfs::temp::TempDisk;
 use craft_faultfs::temp::usable;
+use craft_faultfs::temp::TempDisk;
 use craft_faultfs::{FaultRule, FaultSet, InjectedError, Op};
 
 /// A mounted fault filesystem over an empty backing directory, or `None` (said why)
