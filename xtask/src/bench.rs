@@ -22,23 +22,13 @@ use serde::Serialize;
 
 use crate::cluster::{build_profile, scrape, Cluster, Profile, Spec};
 
-/// How to build the existing service for `--compare` / `--consensus-bin`.
-const REFERENCE_HELP: &str = "\
-Building the existing CITA-Cloud service (cita-cloud/consensus_raft) outside this clone:
-  1. get the sources of cita-cloud/consensus_raft and of its git dependencies
-     cita-cloud/cloud-common-rs and JLerxky/raft-rs side by side, e.g. in /work/ref;
-  2. in consensus_raft/Cargo.toml point them at the local copies:
-       raft = { path = \"../raft-rs\", default-features = false, features = [\"prost-codec\"] }
-       cloud-util = { package = \"cloud-util\", path = \"../cloud-common-rs/cloud-util\" }
-       cita_cloud_proto = { package = \"cita_cloud_proto\", path = \"../cloud-common-rs/cloud-proto\" }
-  3. apt-get install -y protobuf-compiler (raft-proto's build needs protoc), then
-     cargo build --release in consensus_raft;
-  4. cargo xtask bench --cluster-only --compare /work/ref/consensus_raft/target/release/consensus
-Never commit those sources or binaries.";
+/// The last step of [`crate::interop::reference_help`] for `--compare`.
+const LAST_STEP: &str =
+    "cargo xtask bench --cluster-only --compare /work/ref/consensus_raft/target/release/consensus";
 
 /// `cargo xtask bench`
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = REFERENCE_HELP)]
+#[command(after_long_help = crate::interop::reference_help(LAST_STEP))]
 pub struct Args {
     /// Seconds measured per cluster case.
     #[arg(long, default_value_t = 15)]
@@ -572,8 +562,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     for bin in args.consensus_bins.iter().chain(&args.compare) {
         anyhow::ensure!(
             bin.is_file(),
-            "no consensus binary at {}\n\n{REFERENCE_HELP}",
-            bin.display()
+            "no consensus binary at {}\n\n{}",
+            bin.display(),
+            crate::interop::reference_help(LAST_STEP)
         );
     }
     if !args.cluster_only && !args.kv {

@@ -158,9 +158,33 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 debug: true,
             },
         )?;
+        // The contract, clause by clause, on ours.
+        println!("==> cargo xtask conformance");
+        crate::conformance::run(
+            root,
+            &crate::conformance::Args {
+                bin: None,
+                only: None,
+                release: false,
+                report_only: false,
+            },
+        )?;
+        let bin_dir = crate::cluster::build(root, false)?;
+        // The interop harness itself, with our own binary standing in for the existing
+        // service (CI has no build of it): a rolling replacement of every node of a
+        // 4-node chain, each restarted with an empty raft directory.
+        println!("==> cargo xtask interop --debug --only rolling_upgrade --reference <ours>");
+        crate::interop::run(
+            root,
+            &crate::interop::Args {
+                reference: Some(bin_dir.join("consensus")),
+                only: Some("rolling_upgrade".into()),
+                secs: 2,
+                debug: true,
+            },
+        )?;
         // The compose deployment, when a Docker engine is there (the script skips
         // otherwise).
-        let bin_dir = crate::cluster::build(root, false)?;
         println!("==> deploy/test-compose.sh");
         let status = Command::new("bash")
             .current_dir(root)

@@ -158,6 +158,8 @@ pub struct Spec {
     pub block_bytes: usize,
     /// Controllers and the network write their counters to `stats.json` files.
     pub stats: bool,
+    /// More arguments for every development controller.
+    pub controller_args: Vec<String>,
 }
 
 impl Spec {
@@ -177,6 +179,7 @@ impl Spec {
             consensus_bins: Vec::new(),
             block_bytes: 0,
             stats: false,
+            controller_args: Vec::new(),
         }
     }
 }
@@ -206,6 +209,9 @@ pub struct NodeInfo {
     /// The development controller's arguments, to start it again.
     #[serde(default)]
     pub controller_args: Vec<String>,
+    /// The consensus process's arguments when not `run -c config.toml --stdout`.
+    #[serde(default)]
+    pub consensus_args: Option<Vec<String>>,
 }
 
 /// What `cluster.json` records.
@@ -528,6 +534,7 @@ impl Cluster {
                     consensus_bin: (!spec.consensus_bins.is_empty())
                         .then(|| spec.consensus_bins[(i - 1) % spec.consensus_bins.len()].clone()),
                     controller_args: Vec::new(),
+                    consensus_args: None,
                 }
             })
             .collect();
@@ -627,6 +634,7 @@ impl Cluster {
                 cmd.arg("--stats-file")
                     .arg(nd.join("controller-stats.json"));
             }
+            cmd.args(&spec.controller_args);
             for (h, members) in &spec.schedule {
                 let list: Vec<String> = members.iter().map(|m| node_address(*m)).collect();
                 cmd.arg("--validators-at")
@@ -689,15 +697,16 @@ impl Cluster {
             .consensus_bin
             .clone()
             .unwrap_or_else(|| self.state.bin_dir.join("consensus"));
-        let pid = spawn_logged(
-            Command::new(bin)
+        let mut cmd = Command::new(bin);
+        match &self.state.nodes[i - 1].consensus_args {
+            Some(args) => cmd.args(args),
+            None => cmd
                 .arg("run")
                 .arg("-c")
                 .arg(nd.join("config.toml"))
                 .arg("--stdout"),
-            &nd.join("consensus.log"),
-            detach,
-        )?;
+        };
+        let pid = spawn_logged(&mut cmd, &nd.join("consensus.log"), detach)?;
         self.state.nodes[i - 1].consensus_pid = Some(pid);
         self.save()
     }
@@ -718,6 +727,60 @@ impl Cluster {
         }
         self.state.nodes[i - 1].consensus_pid = None;
         self.save()
+    }
+
+    /// Stops node `i`'s consensus process as an operator would: SIGTERM, then SIGKILL if it
+    /// has not exited after `grace`. Returns once it has exited.
+    pub fn stop(&mut self, i: usize, grace: Duration) -> anyhow::Result<()> {
+        let node = self
+            .state
+            .nodes
+            .get(i.wrapping_sub(1))
+            .with_context(|| format!("no node {i}"))?;
+        if let Some(pid) = node.consensus_pid {
+            stop_pids(&[pid], grace);
+        }
+        self.state.nodes[i - 1].consensus_pid = None;
+        self.save()
+    }
+
+    /// Makes node `i` start with `args` instead of `run -c config.toml --stdout` (`None`
+    /// restores those).
+    pub fn set_consensus_args(
+        &mut self,
+        i: usize,
+        args: Option<Vec<String>>,
+    ) -> anyhow::Result<()> {
+        let node = self
+            .state
+            .nodes
+            .get_mut(i.wrapping_sub(1))
+            .with_context(|| format!("no node {i}"))?;
+        node.consensus_args = args;
+        self.save()
+    }
+
+    /// Makes node `i` run `bin` from its next start (ours from the build directory when
+    /// `None`).
+    pub fn set_consensus_bin(&mut self, i: usize, bin: Option<PathBuf>) -> anyhow::Result<()> {
+        let node = self
+            .state
+            .nodes
+            .get_mut(i.wrapping_sub(1))
+            .with_context(|| format!("no node {i}"))?;
+        node.consensus_bin = bin;
+        self.save()
+    }
+
+    /// Deletes node `i`'s raft directory (the node must be stopped): it starts again as a
+    /// node that never ran, beside its controller's chain.
+    pub fn wipe_raft_data(&self, i: usize) -> anyhow::Result<()> {
+        let dir = self.node_dir(i).join("raft-data");
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
     }
 
     /// Cuts node `i` off (`Some`) or heals every link (`None`).

@@ -5,13 +5,16 @@
 
 mod bench;
 mod bench_kv;
+mod blackbox;
 mod chaos;
 mod ci;
 mod cluster;
 mod codegen;
+mod conformance;
 mod etcd;
 mod fuzz;
 mod fuzz_sim;
+mod interop;
 mod jepsen_kv;
 mod test_cluster;
 mod tidy;
@@ -54,6 +57,12 @@ enum Command {
     Chaos(chaos::Args),
     /// The KV example's linearizability test, run longer: crashes, partitions, a checker.
     JepsenKv(jepsen_kv::Args),
+    /// Our consensus beside the existing service (consensus_raft) in one raft group: mixed
+    /// clusters, validator changes, a rolling upgrade and its rollback.
+    Interop(interop::Args),
+    /// Check any consensus binary against the CITA-Cloud contract, black-box, clause by
+    /// clause.
+    Conformance(conformance::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +78,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&root, &args),
         Command::Chaos(args) => chaos::run(&root, &args),
         Command::JepsenKv(args) => jepsen_kv::run(&root, &args),
+        Command::Interop(args) => interop::run(&root, &args),
+        Command::Conformance(args) => conformance::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,6 +45,9 @@ pub const CODE_MALFORMED: u32 = 102;
 pub const CODE_CONFLICT: u32 = 103;
 /// Status code for a failed write of the chain file.
 pub const CODE_STORAGE: u32 = 104;
+/// Status code of a `CheckProposal` failed on purpose ([`DevChainConfig::fail_check_every`]):
+/// a transient refusal, as a busy real controller may give.
+pub const CODE_TRANSIENT: u32 = 105;
 
 const BLOCK_PREFIX: &str = "craft-dev-block";
 
@@ -67,6 +70,13 @@ pub struct DevChainConfig {
     pub no_fsync: bool,
     /// Pad proposals to at least this many bytes of data (0: no padding).
     pub block_bytes: usize,
+    /// Every this many `GetProposal` calls, answer a proposal at a height other than
+    /// height + 1 (alternately the current height and height + 2), which a conforming
+    /// consensus service must not propose (0: never).
+    pub wrong_height_every: u64,
+    /// Every this many `CheckProposal` calls, refuse with [`CODE_TRANSIENT`] without
+    /// looking at the proposal (0: never).
+    pub fail_check_every: u64,
 }
 
 /// Upper bounds (microseconds) of the block latency histogram: 50 µs growing by 15%
@@ -95,6 +105,12 @@ pub struct DevStats {
     pub commit_block: AtomicU64,
     /// Blocks this controller committed.
     pub blocks: AtomicU64,
+    /// Proposals handed out at a wrong height on purpose.
+    pub wrong_height_proposals: AtomicU64,
+    /// `CheckProposal` calls refused on purpose.
+    pub failed_checks: AtomicU64,
+    /// `CommitBlock` calls (pings aside) for a height other than height + 1.
+    pub commits_out_of_order: AtomicU64,
     /// Blocks committed that this controller had proposed, by latency bucket.
     latency: Vec<AtomicU64>,
     buckets: Vec<u64>,
@@ -110,6 +126,9 @@ impl Default for DevStats {
             check_proposal: AtomicU64::new(0),
             commit_block: AtomicU64::new(0),
             blocks: AtomicU64::new(0),
+            wrong_height_proposals: AtomicU64::new(0),
+            failed_checks: AtomicU64::new(0),
+            commits_out_of_order: AtomicU64::new(0),
             latency: (0..=buckets.len()).map(|_| AtomicU64::new(0)).collect(),
             buckets,
             proposed: Mutex::new(None),
@@ -147,11 +166,14 @@ impl DevStats {
             .map(|(i, c)| format!("[{},{}]", self.buckets.get(i).copied().unwrap_or(0), get(c)))
             .collect();
         format!(
-            "{{\"get_proposal\":{},\"check_proposal\":{},\"commit_block\":{},\"blocks\":{},\"latency_us\":[{}]}}",
+            "{{\"get_proposal\":{},\"check_proposal\":{},\"commit_block\":{},\"blocks\":{},\"wrong_height_proposals\":{},\"failed_checks\":{},\"commits_out_of_order\":{},\"latency_us\":[{}]}}",
             get(&self.get_proposal),
             get(&self.check_proposal),
             get(&self.commit_block),
             get(&self.blocks),
+            get(&self.wrong_height_proposals),
+            get(&self.failed_checks),
+            get(&self.commits_out_of_order),
             buckets.join(",")
         )
     }
@@ -341,7 +363,11 @@ impl DevChain {
 
     /// A new proposal at height + 1.
     pub fn proposal(&self) -> Proposal {
-        let height = self.height() + 1;
+        self.proposal_at(self.height() + 1)
+    }
+
+    /// A proposal at `height`.
+    fn proposal_at(&self, height: u64) -> Proposal {
         let data = make_block(
             height,
             &self.cfg.node_name,
@@ -382,6 +408,11 @@ impl DevChain {
                     return Err(CODE_CONFLICT);
                 }
                 None => {
+                    if p.height != st.height + 1 {
+                        self.stats
+                            .commits_out_of_order
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     let sync = !self.cfg.no_fsync;
                     if let Some(log) = st.log.as_mut() {
                         let line = format!("{} {}\n", p.height, hex::encode(&p.data));
@@ -516,9 +547,25 @@ impl Consensus2ControllerService for DevChain {
         if !self.cfg.delay.is_zero() {
             tokio::time::sleep(self.cfg.delay).await;
         }
-        let proposal = self.proposal();
-        self.stats.get_proposal.fetch_add(1, Ordering::Relaxed);
-        self.stats.proposed(proposal.height);
+        let call = self.stats.get_proposal.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = self.cfg.wrong_height_every;
+        let proposal = if every > 0 && call.is_multiple_of(every) {
+            let n = self
+                .stats
+                .wrong_height_proposals
+                .fetch_add(1, Ordering::Relaxed);
+            let height = self.height();
+            // Alternately a height already committed and one beyond the next.
+            self.proposal_at(if n.is_multiple_of(2) {
+                height
+            } else {
+                height + 2
+            })
+        } else {
+            let p = self.proposal();
+            self.stats.proposed(p.height);
+            p
+        };
         Ok(Response::new(ProposalResponse {
             status: status(0),
             proposal: Some(proposal),
@@ -529,7 +576,14 @@ impl Consensus2ControllerService for DevChain {
         if !self.cfg.delay.is_zero() {
             tokio::time::sleep(self.cfg.delay).await;
         }
-        self.stats.check_proposal.fetch_add(1, Ordering::Relaxed);
+        let call = self.stats.check_proposal.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = self.cfg.fail_check_every;
+        if every > 0 && call.is_multiple_of(every) {
+            self.stats.failed_checks.fetch_add(1, Ordering::Relaxed);
+            return Ok(Response::new(StatusCode {
+                code: CODE_TRANSIENT,
+            }));
+        }
         Ok(Response::new(StatusCode {
             code: self.check(req.get_ref()),
         }))
@@ -587,6 +641,8 @@ mod tests {
             delay: Duration::ZERO,
             no_fsync: false,
             block_bytes: 0,
+            wrong_height_every: 0,
+            fail_check_every: 0,
         })
         .unwrap()
     }
@@ -607,6 +663,50 @@ mod tests {
         other.data = make_block(1, "n2", 1, 0);
         assert_eq!(c.commit(&other), Err(CODE_CONFLICT));
         assert_eq!(c.check(&p), CODE_WRONG_HEIGHT);
+    }
+
+    #[tokio::test]
+    async fn conformance_knobs_hand_out_wrong_heights_and_refuse_checks() {
+        let c = DevChain::open(DevChainConfig {
+            node_name: "n1".into(),
+            wrong_height_every: 2,
+            fail_check_every: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut heights = Vec::new();
+        for _ in 0..4 {
+            let p = c
+                .get_proposal(Request::new(Empty {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .proposal
+                .unwrap();
+            heights.push(p.height);
+        }
+        // Every second call: the current height, then height + 2.
+        assert_eq!(heights, [1, 0, 1, 2]);
+        assert_eq!(c.stats().wrong_height_proposals.load(Ordering::Relaxed), 2);
+
+        let good = c.proposal();
+        let mut codes = Vec::new();
+        for _ in 0..6 {
+            let code = c
+                .check_proposal(Request::new(good.clone()))
+                .await
+                .unwrap()
+                .into_inner()
+                .code;
+            codes.push(code);
+        }
+        assert_eq!(codes, [0, 0, CODE_TRANSIENT, 0, 0, CODE_TRANSIENT]);
+
+        // A commit that skips a height is counted; the next one in order is not.
+        c.commit(&c.proposal_at(2)).unwrap();
+        assert_eq!(c.stats().commits_out_of_order.load(Ordering::Relaxed), 1);
+        c.commit(&c.proposal()).unwrap();
+        assert_eq!(c.stats().commits_out_of_order.load(Ordering::Relaxed), 1);
     }
 
     #[test]

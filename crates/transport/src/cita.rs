@@ -148,7 +148,17 @@ struct Origins {
     /// Bound origins that have sent a message with a matching checksum trailer: from
     /// them, a message without one is damaged.
     checksummed: HashSet<u64>,
+    /// Plain messages in a row from a checksummed origin (see [`PLAIN_STREAK_RESET`]).
+    plain_streak: HashMap<u64, u32>,
 }
+
+/// Plain raft messages in a row after which an origin that used to send checksums is
+/// taken to have stopped: the node there was replaced by one of the existing service
+/// (a rolling upgrade rolled back), which never sends them. Damage that removes a
+/// trailer is rare; this many damaged messages in a row from one origin, with nothing
+/// intact in between, is not what a faulty link does. A `probe` from an origin (a peer
+/// that has just started) drops the requirement at once.
+const PLAIN_STREAK_RESET: u32 = 4;
 
 /// Most raft ids bound at once. The origin is the network's word, but whoever reaches
 /// the gRPC port directly can make up origins: past the bound, a new claim takes the
@@ -160,7 +170,7 @@ impl Origins {
         if let Some(old) = self.by_id.insert(id, origin) {
             self.by_origin.remove(&old);
             self.last_seen.remove(&old);
-            self.checksummed.remove(&old);
+            self.forget_checksums(old);
         }
         self.by_origin.insert(origin, id);
         self.last_seen.insert(origin, Instant::now());
@@ -170,9 +180,15 @@ impl Origins {
         if let Some(origin) = self.by_id.remove(&id) {
             self.by_origin.remove(&origin);
             self.last_seen.remove(&origin);
-            self.checksummed.remove(&origin);
+            self.forget_checksums(origin);
         }
         self.checking.remove(&id);
+    }
+
+    /// Stops requiring checksums from `origin`.
+    fn forget_checksums(&mut self, origin: u64) {
+        self.checksummed.remove(&origin);
+        self.plain_streak.remove(&origin);
     }
 
     /// Room for one more binding: `Some(None)` when there is, `Some(Some(id))` when the
@@ -510,27 +526,68 @@ impl CitaNetwork {
         result
     }
 
+    /// Counts a plain message from a checksummed origin; true once there have been
+    /// [`PLAIN_STREAK_RESET`] in a row, when the origin is no longer required to send
+    /// checksums and this message is taken as it is.
+    fn plain_in_a_row(&self, origin: u64) -> bool {
+        let mut o = self
+            .inner
+            .origins
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let streak = o.plain_streak.entry(origin).or_default();
+        *streak += 1;
+        if *streak < PLAIN_STREAK_RESET {
+            return false;
+        }
+        o.forget_checksums(origin);
+        tracing::info!(
+            origin,
+            "origin stopped sending checksums (now the existing service?); no longer requiring them"
+        );
+        true
+    }
+
     fn handle_inner(&self, msg: NetworkMsg) -> Result<(), InboundError> {
         if msg.module != MODULE {
             return Err(InboundError::UnknownModule(msg.module));
         }
         match msg.r#type.as_str() {
             TYPE_RAFT => {
-                let required = self
-                    .inner
-                    .origins
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .checksummed
-                    .contains(&msg.origin);
-                let (raft_msg, integrity) =
-                    decode_checked(&msg.msg, required).map_err(|e| match e {
-                        IntegrityError::Decode(e) => InboundError::BadRaftMessage(e.to_string()),
-                        error => InboundError::Damaged {
-                            origin: msg.origin,
-                            error,
-                        },
-                    })?;
+                let (required, streak) = {
+                    let o = self.inner.origins.read().unwrap_or_else(|e| e.into_inner());
+                    (
+                        o.checksummed.contains(&msg.origin),
+                        o.plain_streak.contains_key(&msg.origin),
+                    )
+                };
+                let damaged = |error| InboundError::Damaged {
+                    origin: msg.origin,
+                    error,
+                };
+                let (raft_msg, integrity) = match decode_checked(&msg.msg, required) {
+                    Ok(decoded) => decoded,
+                    Err(IntegrityError::Decode(e)) => {
+                        return Err(InboundError::BadRaftMessage(e.to_string()))
+                    }
+                    Err(IntegrityError::Missing) if self.plain_in_a_row(msg.origin) => {
+                        decode_checked(&msg.msg, false).map_err(|e| match e {
+                            IntegrityError::Decode(e) => {
+                                InboundError::BadRaftMessage(e.to_string())
+                            }
+                            error => damaged(error),
+                        })?
+                    }
+                    Err(error) => return Err(damaged(error)),
+                };
+                if streak && integrity == Integrity::Verified {
+                    self.inner
+                        .origins
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .plain_streak
+                        .remove(&msg.origin);
+                }
                 if raft_msg.to != self.inner.cfg.raft_id {
                     // The sender's origin map is stale: tell it whom it meant to reach.
                     tracing::debug!(
@@ -577,6 +634,13 @@ impl CitaNetwork {
             TYPE_PROBE => {
                 let id = parse_id(TYPE_PROBE, &msg.msg)?;
                 self.claim(id, msg.origin)?;
+                // A peer that probes has just started: whatever runs there now may be
+                // the existing service, which sends no checksums.
+                self.inner
+                    .origins
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget_checksums(msg.origin);
                 self.send_to_origin(
                     id,
                     msg.origin,
@@ -791,6 +855,51 @@ mod tests {
             "a damaged message reached raft"
         );
         assert_eq!(n.refused_stats(), vec![("checksum", 2)]);
+    }
+
+    /// A node of ours replaced by the existing service at the same origin (a rolling
+    /// upgrade rolled back): its plain messages must get through again, or it is cut off
+    /// for good.
+    #[tokio::test]
+    async fn an_origin_that_stops_sending_checksums_is_heard_again() {
+        let n = net();
+        let seen = counting(&n);
+        let m = Message {
+            from: 2,
+            to: 7,
+            term: 3,
+            ..Default::default()
+        };
+        n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
+        // A few plain messages are taken for damage; an intact one in between starts
+        // the count again.
+        for _ in 1..PLAIN_STREAK_RESET {
+            assert!(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).is_err());
+        }
+        n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
+        for _ in 1..PLAIN_STREAK_RESET {
+            assert!(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).is_err());
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        // The next one in a row is taken, and so is every plain one after it.
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 4);
+
+        // Checksums again, then a probe from there: a restarted peer, required no more.
+        n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
+        assert!(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).is_err());
+        n.handle(id_msg(TYPE_PROBE, 42, 2)).unwrap();
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 6);
+        // A damaged trailer never counts as a plain message.
+        n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
+        let mut damaged = encode_checked(&m);
+        damaged[3] ^= 0x40;
+        for _ in 0..2 * PLAIN_STREAK_RESET {
+            assert!(n.handle(nm(TYPE_RAFT, 42, damaged.clone())).is_err());
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 7);
     }
 
     #[tokio::test]

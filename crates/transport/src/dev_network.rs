@@ -6,8 +6,13 @@
 //! origin is `msg.origin`, `Broadcast` to all others, and the receiver sees the sender's
 //! origin. Links can be cut to simulate partitions, and given the faults of
 //! [`crate::link_faults`] (delay, jitter, loss, duplication, corruption, a bandwidth cap).
+//!
+//! It also observes what each node does on the network ([`DevNetwork::observed_json`]):
+//! the handlers it registered, the messages it sent by method and type, and the raft ids
+//! its `probe`s and raft messages claim. That is the evidence a black-box check of the
+//! CITA-Cloud contract needs (`cargo xtask conformance`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -24,6 +29,69 @@ use crate::queue::PeerQueues;
 
 struct Slot {
     handler: RwLock<Option<NetworkMsgHandlerServiceClient<Channel>>>,
+    observed: Mutex<Observed>,
+}
+
+/// What one node was seen doing on the network.
+#[derive(Debug, Default)]
+struct Observed {
+    /// `RegisterNetworkMsgHandler` calls: module, hostname, port.
+    registered: Vec<(String, String, String)>,
+    /// Messages sent, by `"method:type"` (e.g. `"send_msg:raft"`).
+    sent: BTreeMap<String, u64>,
+    /// Raft ids claimed by its `probe` and `probe-resp` payloads.
+    probe_ids: BTreeSet<u64>,
+    /// `from` of the raft messages it sent (a sample of them).
+    raft_from: BTreeSet<u64>,
+}
+
+/// Distinct values kept per observed set, and the longest module or host name recorded:
+/// a hostile node cannot make the record grow without bound.
+const MAX_OBSERVED: usize = 16;
+const MAX_OBSERVED_NAME: usize = 64;
+
+impl Observed {
+    fn record(&mut self, method: &str, msg: &NetworkMsg) {
+        let ty: String = msg.r#type.chars().take(MAX_OBSERVED_NAME).collect();
+        let key = format!("{method}:{ty}");
+        if self.sent.len() < MAX_OBSERVED || self.sent.contains_key(&key) {
+            *self.sent.entry(key.clone()).or_default() += 1;
+        }
+        let count = self.sent.get(&key).copied().unwrap_or(0);
+        match msg.r#type.as_str() {
+            "probe" | "probe-resp" => {
+                if let Ok(id) = <[u8; 8]>::try_from(msg.msg.as_slice()) {
+                    insert_bounded(&mut self.probe_ids, u64::from_be_bytes(id));
+                }
+            }
+            // Decoding costs: the first messages, then one in 256.
+            "raft" if count <= 64 || count.is_multiple_of(256) => {
+                if let Ok(m) = <raft::eraftpb::Message as raft_prost::Message>::decode(&msg.msg[..])
+                {
+                    insert_bounded(&mut self.raft_from, m.from);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn to_json(&self, origin: usize) -> serde_json::Value {
+        serde_json::json!({
+            "origin": origin,
+            "registered": self.registered.iter().map(|(m, h, p)| serde_json::json!({
+                "module": m, "hostname": h, "port": p,
+            })).collect::<Vec<_>>(),
+            "sent": self.sent,
+            "probe_ids": self.probe_ids,
+            "raft_from": self.raft_from,
+        })
+    }
+}
+
+fn insert_bounded(set: &mut BTreeSet<u64>, v: u64) {
+    if set.len() < MAX_OBSERVED {
+        set.insert(v);
+    }
 }
 
 /// The shared routing state of a development network.
@@ -66,6 +134,7 @@ impl DevNetwork {
             nodes: (0..nodes)
                 .map(|_| Slot {
                     handler: RwLock::new(None),
+                    observed: Mutex::new(Observed::default()),
                 })
                 .collect(),
             cuts: RwLock::new(HashSet::new()),
@@ -108,7 +177,8 @@ impl DevNetwork {
     }
 
     /// Counters as JSON: `send_msg` and `broadcast` calls, `delivered` and `dropped`
-    /// messages (summed over nodes), for benchmarks.
+    /// messages (summed over nodes), what the link faults did, and `nodes`, what each
+    /// node was seen doing ([`DevNetwork::observed_json`]).
     pub fn stats_json(&self) -> String {
         let (delivered, dropped) = self
             .delivery
@@ -116,15 +186,43 @@ impl DevNetwork {
             .iter()
             .fold((0, 0), |(a, b), (_, s, d)| (a + s, b + d));
         let f = &self.fault_counts;
-        format!(
-            "{{\"send_msg\":{},\"broadcast\":{},\"delivered\":{delivered},\"dropped\":{dropped},\"fault_lost\":{},\"fault_duplicated\":{},\"fault_corrupted\":{},\"fault_delayed\":{}}}",
-            self.send_msg_calls.load(Ordering::Relaxed),
-            self.broadcast_calls.load(Ordering::Relaxed),
-            f.lost.load(Ordering::Relaxed),
-            f.duplicated.load(Ordering::Relaxed),
-            f.corrupted.load(Ordering::Relaxed),
-            f.delayed.load(Ordering::Relaxed),
+        serde_json::json!({
+            "send_msg": self.send_msg_calls.load(Ordering::Relaxed),
+            "broadcast": self.broadcast_calls.load(Ordering::Relaxed),
+            "delivered": delivered,
+            "dropped": dropped,
+            "fault_lost": f.lost.load(Ordering::Relaxed),
+            "fault_duplicated": f.duplicated.load(Ordering::Relaxed),
+            "fault_corrupted": f.corrupted.load(Ordering::Relaxed),
+            "fault_delayed": f.delayed.load(Ordering::Relaxed),
+            "nodes": self.observed_json(),
+        })
+        .to_string()
+    }
+
+    /// What each node was seen doing, as JSON: a list with, per node, `origin`,
+    /// `registered` (module, hostname, port of each handler registration), `sent`
+    /// (message counts by `"method:type"`), `probe_ids` (raft ids its probes claim) and
+    /// `raft_from` (the `from` of a sample of its raft messages).
+    pub fn observed_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, slot)| {
+                    slot.observed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .to_json(i + 1)
+                })
+                .collect(),
         )
+    }
+
+    fn observe(&self, origin: u64, f: impl FnOnce(&mut Observed)) {
+        if let Some(slot) = self.slot(origin) {
+            f(&mut slot.observed.lock().unwrap_or_else(|e| e.into_inner()));
+        }
     }
 
     /// Number of nodes.
@@ -335,6 +433,7 @@ impl NetworkService for NodePort {
     async fn send_msg(&self, req: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
         self.net.send_msg_calls.fetch_add(1, Ordering::Relaxed);
         let msg = req.into_inner();
+        self.net.observe(self.me, |o| o.record("send_msg", &msg));
         let to = msg.origin;
         if self.net.slot(to).is_none() {
             return Err(Status::not_found(format!("no peer with origin {to}")));
@@ -346,6 +445,7 @@ impl NetworkService for NodePort {
     async fn broadcast(&self, req: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
         self.net.broadcast_calls.fetch_add(1, Ordering::Relaxed);
         let msg = req.into_inner();
+        self.net.observe(self.me, |o| o.record("broadcast", &msg));
         for to in 1..=self.net.len() as u64 {
             if to != self.me {
                 self.net.deliver(self.me, to, msg.clone());
@@ -368,6 +468,13 @@ impl NetworkService for NodePort {
         req: Request<RegisterInfo>,
     ) -> Result<Response<StatusCode>, Status> {
         let info = req.into_inner();
+        self.net.observe(self.me, |o| {
+            if o.registered.len() < MAX_OBSERVED {
+                let cut = |s: &str| s.chars().take(MAX_OBSERVED_NAME).collect::<String>();
+                o.registered
+                    .push((cut(&info.module_name), cut(&info.hostname), cut(&info.port)));
+            }
+        });
         let addr = format!("http://{}:{}", info.hostname, info.port);
         let endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|e| Status::invalid_argument(format!("bad handler address {addr}: {e}")))?
@@ -530,6 +637,66 @@ mod tests {
         net.set_faults(Vec::new());
         assert!(net.deliver(1, 2, payload(1)));
         assert_eq!(received(&rec, 1).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn what_each_node_sends_and_registers_is_observed() {
+        let (net, rec) = pair().await;
+        let port = net.service(1);
+        let probe = |ty: &str, id: u64| NetworkMsg {
+            module: "consensus".into(),
+            r#type: ty.into(),
+            origin: 0,
+            msg: id.to_be_bytes().to_vec(),
+        };
+        port.broadcast(Request::new(probe("probe", 77)))
+            .await
+            .unwrap();
+        port.send_msg(Request::new(NetworkMsg {
+            origin: 2,
+            ..probe("probe-resp", 77)
+        }))
+        .await
+        .unwrap();
+        let raft = raft::eraftpb::Message {
+            from: 77,
+            to: 5,
+            ..Default::default()
+        };
+        port.send_msg(Request::new(NetworkMsg {
+            module: "consensus".into(),
+            r#type: "raft".into(),
+            origin: 2,
+            msg: raft_prost::Message::encode_to_vec(&raft),
+        }))
+        .await
+        .unwrap();
+        // A hostile sender cannot grow the record: a hundred types, a few kept.
+        for i in 0..100 {
+            port.send_msg(Request::new(NetworkMsg {
+                origin: 2,
+                ..probe(&format!("junk-{i}"), i)
+            }))
+            .await
+            .unwrap();
+        }
+        received(&rec, 103).await;
+
+        let nodes = net.observed_json();
+        let n1 = &nodes[0];
+        assert_eq!(n1["origin"], 1);
+        assert_eq!(n1["sent"]["broadcast:probe"], 1);
+        assert_eq!(n1["sent"]["send_msg:probe-resp"], 1);
+        assert_eq!(n1["sent"]["send_msg:raft"], 1);
+        assert_eq!(n1["sent"].as_object().unwrap().len(), MAX_OBSERVED);
+        assert_eq!(n1["probe_ids"], serde_json::json!([77]));
+        assert_eq!(n1["raft_from"], serde_json::json!([77]));
+        // Node 2 registered its handler (in `pair`) and sent nothing.
+        let n2 = &nodes[1];
+        assert_eq!(n2["registered"][0]["module"], "consensus");
+        assert_eq!(n2["registered"][0]["hostname"], "127.0.0.1");
+        assert!(n2["sent"].as_object().unwrap().is_empty());
+        assert!(net.stats_json().contains("\"nodes\":["));
     }
 
     #[tokio::test]

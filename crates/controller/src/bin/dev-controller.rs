@@ -53,6 +53,14 @@ struct Args {
     /// second.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// Every N-th `GetProposal` answers a proposal at a wrong height (conformance tests
+    /// of consensus; 0: never).
+    #[arg(long, default_value_t = 0)]
+    wrong_height_every: u64,
+    /// Every N-th `CheckProposal` is refused as a transient failure (conformance tests
+    /// of consensus; 0: never).
+    #[arg(long, default_value_t = 0)]
+    fail_check_every: u64,
 }
 
 fn parse_validators(list: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -97,6 +105,8 @@ async fn main() -> anyhow::Result<()> {
         delay: Duration::from_millis(args.delay_ms),
         no_fsync: args.no_fsync,
         block_bytes: args.block_bytes,
+        wrong_height_every: args.wrong_height_every,
+        fail_check_every: args.fail_check_every,
     })
     .context("opening the chain")?;
     if let Some(path) = args.stats_file.clone() {

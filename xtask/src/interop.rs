@@ -1,0 +1,509 @@
+//! `cargo xtask interop`: our consensus service and the existing one (`consensus_raft`) in
+//! one raft group, under the development controllers and network.
+//!
+//! Everything is judged from outside, the same way for both binaries
+//! ([`crate::blackbox`]). The oracle of every scenario: no height with two different
+//! blocks on any two nodes, no process exited, and progress
+//! within a bound of 20 election timeouts.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::blackbox::{self, Monitor};
+use crate::cluster::{build_profile, check_chains_agree, Cluster, Profile, Spec};
+
+/// How to build the existing service, then `last_step`: for `--help` and for when no
+/// binary is given (`cargo xtask interop`, `cargo xtask bench --compare`).
+pub fn reference_help(last_step: &str) -> String {
+    format!(
+        "\
+Building the existing CITA-Cloud service (cita-cloud/consensus_raft) outside this clone:
+  1. get the sources of cita-cloud/consensus_raft and of its git dependencies
+     cita-cloud/cloud-common-rs and JLerxky/raft-rs side by side, e.g. in /work/ref
+     (git clone https://github.com/cita-cloud/consensus_raft, and so on);
+  2. in consensus_raft/Cargo.toml point them at the local copies:
+       raft = {{ path = \"../raft-rs\", default-features = false, features = [\"prost-codec\"] }}
+       cloud-util = {{ package = \"cloud-util\", path = \"../cloud-common-rs/cloud-util\" }}
+       cita_cloud_proto = {{ package = \"cita_cloud_proto\", path = \"../cloud-common-rs/cloud-proto\" }}
+  3. apt-get install -y protobuf-compiler (raft-proto's build needs protoc), then
+     cargo build --release in consensus_raft (about 7 minutes on 2 cores);
+  4. {last_step}
+Never commit those sources or binaries."
+    )
+}
+
+const LAST_STEP: &str =
+    "cargo xtask interop --reference /work/ref/consensus_raft/target/release/consensus";
+
+/// `cargo xtask interop`
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = reference_help(LAST_STEP))]
+pub struct Args {
+    /// The existing service's `consensus` binary. Without it the command says how to
+    /// build one and exits successfully.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Run only scenarios whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Seconds of each blocks/s window.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// Our binary from a debug build (checks the command itself; figures are not
+    /// representative).
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Raft timing of every interop cluster: the existing service ticks every 200 ms whatever
+/// its config says, so ours is given the same tick; the election timeout is 3 s.
+fn spec(nodes: usize) -> Spec {
+    Spec {
+        tick_ms: 200,
+        heartbeat_tick: 3,
+        election_tick: 15,
+        log_retain: 200,
+        controller_no_fsync: true,
+        ..Spec::new(nodes, 0)
+    }
+}
+
+/// Which implementation a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ours,
+    Reference,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Ours => "ours",
+            Kind::Reference => "reference",
+        }
+    }
+}
+
+struct Run<'a> {
+    cluster: Cluster,
+    spec: Spec,
+    name: &'a str,
+    reference: PathBuf,
+    kinds: Vec<Kind>,
+    monitor: Monitor,
+    checks: Vec<String>,
+    /// Figures for the summary: (what, value).
+    figures: Vec<(String, String)>,
+}
+
+impl Run<'_> {
+    fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.spec.tick_ms * self.spec.election_tick as u64)
+    }
+
+    /// Liveness bound of every wait.
+    fn bound(&self) -> Duration {
+        self.election_timeout() * 20
+    }
+
+    fn max_tip(&mut self) -> u64 {
+        let tips = blackbox::tips(&self.cluster);
+        self.monitor.observe(&tips);
+        tips.into_iter().max().unwrap_or(0)
+    }
+
+    /// Waits (feeding the gap monitor) until `pred` holds on the chain heights.
+    fn wait(&mut self, what: &str, pred: impl FnMut(&[u64]) -> bool) -> anyhow::Result<Duration> {
+        let bound = self.bound();
+        let monitor = &mut self.monitor;
+        let took = blackbox::wait(&self.cluster, bound, what, pred, |t| monitor.observe(t))
+            .with_context(|| self.name.to_string())?;
+        self.checks
+            .push(format!("{what} (after {:.2}s)", took.as_secs_f64()));
+        Ok(took)
+    }
+
+    fn progress(&mut self, blocks: u64, what: &str) -> anyhow::Result<()> {
+        let target = self.max_tip() + blocks;
+        self.wait(&format!("{what}: height {target}"), |t| {
+            t.iter().copied().max().unwrap_or(0) >= target
+        })?;
+        Ok(())
+    }
+
+    fn leader_after(&mut self, after: u64) -> anyhow::Result<usize> {
+        let bound = self.bound();
+        let monitor = &mut self.monitor;
+        blackbox::leader_after(&self.cluster, bound, after, |t| monitor.observe(t))
+            .with_context(|| self.name.to_string())
+    }
+
+    fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let bin = match self.kinds[i - 1] {
+            Kind::Ours => None,
+            Kind::Reference => Some(self.reference.clone()),
+        };
+        self.cluster.set_consensus_bin(i, bin)?;
+        self.cluster.start_consensus(i, false)
+    }
+
+    fn caught_up(&mut self, i: usize, from: u64, what: &str) -> anyhow::Result<Duration> {
+        let bound = self.bound();
+        let monitor = &mut self.monitor;
+        let took = blackbox::caught_up(&self.cluster, bound, i, from, |t| monitor.observe(t))
+            .with_context(|| format!("{}: {what}", self.name))?;
+        self.checks.push(format!(
+            "{what}: node {i} commits again and is level (after {:.2}s)",
+            took.as_secs_f64()
+        ));
+        Ok(took)
+    }
+
+    fn alive(&self) -> anyhow::Result<()> {
+        let views = self.cluster.views();
+        for (i, v) in views.iter().enumerate() {
+            if !v.alive {
+                bail!("node {} ({}) exited", i + 1, self.kinds[i].name());
+            }
+        }
+        Ok(())
+    }
+
+    fn safe(&mut self) -> anyhow::Result<()> {
+        let n = check_chains_agree(&self.cluster.chains())?;
+        self.checks
+            .push(format!("safety: chains agree on all {n} heights"));
+        Ok(())
+    }
+
+    /// Blocks per second over `secs`.
+    fn rate(&mut self, secs: u64) -> anyhow::Result<f64> {
+        let from = self.max_tip();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            std::thread::sleep(Duration::from_millis(100));
+            self.max_tip();
+        }
+        let blocks = self.max_tip() - from;
+        let rate = blocks as f64 / start.elapsed().as_secs_f64();
+        self.checks
+            .push(format!("{blocks} blocks in {secs}s: {rate:.1} blocks/s"));
+        Ok(rate)
+    }
+
+    fn kind_list(&self) -> String {
+        self.kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{}={}", i + 1, k.name()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+type Scenario = fn(&mut Run<'_>, &Args) -> anyhow::Result<()>;
+
+/// One implementation throughout: the baseline mixed clusters are compared with.
+fn uniform(r: &mut Run<'_>, args: &Args) -> anyhow::Result<()> {
+    r.leader_after(0)?;
+    let rate = r.rate(args.secs)?;
+    r.figures.push(("blocks/s".into(), format!("{rate:.1}")));
+    r.alive()?;
+    r.safe()
+}
+
+/// Mixed 3-node cluster led by a node of `want`'s kind: blocks/s, then the leader is
+/// SIGKILLed (a node of the other kind takes over) and restarted.
+fn led_by(r: &mut Run<'_>, args: &Args, want: Kind) -> anyhow::Result<()> {
+    let mut leader = r.leader_after(0)?;
+    let mut moves = 0;
+    // Who wins the first election is a race; move leadership the black-box way until
+    // the wanted kind leads.
+    while r.kinds[leader - 1] != want {
+        moves += 1;
+        if moves > 8 {
+            bail!("a {} node never became leader", want.name());
+        }
+        let h = r.max_tip();
+        r.cluster.kill(leader)?;
+        let next = r.leader_after(h)?;
+        r.start(leader)?;
+        r.caught_up(leader, h, "restarted")?;
+        leader = next;
+    }
+    r.checks.push(format!(
+        "node {leader} ({}) leads after {moves} leader kills",
+        want.name()
+    ));
+    let rate = r.rate(args.secs)?;
+    r.figures.push(("blocks/s".into(), format!("{rate:.1}")));
+    r.safe()?;
+
+    let h = r.max_tip();
+    r.cluster.kill(leader)?;
+    r.checks
+        .push(format!("leader {leader} ({}) SIGKILLed", want.name()));
+    let next = r.leader_after(h)?;
+    r.checks
+        .push(format!("node {next} ({}) leads", r.kinds[next - 1].name()));
+    r.progress(20, "survivors commit")?;
+    let from = r.max_tip();
+    r.start(leader)?;
+    let took = r.caught_up(leader, from, "restarted leader")?;
+    r.figures.push((
+        "catch-up after SIGKILL".into(),
+        format!("{:.2}s", took.as_secs_f64()),
+    ));
+    r.progress(20, "the whole cluster commits")?;
+    r.alive()?;
+    r.safe()
+}
+
+fn led_by_ours(r: &mut Run<'_>, args: &Args) -> anyhow::Result<()> {
+    led_by(r, args, Kind::Ours)
+}
+
+fn led_by_reference(r: &mut Run<'_>, args: &Args) -> anyhow::Result<()> {
+    led_by(r, args, Kind::Reference)
+}
+
+/// Heights of the validator schedule of [`validator_changes`].
+const REMOVE_OURS: u64 = 40;
+const READD_OURS: u64 = 120;
+const REMOVE_REFERENCE: u64 = 200;
+const READD_REFERENCE: u64 = 280;
+
+/// A 4-node cluster, two of each kind: node 3 (ours) leaves the validators and comes
+/// back, then node 4 (the existing service) does. Each removed node must stay up (a
+/// self-removal is not a crash), and each re-added one must commit again.
+fn validator_changes(r: &mut Run<'_>, _args: &Args) -> anyhow::Result<()> {
+    for (node, removed, readded) in [
+        (3, REMOVE_OURS, READD_OURS),
+        (4, REMOVE_REFERENCE, READD_REFERENCE),
+    ] {
+        let kind = r.kinds[node - 1].name();
+        r.wait(
+            &format!("node {node} ({kind}) removed at height {removed}"),
+            |t| t.iter().copied().max().unwrap_or(0) >= removed + 20,
+        )?;
+        r.wait(
+            &format!("the three others pass {readded} without node {node}"),
+            |t| t.iter().copied().max().unwrap_or(0) >= readded,
+        )?;
+        r.alive()
+            .with_context(|| format!("after node {node}'s removal"))?;
+        r.checks
+            .push(format!("node {node} ({kind}) stayed up while removed"));
+        let target = readded + 40;
+        r.wait(
+            &format!("node {node} ({kind}) re-added: every node passes {target}"),
+            |t| t.iter().all(|h| *h >= target),
+        )?;
+    }
+    r.alive()?;
+    r.safe()
+}
+
+/// A 4-node chain of the existing service has each node replaced by ours, one at a time
+/// (stopped, started as ours on the same address with an empty raft directory, waited
+/// for until it has caught up), and is then rolled back the same way.
+fn rolling_upgrade(r: &mut Run<'_>, args: &Args) -> anyhow::Result<()> {
+    r.leader_after(0)?;
+    let before = r.rate(args.secs.min(5))?;
+    r.figures.push((
+        "blocks/s before (all reference)".into(),
+        format!("{before:.1}"),
+    ));
+    let start_height = r.max_tip();
+    r.monitor = Monitor::new(start_height);
+    let started = Instant::now();
+    for (phase, to) in [("upgrade", Kind::Ours), ("rollback", Kind::Reference)] {
+        let mut times = Vec::new();
+        for i in 1..=r.spec.nodes {
+            r.cluster.stop(i, Duration::from_secs(5))?;
+            // Its height once stopped: only the new process can raise it.
+            let from = blackbox::tips(&r.cluster)[i - 1];
+            r.cluster.wipe_raft_data(i)?;
+            r.kinds[i - 1] = to;
+            r.start(i)?;
+            let took = r.caught_up(i, from, &format!("{phase}: node {i} now {}", to.name()))?;
+            times.push(format!("{}: {:.2}s", i, took.as_secs_f64()));
+            if took > Duration::from_secs(10) {
+                bail!(
+                    "{phase}: node {i} took {:.1}s to catch up (target 10 s)",
+                    took.as_secs_f64()
+                );
+            }
+            // A few blocks with every node up before the next one goes.
+            r.progress(10, &format!("{phase}: the chain goes on after node {i}"))?;
+        }
+        r.figures
+            .push((format!("{phase} catch-up per node"), times.join(", ")));
+        let rate = r.rate(args.secs.min(5))?;
+        r.figures.push((
+            format!("blocks/s after the {phase} (all {})", to.name()),
+            format!("{rate:.1}"),
+        ));
+    }
+    let blocks = r.max_tip() - start_height;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (gap, at) = r.monitor.longest();
+    let limit = r.election_timeout() + Duration::from_secs(5);
+    r.figures.push((
+        "blocks/s through upgrade and rollback".into(),
+        format!(
+            "{:.1} ({blocks} blocks in {elapsed:.1}s)",
+            blocks as f64 / elapsed
+        ),
+    ));
+    r.figures.push((
+        "longest gap".into(),
+        format!(
+            "{:.2}s after height {at} (limit {:.0}s)",
+            gap.as_secs_f64(),
+            limit.as_secs_f64()
+        ),
+    ));
+    if gap > limit {
+        bail!(
+            "no block for {:.2}s after height {at}: more than one election timeout plus 5 s",
+            gap.as_secs_f64()
+        );
+    }
+    r.alive()?;
+    r.safe()
+}
+
+fn scenarios() -> Vec<(&'static str, Spec, Vec<Kind>, Scenario)> {
+    use Kind::{Ours, Reference};
+    let mut changes = spec(4);
+    changes.schedule = vec![
+        (REMOVE_OURS, vec![1, 2, 4]),
+        (READD_OURS, vec![1, 2, 3, 4]),
+        (REMOVE_REFERENCE, vec![1, 2, 3]),
+        (READD_REFERENCE, vec![1, 2, 3, 4]),
+    ];
+    vec![
+        (
+            "all_reference",
+            spec(3),
+            vec![Reference; 3],
+            uniform as Scenario,
+        ),
+        ("all_ours", spec(3), vec![Ours; 3], uniform),
+        (
+            "mixed_led_by_ours",
+            spec(3),
+            vec![Ours, Reference, Reference],
+            led_by_ours,
+        ),
+        (
+            "mixed_led_by_reference",
+            spec(3),
+            vec![Reference, Ours, Ours],
+            led_by_reference,
+        ),
+        (
+            "validator_changes",
+            changes,
+            vec![Ours, Reference, Ours, Reference],
+            validator_changes,
+        ),
+        (
+            "rolling_upgrade",
+            spec(4),
+            vec![Reference; 4],
+            rolling_upgrade,
+        ),
+    ]
+}
+
+/// Runs the interop scenarios.
+pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
+    let Some(reference) = &args.reference else {
+        println!(
+            "interop: no --reference given, nothing run.\n\n{}",
+            reference_help(LAST_STEP)
+        );
+        return Ok(());
+    };
+    anyhow::ensure!(
+        reference.is_file(),
+        "no consensus binary at {}\n\n{}",
+        reference.display(),
+        reference_help(LAST_STEP)
+    );
+    let reference = fs::canonicalize(reference)
+        .with_context(|| format!("resolving {}", reference.display()))?;
+    let bin_dir = build_profile(root, Profile::for_figures(args.debug))?;
+    println!(
+        "interop: ours {}, reference {}",
+        bin_dir.join("consensus").display(),
+        reference.display()
+    );
+    let base = root.join("target").join("interop");
+    let mut summary = Vec::new();
+    let mut failed = Vec::new();
+    for (name, mut spec, kinds, scenario) in scenarios() {
+        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        spec.consensus_bins = kinds
+            .iter()
+            .map(|k| match k {
+                Kind::Ours => bin_dir.join("consensus"),
+                Kind::Reference => reference.clone(),
+            })
+            .collect();
+        let dir = base.join(name);
+        let started = Instant::now();
+        let cluster = Cluster::create(&dir, &bin_dir, &spec, false)?;
+        let mut run = Run {
+            cluster,
+            spec,
+            name,
+            reference: reference.clone(),
+            kinds,
+            monitor: Monitor::new(0),
+            checks: Vec::new(),
+            figures: Vec::new(),
+        };
+        println!("scenario {name} ({}) ...", run.kind_list());
+        let result = scenario(&mut run, args);
+        run.cluster.reload();
+        run.cluster.down();
+        for c in &run.checks {
+            println!("  checked: {c}");
+        }
+        for (what, value) in &run.figures {
+            println!("  {what}: {value}");
+        }
+        match &result {
+            Ok(()) => {
+                println!("  ok ({:.1}s)", started.elapsed().as_secs_f64());
+                let _ = fs::remove_dir_all(&dir);
+            }
+            Err(e) => {
+                println!("  FAILED: {e:#}\n  logs kept in {}", dir.display());
+                failed.push(name);
+            }
+        }
+        summary.push((name, result.is_ok(), run.figures));
+    }
+    println!("\n| scenario | result | figures |\n|---|---|---|");
+    for (name, ok, figures) in &summary {
+        let text: Vec<String> = figures.iter().map(|(w, v)| format!("{w}: {v}")).collect();
+        println!(
+            "| {name} | {} | {} |",
+            if *ok { "pass" } else { "FAIL" },
+            text.join("; ")
+        );
+    }
+    if !failed.is_empty() {
+        bail!("interop scenarios failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
