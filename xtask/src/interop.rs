@@ -322,7 +322,22 @@ fn rolling_upgrade(r: &mut Run<'_>, args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     for (phase, to) in [("upgrade", Kind::Ours), ("rollback", Kind::Reference)] {
         let mut times = Vec::new();
-        for i in 1..=r.spec.nodes {
+        // The leader goes last: a fresh node of the existing service panics on a
+        // heartbeat that commits past its empty log, and a leader of that service sends
+        // one (it still counts what the node had before). Ours, leading, forgets what a
+        // restarted peer had; a new leader, elected when the old one stops, knows nothing
+        // of anyone's log yet.
+        while let Some(i) = {
+            let tip = r.max_tip();
+            let leader = r.leader_after(tip)?;
+            let left: Vec<usize> = (1..=r.spec.nodes)
+                .filter(|i| r.kinds[i - 1] != to)
+                .collect();
+            left.iter()
+                .copied()
+                .find(|i| *i != leader)
+                .or(left.first().copied())
+        } {
             r.cluster.stop(i, Duration::from_secs(5))?;
             // Its height once stopped: only the new process can raise it.
             let from = blackbox::tips(&r.cluster)[i - 1];

@@ -439,6 +439,7 @@ impl Node {
             }
             let end = self.block_loop(&handle).await;
             self.network.set_inbound(None);
+            self.network.set_peer_started(None);
             let _ = stop_raft.send(());
             match join.await {
                 Ok(Ok(())) => {}
@@ -508,6 +509,9 @@ impl Node {
         .context("starting raft")?;
         let h = handle.clone();
         self.network.set_inbound(Some(Arc::new(move |m| h.step(m))));
+        let h = handle.clone();
+        self.network
+            .set_peer_started(Some(Arc::new(move |id| h.peer_restarted(id))));
         Ok((handle, stop_tx, join))
     }
 

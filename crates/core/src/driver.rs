@@ -125,6 +125,7 @@ enum Command<R> {
     TransferLeader(u64),
     Campaign,
     ReportUnreachable(u64),
+    PeerRestarted(u64),
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -201,6 +202,12 @@ impl<R: Send + 'static> NodeHandle<R> {
     /// Tells raft that `peer` could not be reached.
     pub fn report_unreachable(&self, peer: u64) {
         let _ = self.commands.try_send(Command::ReportUnreachable(peer));
+    }
+
+    /// Tells raft that `peer` has just started, perhaps with an empty log (a node
+    /// replaced with a fresh raft directory): see [`Replica::peer_restarted`].
+    pub fn peer_restarted(&self, peer: u64) {
+        let _ = self.commands.try_send(Command::PeerRestarted(peer));
     }
 
     /// Delivers a message from a peer. Never blocks: when the inbox is full the message
@@ -615,6 +622,7 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 }
             }
             Command::ReportUnreachable(id) => self.replica.report_unreachable(id),
+            Command::PeerRestarted(id) => self.replica.peer_restarted(id),
         }
     }
 

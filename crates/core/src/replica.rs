@@ -419,6 +419,38 @@ impl<S: LogStore> Replica<S> {
         self.raw.report_unreachable(id);
     }
 
+    /// Tells a leader that peer `id` has just started, perhaps with an empty log.
+    ///
+    /// Raft assumes a node never loses what it acknowledged; one replaced with an empty
+    /// raft directory has. The leader still counts what it acknowledged before
+    /// (`matched`) and sends heartbeats that commit up to there: a raft-rs follower
+    /// whose log is shorter panics on that (ours refuses such a heartbeat at the gate;
+    /// the existing service does not). So the leader forgets what the peer had: it
+    /// heartbeats with commit 0 and probes from its last index, and the peer's answer
+    /// (an ack, or a rejection that leads to a snapshot) sets it right within a round
+    /// trip. The commit index never moves back, so safety is untouched; a peer that
+    /// lost nothing costs one probe.
+    pub fn peer_restarted(&mut self, id: u64) {
+        if self.raw.raft.state != StateRole::Leader || id == self.cfg.id {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(id) {
+            if pr.matched == 0 {
+                return;
+            }
+            tracing::info!(
+                raft_id = self.cfg.id,
+                peer = id,
+                matched = pr.matched,
+                "peer restarted: probing it afresh"
+            );
+            pr.matched = 0;
+            pr.become_probe();
+            pr.next_idx = last + 1;
+        }
+    }
+
     /// Says whether whoever sends this replica's messages reports how each snapshot
     /// went, with [`Replica::report_snapshot`]. Off by default: every snapshot is then
     /// reported finished as soon as [`Replica::handle_ready`] hands it out (see

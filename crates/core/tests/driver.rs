@@ -542,3 +542,63 @@ async fn a_snapshot_the_transport_reports_failed_is_sent_again() {
         "no snapshot arrived: {sent:?}"
     );
 }
+
+/// A follower replaced with an empty log (an operator's rolling upgrade) must not get
+/// heartbeats that commit past its log: a raft-rs follower panics on one. Once told
+/// the peer restarted, the leader heartbeats it with commit 0 until it has caught up.
+#[tokio::test(start_paused = true)]
+async fn a_leader_told_a_peer_restarted_forgets_what_it_had() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader().await;
+    for i in 0..20u8 {
+        c.handle(leader).propose(vec![i]).await.unwrap();
+    }
+    let f = (1..=3).find(|&id| id != leader).unwrap();
+    let heartbeats = Arc::new(Mutex::new(Vec::new()));
+    let seen = heartbeats.clone();
+    c.net.set_filter(move |m| {
+        if m.to == f && m.get_msg_type() == MessageType::MsgHeartbeat {
+            seen.lock().unwrap().push(m.commit);
+        }
+        Fate::Deliver
+    });
+
+    // Node f comes back as a node that never ran: only the bootstrap snapshot.
+    let wipe = |c: &mut Cluster<Echo>| {
+        let store = MemLogStore::new();
+        store
+            .bootstrap(make_snapshot(1, 1, voters(1..=3), Vec::new()))
+            .unwrap();
+        c.stores.insert(f, store);
+    };
+    let commit = c.handle(leader).status().commit;
+    let caught_up = |c: &Cluster<Echo>| c.handle(f).status().applied >= commit;
+
+    // Not told: the leader still counts what f acknowledged before, heartbeats commit
+    // past f's log (ours refuses those at the gate; a raft-rs follower would panic), and
+    // f's rejections of appends look stale to it: f would never catch up.
+    c.stop(f).await;
+    wipe(&mut c);
+    c.run(f, ReplicaConfig::new(f)).await;
+    eventually("a heartbeat to the wiped follower", 100, || {
+        !heartbeats.lock().unwrap().is_empty()
+    })
+    .await;
+    let first = heartbeats.lock().unwrap()[0];
+    assert!(
+        first > 1,
+        "the leader heartbeat commit {first} to a follower with only entry 1"
+    );
+    assert!(!caught_up(&c));
+
+    // Told: commit 0 until the follower has answered from its new log, and it catches up.
+    heartbeats.lock().unwrap().clear();
+    c.handle(leader).peer_restarted(f);
+    eventually("a heartbeat to the wiped follower", 100, || {
+        !heartbeats.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(heartbeats.lock().unwrap()[0], 0);
+    eventually("the wiped follower catches up", 100, || caught_up(&c)).await;
+    c.handle(leader).propose(b"after".to_vec()).await.unwrap();
+}

@@ -80,6 +80,9 @@ pub struct CitaNetworkConfig {
 /// Where incoming raft messages go; returns whether the message was accepted.
 pub type Inbound = Arc<dyn Fn(Message) -> bool + Send + Sync>;
 
+/// Told the raft id of a peer that has just started (it sent a `probe`).
+pub type PeerStarted = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// Why an incoming network message was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InboundError {
@@ -223,6 +226,7 @@ struct Inner {
     refused: Mutex<BTreeMap<&'static str, u64>>,
     queues: PeerQueues<NetworkMsg>,
     inbound: RwLock<Option<Inbound>>,
+    peer_started: RwLock<Option<PeerStarted>>,
     last_probe: Mutex<Option<Instant>>,
 }
 
@@ -270,6 +274,7 @@ impl CitaNetwork {
                 refused: Mutex::new(BTreeMap::new()),
                 queues: PeerQueues::new(cfg.queue_capacity),
                 inbound: RwLock::new(None),
+                peer_started: RwLock::new(None),
                 last_probe: Mutex::new(None),
                 cfg,
             }),
@@ -284,6 +289,18 @@ impl CitaNetwork {
             .inbound
             .write()
             .unwrap_or_else(|e| e.into_inner()) = inbound;
+    }
+
+    /// Sets (or clears) who is told of a peer that has just started: one that sends a
+    /// `probe`, as every node does when it starts and does not yet know its peers'
+    /// origins. It may have started with an empty raft directory (see
+    /// [`craft_core::NodeHandle::peer_restarted`]).
+    pub fn set_peer_started(&self, peer_started: Option<PeerStarted>) {
+        *self
+            .inner
+            .peer_started
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = peer_started;
     }
 
     /// Registers the `consensus` handler with the network, retrying with backoff until
@@ -641,6 +658,15 @@ impl CitaNetwork {
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .forget_checksums(msg.origin);
+                let peer_started = self
+                    .inner
+                    .peer_started
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(peer_started) = peer_started {
+                    peer_started(id);
+                }
                 self.send_to_origin(
                     id,
                     msg.origin,
