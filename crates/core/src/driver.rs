@@ -8,10 +8,13 @@
 //! ticks, heartbeats or votes. Each proposer is answered when its own entry is applied.
 //! A local snapshot is captured on the apply task between two entries
 //! ([`StateMachine::snapshot`]); the snapshot task serialises it on a blocking thread
-//! while both other tasks go on, and the raft task writes it with the next Ready.
+//! while both other tasks go on (and, when the store has a [`SnapshotStager`], makes
+//! the bytes durable there too), and the raft task writes or records it with the next
+//! Ready.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfChangeV2, ConfState, Message, Snapshot};
@@ -24,7 +27,7 @@ use crate::error::{Error, ProposeError};
 use crate::read::ReadContexts;
 use crate::replica::{Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig};
 use crate::state_machine::{SnapshotJob, StateMachine};
-use crate::storage::LogStore;
+use crate::storage::{LogStore, SnapshotStager, StagedSnapshot};
 use crate::transport::{SnapshotReporter, Transport};
 
 /// Tunables of the driver.
@@ -243,6 +246,7 @@ where
     M: StateMachine,
     T: Transport,
 {
+    let stager = store.snapshot_stager();
     let (mut replica, snapshot) = Replica::open(config, store)?;
     let (reporter, snapshot_reports) = SnapshotReporter::channel();
     let reported = transport.report_snapshots(reporter.clone());
@@ -264,7 +268,7 @@ where
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (captures_tx, captures_rx) = mpsc::unbounded_channel();
     let snapshotter =
-        tokio::spawn(snapshot_loop(captures_rx, done_tx.clone()).instrument(span.clone()));
+        tokio::spawn(snapshot_loop(captures_rx, done_tx.clone(), stager).instrument(span.clone()));
     let applier = tokio::spawn(
         apply_loop(state_machine, jobs_rx, done_tx, captures_tx).instrument(span.clone()),
     );
@@ -333,9 +337,15 @@ enum Done<R> {
     Snapshot {
         index: u64,
         conf_state: ConfState,
-        data: Vec<u8>,
+        data: SnapshotData,
     },
     Failed(Error),
+}
+
+/// A serialised snapshot's bytes, or where the store's stager put them.
+enum SnapshotData {
+    Inline(Vec<u8>),
+    Staged(StagedSnapshot),
 }
 
 /// A snapshot captured after entry `index`, waiting to be serialised.
@@ -415,10 +425,12 @@ async fn apply_loop<M: StateMachine>(
 }
 
 /// Serialises captured snapshots one at a time on a blocking thread, newest first: a
-/// capture overtaken by a newer one before its turn is dropped unrun.
+/// capture overtaken by a newer one before its turn is dropped unrun. With a stager, the
+/// same thread then makes the bytes durable, so the raft task only records them.
 async fn snapshot_loop<R>(
     mut captures: mpsc::UnboundedReceiver<Capture>,
     done: mpsc::UnboundedSender<Done<R>>,
+    stager: Option<Arc<dyn SnapshotStager>>,
 ) {
     while let Some(mut capture) = captures.recv().await {
         while let Ok(newer) = captures.try_recv() {
@@ -435,8 +447,20 @@ async fn snapshot_loop<R>(
             job,
         } = capture;
         let started = Instant::now();
-        let data = match tokio::task::spawn_blocking(move || job.run()).await {
-            Ok(Ok(data)) => data,
+        let stager = stager.clone();
+        let work = move || -> Result<(SnapshotData, usize), String> {
+            let data = job.run().map_err(|e| e.to_string())?;
+            let len = data.len();
+            match stager {
+                Some(stager) => stager
+                    .stage(index, &data)
+                    .map(|staged| (SnapshotData::Staged(staged), len))
+                    .map_err(|e| format!("staging it failed: {e}")),
+                None => Ok((SnapshotData::Inline(data), len)),
+            }
+        };
+        let (data, bytes) = match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 tracing::warn!(index, error = %e, "state machine snapshot failed; log kept");
                 continue;
@@ -448,7 +472,7 @@ async fn snapshot_loop<R>(
         };
         tracing::debug!(
             index,
-            bytes = data.len(),
+            bytes,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state machine snapshot serialised"
         );
@@ -718,7 +742,14 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                         "snapshot ahead of the applied index; dropped"
                     );
                 } else {
-                    self.replica.stage_snapshot(index, conf_state, data)?;
+                    match data {
+                        SnapshotData::Inline(data) => {
+                            self.replica.stage_snapshot(index, conf_state, data)?
+                        }
+                        SnapshotData::Staged(staged) => {
+                            self.replica.stage_staged_snapshot(conf_state, staged)?
+                        }
+                    }
                 }
             }
         }

@@ -59,7 +59,10 @@ pub use replica::{
     Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig, RoleChange,
 };
 pub use state_machine::{SnapshotJob, StateMachine};
-pub use storage::{make_snapshot, voters, LocalSnapshot, LogStore, LogWrite, MemLogStore};
+pub use storage::{
+    make_snapshot, voters, LocalSnapshot, LogStore, LogWrite, MemLogStore, SnapshotStager,
+    StagedSnapshot,
+};
 pub use transport::{SnapshotReporter, Transport};
 
 /// The `raft` crate this engine is built on, re-exported so users name the same types.

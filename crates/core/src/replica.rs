@@ -17,7 +17,7 @@ use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_proto::ConfChangeI;
 
 use crate::error::{Error, ProposeError};
-use crate::storage::{make_snapshot, LocalSnapshot, LogStore, LogWrite};
+use crate::storage::{make_snapshot, LocalSnapshot, LogStore, LogWrite, StagedSnapshot};
 
 /// Tunables of one replica. Times are in ticks.
 #[derive(Debug, Clone)]
@@ -718,6 +718,26 @@ impl<S: LogStore> Replica<S> {
         conf_state: ConfState,
         data: Vec<u8>,
     ) -> Result<(), Error> {
+        self.stage_local(index, conf_state, data, None)
+    }
+
+    /// [`Replica::stage_snapshot`] for data the store's [`crate::SnapshotStager`] has
+    /// already made durable: the next write records it without carrying the bytes.
+    pub fn stage_staged_snapshot(
+        &mut self,
+        conf_state: ConfState,
+        staged: StagedSnapshot,
+    ) -> Result<(), Error> {
+        self.stage_local(staged.index, conf_state, Vec::new(), Some(staged))
+    }
+
+    fn stage_local(
+        &mut self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+        staged: Option<StagedSnapshot>,
+    ) -> Result<(), Error> {
         if index <= self.snapshot_index {
             return Ok(());
         }
@@ -733,6 +753,7 @@ impl<S: LogStore> Replica<S> {
         self.staged_snapshot = Some(LocalSnapshot {
             snapshot,
             compact_to,
+            staged,
         });
         self.snapshot_index = index;
         self.snapshot_requested = self.snapshot_requested.max(index);

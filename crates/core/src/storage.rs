@@ -15,10 +15,40 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 /// behind it.
 #[derive(Debug, Clone)]
 pub struct LocalSnapshot {
-    /// The snapshot; its index is at most the last index of the log.
+    /// The snapshot; its index is at most the last index of the log. Its data is empty
+    /// when `staged` holds it.
     pub snapshot: Snapshot,
     /// Drop the log up to and including this index (at most the snapshot's index).
     pub compact_to: u64,
+    /// The snapshot's data, already made durable by the store's [`SnapshotStager`]:
+    /// the write records it instead of carrying the bytes.
+    pub staged: Option<StagedSnapshot>,
+}
+
+/// Snapshot data a [`SnapshotStager`] made durable, waiting to be recorded by a
+/// [`LogWrite`]. Until then the store's latest snapshot is the one before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedSnapshot {
+    /// Index of the entry the state was captured after.
+    pub index: u64,
+    /// Length of the data in bytes.
+    pub len: u64,
+    /// CRC32C of the data, checked when it is read back.
+    pub crc32c: u32,
+}
+
+/// Makes a local snapshot's data durable ahead of the write that records it, on a
+/// thread of the caller's choosing.
+///
+/// A store that writes a snapshot's bytes in the same batch as the log would put a
+/// write (and an fsync) of the whole state on the raft task's path, and every
+/// proposal waits behind it. With a stager the driver writes the data from its
+/// snapshot task instead, and the raft task's write only records it
+/// ([`LocalSnapshot::staged`]). Staged data that is never recorded (a newer snapshot
+/// overtook it, the process stopped) is the store's to remove.
+pub trait SnapshotStager: Send + Sync + 'static {
+    /// Durably stores `data`, the state machine after entry `index`.
+    fn stage(&self, index: u64, data: &[u8]) -> raft::Result<StagedSnapshot>;
 }
 
 /// One Ready's worth of state to persist, written atomically.
@@ -85,6 +115,7 @@ pub trait LogStore: raft::Storage + Send + 'static {
             local_snapshot: Some(LocalSnapshot {
                 snapshot,
                 compact_to,
+                staged: None,
             }),
             ..Default::default()
         })
@@ -92,6 +123,13 @@ pub trait LogStore: raft::Storage + Send + 'static {
 
     /// The latest snapshot (metadata and data), or an empty one when there is none.
     fn latest_snapshot(&self) -> raft::Result<Snapshot>;
+
+    /// Where the driver makes local snapshots' data durable off the raft task, if this
+    /// store takes staged snapshots ([`SnapshotStager`]). `None` (the default): the
+    /// data travels in the [`LogWrite`].
+    fn snapshot_stager(&self) -> Option<std::sync::Arc<dyn SnapshotStager>> {
+        None
+    }
 
     /// Whether writes may block the thread (disk IO). The async driver moves blocking
     /// writes off the runtime's workers; an in-memory store skips that cost.
@@ -391,6 +429,16 @@ impl MemCore {
         let core = self;
         // Check everything before changing anything, so a rejected write leaves the
         // store as it was.
+        if write
+            .local_snapshot
+            .as_ref()
+            .is_some_and(|l| l.staged.is_some())
+        {
+            // It has no stager, so nothing it was given can have been staged.
+            return Err(store_err(
+                "a staged snapshot given to a store that stages none".into(),
+            ));
+        }
         let local = match write.local_snapshot {
             Some(local) if write.snapshot.is_none() && core.check_local(&local)? => Some(local),
             _ => None,

@@ -643,6 +643,7 @@ pub fn local_snapshot_rides_with_entries<S: LogStore>(store: S) {
             local_snapshot: Some(LocalSnapshot {
                 snapshot: make_snapshot(8, 1, voters([1]), b"at 8".to_vec()),
                 compact_to: 5,
+                staged: None,
             }),
             entries: entries(11, 12, 2),
             hard_state: Some(hard_state(2, 1, 10)),
@@ -670,6 +671,7 @@ pub fn local_snapshot_rides_with_entries<S: LogStore>(store: S) {
             local_snapshot: Some(LocalSnapshot {
                 snapshot: make_snapshot(12, 2, voters([1]), b"at 12".to_vec()),
                 compact_to: 12,
+                staged: None,
             }),
             snapshot: Some(make_snapshot(20, 3, voters([1, 2]), b"at 20".to_vec())),
             must_sync: true,
@@ -692,6 +694,7 @@ pub fn rejected_local_snapshot_changes_nothing<S: LogStore>(store: S) {
         local_snapshot: Some(LocalSnapshot {
             snapshot: make_snapshot(9, 1, voters([1]), Vec::new()),
             compact_to: 3,
+            staged: None,
         }),
         entries: entries(6, 6, 1),
         must_sync: true,
@@ -715,6 +718,7 @@ pub fn compaction_step_by_step_keeps_reads_right<S: LogStore>(store: S) {
                 local_snapshot: Some(LocalSnapshot {
                     snapshot: make_snapshot(applied, 1 + applied / 100, voters([1]), Vec::new()),
                     compact_to: applied - retain + 1,
+                    staged: None,
                 }),
                 entries: vec![entry(i, 1 + i / 100)],
                 hard_state: Some(hard_state(1 + i / 100, 1, applied)),

@@ -66,6 +66,7 @@ fn a_synced_write_makes_every_earlier_write_durable() {
             local_snapshot: Some(LocalSnapshot {
                 snapshot: make_snapshot(2, 1, voters([1]), Vec::new()),
                 compact_to: 1,
+                staged: None,
             }),
             ..Default::default()
         })

@@ -52,6 +52,7 @@ fn main() {
         let local = (applied > RETAIN).then(|| LocalSnapshot {
             snapshot: make_snapshot(applied, 1, voters([1]), b"configuration".to_vec()),
             compact_to: applied - RETAIN,
+            staged: None,
         });
         store
             .write(LogWrite {

@@ -43,6 +43,14 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A snapshot file could not be written or read.
+    #[error("snapshot file {path}: {source}")]
+    SnapshotFile {
+        /// The file.
+        path: PathBuf,
+        /// Underlying IO error.
+        source: std::io::Error,
+    },
     /// A column family the store creates at open is missing.
     #[error("column family {0} is missing")]
     MissingColumnFamily(&'static str),

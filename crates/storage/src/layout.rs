@@ -4,8 +4,11 @@
 //!   key is the entry's index as 8 big-endian bytes, so key order is log order.
 //! - [`STATE_CF`] holds the raft state under fixed keys: [`HARD_STATE_KEY`] (encoded
 //!   `HardState`), [`SNAPSHOT_META_KEY`] (encoded `SnapshotMetadata`),
-//!   [`SNAPSHOT_DATA_KEY`] (the snapshot's raw data) and [`TRUNCATED_KEY`] (index and
-//!   term of the last entry dropped from the log, 2 × 8 big-endian bytes).
+//!   [`SNAPSHOT_DATA_KEY`] (the snapshot's raw data), or instead
+//!   [`SNAPSHOT_FILE_KEY`] (index, length and CRC32C of the data, held in the file
+//!   `snapshots/<index>.snap` beside the database; see `snapshot_files`), and
+//!   [`TRUNCATED_KEY`] (index and term of the last entry dropped from the log, 2 × 8
+//!   big-endian bytes).
 //!
 //! Every change goes through one `WriteBatch`, so these keys never disagree after a
 //! crash.
@@ -25,6 +28,11 @@ pub const HARD_STATE_KEY: &[u8] = b"hard_state";
 pub const SNAPSHOT_META_KEY: &[u8] = b"snapshot_meta";
 /// Key of the latest snapshot's data in [`STATE_CF`].
 pub const SNAPSHOT_DATA_KEY: &[u8] = b"snapshot_data";
+/// Key of the record of a snapshot whose data is in a file of its own, in [`STATE_CF`]:
+/// index, length (8 big-endian bytes each) and CRC32C (4). When it is there and names
+/// the latest snapshot's index, the data is in that file and [`SNAPSHOT_DATA_KEY`] is
+/// absent.
+pub const SNAPSHOT_FILE_KEY: &[u8] = b"snapshot_file";
 /// Key of the truncation point `(index, term)` in [`STATE_CF`].
 pub const TRUNCATED_KEY: &[u8] = b"truncated";
 

@@ -13,6 +13,10 @@
 //!   [`StoreOptions::sync`] is turned off, for benchmarks);
 //! - a value that does not decode is reported as [`StorageError::Corrupt`] naming its
 //!   key, never a panic;
+//! - a local snapshot's data is written and synced off the raft task, into a file of
+//!   its own ([`FileStager`], handed to the driver by
+//!   [`craft_core::LogStore::snapshot_stager`]); the log's batch only records it, so a
+//!   large state never stalls proposals;
 //! - a write never hangs: one that RocksDB stalls for longer than
 //!   [`StoreOptions::write_stall_timeout`] (a flush that cannot complete on a full disk)
 //!   fails with [`StorageError::WriteStalled`].
@@ -36,7 +40,9 @@
 
 mod error;
 pub mod layout;
+mod snapshot_files;
 mod store;
 
 pub use error::{to_raft, StorageError};
+pub use snapshot_files::FileStager;
 pub use store::{RocksLogStore, StoreOptions};

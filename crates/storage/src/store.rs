@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use craft_core::{LocalSnapshot, LogStore, LogWrite};
+use craft_core::{LocalSnapshot, LogStore, LogWrite, SnapshotStager, StagedSnapshot};
 use raft::eraftpb::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 use rocksdb::{
@@ -21,9 +21,10 @@ use rocksdb::{
 use crate::error::StorageError;
 use crate::layout::{
     decode, decode_entry, decode_truncated, encode_truncated, entry_index, entry_key,
-    entry_key_name, state_key_name, HARD_STATE_KEY, LOG_CF, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY,
-    STATE_CF, TRUNCATED_KEY,
+    entry_key_name, state_key_name, HARD_STATE_KEY, LOG_CF, SNAPSHOT_DATA_KEY, SNAPSHOT_FILE_KEY,
+    SNAPSHOT_META_KEY, STATE_CF, TRUNCATED_KEY,
 };
+use crate::snapshot_files::{self, FileStager, SNAPSHOTS_DIR};
 
 /// How a [`RocksLogStore`] is opened.
 ///
@@ -197,6 +198,9 @@ impl Tail {
 struct State {
     meta: Meta,
     tail: Tail,
+    /// Snapshot files below this index go once a synced write has made the record of
+    /// the newer snapshot durable (see `snapshot_files`).
+    stale_files_below: Option<u64>,
 }
 
 struct Inner {
@@ -204,6 +208,8 @@ struct Inner {
     path: PathBuf,
     options: StoreOptions,
     state: RwLock<State>,
+    snapshots: FileStager,
+    snapshots_dir: PathBuf,
 }
 
 /// A durable [`LogStore`] (and [`raft::Storage`]) on RocksDB.
@@ -290,6 +296,21 @@ fn get_state<M: raft_prost::Message + Default>(
 
 /// Reads the log's shape from disk, checking the log's ends agree with the truncation
 /// point.
+/// The record of a snapshot whose data is in a file, if there is one.
+fn snapshot_record(db: &DB) -> Result<Option<StagedSnapshot>, StorageError> {
+    let value = db
+        .get_pinned_cf(cf(db, STATE_CF)?, SNAPSHOT_FILE_KEY)
+        .map_err(StorageError::rocks("read the snapshot file record"))?;
+    value
+        .map(|v| {
+            snapshot_files::decode_record(&v).ok_or_else(|| StorageError::Corrupt {
+                key: state_key_name(SNAPSHOT_FILE_KEY),
+                reason: format!("expected 20 bytes, found {}", v.len()),
+            })
+        })
+        .transpose()
+}
+
 fn load_meta(db: &DB) -> Result<Meta, StorageError> {
     let hard_state = get_state::<HardState>(db, HARD_STATE_KEY)?.unwrap_or_default();
     let snapshot_meta = get_state::<SnapshotMetadata>(db, SNAPSHOT_META_KEY)?.unwrap_or_default();
@@ -395,6 +416,17 @@ impl RocksLogStore {
             source,
         })?;
         let meta = load_meta(&db)?;
+        let snapshots_dir = path.join(SNAPSHOTS_DIR);
+        std::fs::create_dir_all(&snapshots_dir).map_err(|source| StorageError::CreateDir {
+            path: snapshots_dir.clone(),
+            source,
+        })?;
+        // Every file but the one the latest snapshot's record names: staged but never
+        // recorded, or superseded before a crash.
+        let recorded = snapshot_record(&db)?
+            .filter(|r| r.index == meta.snapshot_meta.index)
+            .map(|r| r.index);
+        snapshot_files::remove_where(&snapshots_dir, |index| Some(index) != recorded);
         tracing::info!(
             path = %path.display(),
             first_index = meta.first_index(),
@@ -410,7 +442,13 @@ impl RocksLogStore {
                 db,
                 path: path.to_owned(),
                 options,
-                state: RwLock::new(State { meta, tail }),
+                state: RwLock::new(State {
+                    meta,
+                    tail,
+                    stale_files_below: None,
+                }),
+                snapshots: FileStager::new(snapshots_dir.clone()),
+                snapshots_dir,
             }),
         })
     }
@@ -507,12 +545,17 @@ impl RocksLogStore {
     }
 
     fn read_snapshot(&self, meta: &SnapshotMetadata) -> Result<Snapshot, StorageError> {
-        let data = self
-            .inner
-            .db
-            .get_cf(self.cf(STATE_CF)?, SNAPSHOT_DATA_KEY)
-            .map_err(StorageError::rocks("read the snapshot data"))?
-            .unwrap_or_default();
+        let data = match snapshot_record(&self.inner.db)? {
+            Some(record) if record.index == meta.index && meta.index > 0 => {
+                snapshot_files::read(&self.inner.snapshots_dir, &record)?
+            }
+            _ => self
+                .inner
+                .db
+                .get_cf(self.cf(STATE_CF)?, SNAPSHOT_DATA_KEY)
+                .map_err(StorageError::rocks("read the snapshot data"))?
+                .unwrap_or_default(),
+        };
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(meta.clone());
         snapshot.data = data;
@@ -563,6 +606,41 @@ impl RocksLogStore {
             raft_prost::Message::encode_to_vec(meta),
         );
         batch.put_cf(state, SNAPSHOT_DATA_KEY, &snapshot.data);
+        batch.delete_cf(state, SNAPSHOT_FILE_KEY);
+        Ok(())
+    }
+
+    /// Records a snapshot whose data a [`FileStager`] already wrote: its metadata and
+    /// the file's record, no bytes.
+    fn put_staged_snapshot(
+        &self,
+        batch: &mut WriteBatch,
+        snapshot: &Snapshot,
+        staged: &StagedSnapshot,
+    ) -> Result<(), StorageError> {
+        let meta = snapshot.get_metadata();
+        if staged.index != meta.index {
+            return Err(StorageError::Corrupt {
+                key: state_key_name(SNAPSHOT_FILE_KEY),
+                reason: format!(
+                    "staged data is of index {}, the snapshot of {}",
+                    staged.index, meta.index
+                ),
+            });
+        }
+        snapshot_files::check_present(&self.inner.snapshots_dir, staged)?;
+        let state = self.cf(STATE_CF)?;
+        batch.put_cf(
+            state,
+            SNAPSHOT_META_KEY,
+            raft_prost::Message::encode_to_vec(meta),
+        );
+        batch.put_cf(
+            state,
+            SNAPSHOT_FILE_KEY,
+            snapshot_files::encode_record(staged),
+        );
+        batch.delete_cf(state, SNAPSHOT_DATA_KEY);
         Ok(())
     }
 
@@ -587,7 +665,10 @@ impl RocksLogStore {
                 last_index: next.last_index,
             });
         }
-        self.put_snapshot(batch, &local.snapshot)?;
+        match &local.staged {
+            Some(staged) => self.put_staged_snapshot(batch, &local.snapshot, staged)?,
+            None => self.put_snapshot(batch, &local.snapshot)?,
+        }
         next.snapshot_meta = local.snapshot.get_metadata().clone();
         let compact_to = local.compact_to;
         if compact_to <= next.truncated.0 {
@@ -685,6 +766,18 @@ impl RocksLogStore {
         }
         self.commit(batch, write.must_sync)?;
 
+        // Files of snapshots older than the one just recorded go once that record is
+        // durable: now if this write was synced, else after the next synced write.
+        if next.snapshot_meta.index > state.meta.snapshot_meta.index {
+            let below = next.snapshot_meta.index;
+            state.stale_files_below = Some(state.stale_files_below.map_or(below, |b| b.max(below)));
+        }
+        let durable = !self.inner.options.sync || write.must_sync;
+        if let (true, Some(below)) = (durable, state.stale_files_below) {
+            snapshot_files::remove_where(&self.inner.snapshots_dir, |index| index < below);
+            state.stale_files_below = None;
+        }
+
         // Written: bring the in-memory view in line.
         let old_last = state.meta.last_index;
         if let Some(snapshot) = &write.snapshot {
@@ -718,6 +811,7 @@ impl RocksLogStore {
             local_snapshot: Some(LocalSnapshot {
                 snapshot,
                 compact_to,
+                staged: None,
             }),
             ..Default::default()
         })
@@ -831,6 +925,10 @@ impl LogStore for RocksLogStore {
     fn latest_snapshot(&self) -> raft::Result<Snapshot> {
         let meta = self.read_state().meta.snapshot_meta.clone();
         Ok(self.read_snapshot(&meta)?)
+    }
+
+    fn snapshot_stager(&self) -> Option<Arc<dyn SnapshotStager>> {
+        Some(Arc::new(self.inner.snapshots.clone()))
     }
 }
 
