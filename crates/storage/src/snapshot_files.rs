@@ -19,6 +19,9 @@ use craft_core::{SnapshotStager, StagedSnapshot};
 
 use crate::error::StorageError;
 
+/// Bytes written between two syncs of a snapshot file.
+const SYNC_CHUNK: usize = 256 << 10;
+
 /// The directory of snapshot files inside a store's directory.
 pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
 
@@ -84,7 +87,13 @@ impl FileStager {
         let tmp = path.with_extension("snap.tmp");
         let written = File::create(&tmp)
             .and_then(|mut f| {
-                f.write_all(data)?;
+                // A chunk at a time, each synced: one flush of the whole state would hold
+                // the disk (and, on ext4, the journal commit that the log's own small
+                // synced writes wait for) for as long as it takes.
+                for chunk in data.chunks(SYNC_CHUNK) {
+                    f.write_all(chunk)?;
+                    f.sync_data()?;
+                }
                 f.sync_all()
             })
             .and_then(|()| fs::rename(&tmp, &path))
