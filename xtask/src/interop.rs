@@ -346,7 +346,10 @@ fn rolling_upgrade(r: &mut Run<'_>, args: &Args) -> anyhow::Result<()> {
             r.start(i)?;
             let took = r.caught_up(i, from, &format!("{phase}: node {i} now {}", to.name()))?;
             times.push(format!("{}: {:.2}s", i, took.as_secs_f64()));
-            if took > Duration::from_secs(10) {
+            // The existing service, started afresh, waits for its controller to push a
+            // configuration, which a controller does after syncing: its catch-up is
+            // reported, and the 10 s target holds for ours.
+            if to == Kind::Ours && took > Duration::from_secs(10) {
                 bail!(
                     "{phase}: node {i} took {:.1}s to catch up (target 10 s)",
                     took.as_secs_f64()
