@@ -763,12 +763,7 @@ impl Cluster {
     /// Makes node `i` run `bin` from its next start (ours from the build directory when
     /// `None`).
     pub fn set_consensus_bin(&mut self, i: usize, bin: Option<PathBuf>) -> anyhow::Result<()> {
-        let node = self
-            .state
-            .nodes
-            .get_mut(i.wrapping_sub(1))
-            .with_context(|| format!("no node {i}"))?;
-        node.consensus_bin = bin;
+        self.node_mut(i)?.consensus_bin = bin;
         self.save()
     }
 
@@ -781,6 +776,46 @@ impl Cluster {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
         }
+    }
+
+    /// Feeds node `target` the hostile set of `dev-hostile`: through the development
+    /// network as node `target + 1` (the real peer), and straight to its network
+    /// handler from an unknown origin. Returns the tool's report (one line per kind).
+    pub fn feed_hostile(&self, target: usize) -> anyhow::Result<String> {
+        let nodes = &self.state.nodes;
+        let t = nodes
+            .get(target.wrapping_sub(1))
+            .with_context(|| format!("no node {target}"))?;
+        let sender = &nodes[target % nodes.len()];
+        let tool = self.state.bin_dir.join("dev-hostile");
+        let out = Command::new(&tool)
+            .arg("--network")
+            .arg(format!("http://127.0.0.1:{}", sender.network_port))
+            .arg("--origin")
+            .arg(t.index.to_string())
+            .arg("--to-address")
+            .arg(&t.address)
+            .arg("--from-address")
+            .arg(&sender.address)
+            .arg("--direct")
+            .arg(format!("http://127.0.0.1:{}", t.grpc_port))
+            .arg("--seed")
+            .arg(t.index.to_string())
+            .output()
+            .with_context(|| format!("running {}", tool.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "dev-hostile against node {target} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn node_mut(&mut self, i: usize) -> anyhow::Result<&mut NodeInfo> {
+        self.state
+            .nodes
+            .get_mut(i.wrapping_sub(1))
+            .with_context(|| format!("no node {i}"))
     }
 
     /// Cuts node `i` off (`Some`) or heals every link (`None`).

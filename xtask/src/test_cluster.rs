@@ -338,31 +338,9 @@ fn blocks_of_size(r: &mut Run<'_>) -> anyhow::Result<()> {
 fn hostile_input(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.progress(5, "start")?;
     let nodes = r.cluster.state.nodes.clone();
-    let tool = r.cluster.state.bin_dir.join("dev-hostile");
     for target in &nodes {
         let sender = &nodes[target.index % nodes.len()];
-        let out = std::process::Command::new(&tool)
-            .arg("--network")
-            .arg(format!("http://127.0.0.1:{}", sender.network_port))
-            .arg("--origin")
-            .arg(target.index.to_string())
-            .arg("--to-address")
-            .arg(&target.address)
-            .arg("--from-address")
-            .arg(&sender.address)
-            .arg("--direct")
-            .arg(format!("http://127.0.0.1:{}", target.grpc_port))
-            .arg("--seed")
-            .arg(target.index.to_string())
-            .output()
-            .with_context(|| format!("running {}", tool.display()))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "dev-hostile against node {} failed: {}",
-            target.index,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report = String::from_utf8_lossy(&out.stdout).replace('\n', "; ");
+        let report = r.cluster.feed_hostile(target.index)?.replace('\n', "; ");
         r.checks.push(format!(
             "node {} fed the hostile set as node {}: {}",
             target.index,

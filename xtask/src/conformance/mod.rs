@@ -585,32 +585,9 @@ fn main_group(g: &mut Group<'_>) -> anyhow::Result<()> {
 
     // Hostile messages, through the network as a peer and straight to the handler.
     let hostile: anyhow::Result<String> = (|| {
-        let tool = g.cluster.state.bin_dir.join("dev-hostile");
         let mut evidence = Vec::new();
         for target in &nodes {
-            let sender = &nodes[target.index % nodes.len()];
-            let out = std::process::Command::new(&tool)
-                .arg("--network")
-                .arg(format!("http://127.0.0.1:{}", sender.network_port))
-                .arg("--origin")
-                .arg(target.index.to_string())
-                .arg("--to-address")
-                .arg(&target.address)
-                .arg("--from-address")
-                .arg(&sender.address)
-                .arg("--direct")
-                .arg(format!("http://127.0.0.1:{}", target.grpc_port))
-                .arg("--seed")
-                .arg(target.index.to_string())
-                .output()
-                .with_context(|| format!("running {}", tool.display()))?;
-            anyhow::ensure!(
-                out.status.success(),
-                "dev-hostile against node {} failed: {}",
-                target.index,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+            let lines = g.cluster.feed_hostile(target.index)?.lines().count();
             evidence.push(format!("node {}: {lines} kinds", target.index));
         }
         std::thread::sleep(Duration::from_millis(500));
