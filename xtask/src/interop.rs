@@ -430,9 +430,16 @@ fn scenarios() -> Vec<(&'static str, Spec, Vec<Kind>, Scenario)> {
             vec![Ours, Reference, Ours, Reference],
             validator_changes,
         ),
+        // One block a second, as a chain runs (its default is one every 3 s): at full
+        // speed the existing service's raft task exits and restarts now and then (its
+        // log says `raft exit`), and a 4-node chain of it with one node being replaced
+        // then has no quorum.
         (
             "rolling_upgrade",
-            spec(4),
+            Spec {
+                block_interval: 1,
+                ..spec(4)
+            },
             vec![Reference; 4],
             rolling_upgrade,
         ),
