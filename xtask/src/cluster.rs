@@ -713,34 +713,22 @@ impl Cluster {
 
     /// SIGKILLs node `i`'s consensus process.
     pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
-        let node = self
-            .state
-            .nodes
-            .get(i.wrapping_sub(1))
-            .with_context(|| format!("no node {i}"))?;
-        if let Some(pid) = node.consensus_pid {
+        if let Some(pid) = self.node_mut(i)?.consensus_pid.take() {
             signal(pid, "-KILL");
             let deadline = Instant::now() + Duration::from_secs(5);
             while pid_alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        self.state.nodes[i - 1].consensus_pid = None;
         self.save()
     }
 
     /// Stops node `i`'s consensus process as an operator would: SIGTERM, then SIGKILL if it
     /// has not exited after `grace`. Returns once it has exited.
     pub fn stop(&mut self, i: usize, grace: Duration) -> anyhow::Result<()> {
-        let node = self
-            .state
-            .nodes
-            .get(i.wrapping_sub(1))
-            .with_context(|| format!("no node {i}"))?;
-        if let Some(pid) = node.consensus_pid {
+        if let Some(pid) = self.node_mut(i)?.consensus_pid.take() {
             stop_pids(&[pid], grace);
         }
-        self.state.nodes[i - 1].consensus_pid = None;
         self.save()
     }
 
