@@ -5,7 +5,13 @@
 //! - no process panicked.
 //!
 //! It prints one row per fault: blocks committed during it, seconds from the lift to the
-//! next block, and violations. Disk faults are not part of it yet.
+//! next block, violations, and what became of the two nodes.
+//!
+//! Disk faults need FUSE: nodes 1 and 2 then keep their raft data on a craft-faultfs
+//! mount for the whole run (the link faults run on it too, fault-free), and their rows
+//! are skipped, saying why, where FUSE cannot be used. A node that stops on a disk fault
+//! must stop with an error in its log, never a panic; at the lift the rules are cleared
+//! and a stopped node is started again, as an operator would once the disk is replaced.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -41,6 +47,12 @@ enum Fault {
     KillConsensus,
     /// SIGKILL of their development controllers; started again at the lift.
     KillController,
+    /// craft-faultfs rules (JSON) under their raft data; consensus processes that
+    /// stopped are started again at the lift.
+    Disk(&'static str),
+    /// As `Disk`, and the consensus processes are restarted as the fault begins, so
+    /// that recovery reads the store through it (a running node reads little from disk).
+    DiskAtRestart(&'static str),
 }
 
 const FAULTS: &[(&str, Fault)] = &[
@@ -55,7 +67,30 @@ const FAULTS: &[(&str, Fault)] = &[
     ("partition", Fault::Link("nodes=1,2 partition")),
     ("kill consensus", Fault::KillConsensus),
     ("kill controller", Fault::KillController),
+    // The network service's port closes and it forgets every registration, as a killed
+    // network container's does; it comes back at the lift.
+    ("kill network", Fault::Link("nodes=1,2 down")),
+    (
+        "disk latency 500ms",
+        Fault::Disk(r#"{"rules":[{"delay_ms":500}]}"#),
+    ),
+    (
+        "disk EIO",
+        Fault::Disk(r#"{"rules":[{"ops":["write","fsync"],"error":"EIO"}]}"#),
+    ),
+    (
+        "disk full",
+        Fault::Disk(r#"{"rules":[{"ops":["write","create"],"error":"ENOSPC"}]}"#),
+    ),
+    (
+        "disk corrupt",
+        Fault::DiskAtRestart(r#"{"rules":[{"ops":["read"],"corrupt_bits":4}]}"#),
+    ),
 ];
+
+fn is_disk(fault: Fault) -> bool {
+    matches!(fault, Fault::Disk(_) | Fault::DiskAtRestart(_))
+}
 
 const AFFECTED: [usize; 2] = [1, 2];
 
@@ -66,6 +101,8 @@ struct Row {
     during: u64,
     recovered_after: Option<Duration>,
     violations: Vec<String>,
+    /// What became of nodes 1 and 2, where it is worth saying.
+    notes: Vec<String>,
 }
 
 fn top(cluster: &Cluster) -> u64 {
@@ -84,6 +121,7 @@ fn panics(cluster: &Cluster) -> Vec<String> {
     for i in 1..=cluster.state.nodes.len() {
         logs.push(cluster.node_dir(i).join("consensus.log"));
         logs.push(cluster.node_dir(i).join("controller.log"));
+        logs.push(cluster.node_dir(i).join("faultfs.log"));
     }
     for log in logs {
         if let Ok(text) = std::fs::read_to_string(&log) {
@@ -119,6 +157,15 @@ fn apply(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> {
         Fault::KillController => AFFECTED
             .iter()
             .try_for_each(|&i| cluster.kill_controller(i)),
+        Fault::Disk(rules) => AFFECTED
+            .iter()
+            .try_for_each(|&i| cluster.set_disk_faults(i, Some(rules))),
+        Fault::DiskAtRestart(rules) => AFFECTED.iter().try_for_each(|&i| {
+            cluster.kill(i)?;
+            cluster.set_disk_faults(i, Some(rules))?;
+            std::thread::sleep(Duration::from_millis(200));
+            cluster.start_consensus(i, false)
+        }),
     }
 }
 
@@ -131,7 +178,54 @@ fn lift(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> {
         Fault::KillController => AFFECTED
             .iter()
             .try_for_each(|&i| cluster.start_controller(i, false)),
+        Fault::Disk(_) | Fault::DiskAtRestart(_) => AFFECTED.iter().try_for_each(|&i| {
+            cluster.set_disk_faults(i, None)?;
+            std::thread::sleep(Duration::from_millis(200));
+            if cluster.consensus_alive(i) {
+                Ok(())
+            } else {
+                cluster.start_consensus(i, false)
+            }
+        }),
     }
+}
+
+/// What node `i`'s consensus process said when it stopped: the error it exited with and
+/// its causes (anyhow's `Error: ...` and `Caused by:` lines, at the end of its log), or
+/// else the last line logged at ERROR.
+fn last_error(cluster: &Cluster, i: usize) -> Option<String> {
+    let text = std::fs::read_to_string(cluster.node_dir(i).join("consensus.log")).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let said = match lines.iter().rposition(|l| l.starts_with("Error:")) {
+        Some(at) => {
+            // The error, then its innermost cause (before any backtrace).
+            let chain: Vec<&str> = lines[at..]
+                .iter()
+                .map(|l| l.trim())
+                .take_while(|l| !l.starts_with("Stack backtrace"))
+                .filter(|l| !l.is_empty() && *l != "Caused by:")
+                .collect();
+            let cause = chain.last().filter(|_| chain.len() > 1).map(|c| {
+                c.split_once(": ").map_or(*c, |(n, rest)| {
+                    if n.chars().all(|ch| ch.is_ascii_digit()) {
+                        rest
+                    } else {
+                        c
+                    }
+                })
+            });
+            match cause {
+                Some(cause) => format!("{} / {cause}", chain[0]),
+                None => chain[0].to_string(),
+            }
+        }
+        None => lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("ERROR"))?
+            .to_string(),
+    };
+    Some(said.chars().take(400).collect())
 }
 
 fn run_fault(
@@ -148,6 +242,19 @@ fn run_fault(
     let corrupting = matches!(fault, Fault::Link(rule) if rule.contains("corrupt"));
     let dropped = damaged(cluster) - damaged_before;
     let at_lift = top(cluster);
+    let mut notes = Vec::new();
+    let mut violations = Vec::new();
+    if is_disk(fault) {
+        for i in AFFECTED {
+            if cluster.consensus_alive(i) {
+                continue;
+            }
+            match last_error(cluster, i) {
+                Some(line) => notes.push(format!("node {i} stopped: {line}")),
+                None => violations.push(format!("node {i} stopped without an error in its log")),
+            }
+        }
+    }
     lift(cluster, fault)?;
     let lifted = Instant::now();
     let bound = Duration::from_secs(args.recover_secs);
@@ -159,7 +266,6 @@ fn run_fault(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut violations = Vec::new();
     if corrupting && dropped <= 0.0 {
         violations
             .push("no damaged message was dropped: the corruption never reached a node".into());
@@ -179,6 +285,7 @@ fn run_fault(
         during,
         recovered_after,
         violations,
+        notes,
     })
 }
 
@@ -189,10 +296,19 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
+    let fuse = craft_faultfs::check_usable();
+    if let Err(e) = &fuse {
+        println!("chaos: disk faults skipped: {e}");
+    }
     let spec = Spec {
         tick_ms: 50,
         heartbeat_tick: 3,
         election_tick: 20,
+        faultfs: if fuse.is_ok() {
+            AFFECTED.to_vec()
+        } else {
+            Vec::new()
+        },
         ..Spec::new(4, 0)
     };
     let mut cluster = Cluster::create(&dir, &bin_dir, &spec, false)?;
@@ -219,6 +335,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
+        if is_disk(fault) && fuse.is_err() {
+            continue;
+        }
         let row = match run_fault(&mut cluster, args, name, fault) {
             Ok(row) => row,
             Err(e) => {
@@ -238,6 +357,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 row.violations.join("; ")
             }
         );
+        for note in &row.notes {
+            println!("{:<20}   {note}", "");
+        }
         rows.push(row);
     }
     cluster.down();

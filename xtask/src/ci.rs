@@ -178,6 +178,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             root,
             &crate::interop::Args {
                 reference: Some(bin_dir.join("consensus")),
+                zenoh: None,
                 only: Some("rolling_upgrade".into()),
                 secs: 2,
                 debug: true,

@@ -160,6 +160,13 @@ pub struct Spec {
     pub stats: bool,
     /// More arguments for every development controller.
     pub controller_args: Vec<String>,
+    /// CITA-Cloud's `network_zenoh` binary: each node gets its own network service over
+    /// QUIC with TLS (see [`crate::zenoh_net`]) instead of the shared development network
+    /// (so no link faults or partitions).
+    pub zenoh: Option<PathBuf>,
+    /// Nodes whose `raft-data` is a craft-faultfs mount (`disk-faults.json` in the node's
+    /// directory switches its faults; see [`Cluster::set_disk_faults`]).
+    pub faultfs: Vec<usize>,
 }
 
 impl Spec {
@@ -180,6 +187,8 @@ impl Spec {
             block_bytes: 0,
             stats: false,
             controller_args: Vec::new(),
+            zenoh: None,
+            faultfs: Vec::new(),
         }
     }
 }
@@ -212,6 +221,15 @@ pub struct NodeInfo {
     /// The consensus process's arguments when not `run -c config.toml --stdout`.
     #[serde(default)]
     pub consensus_args: Option<Vec<String>>,
+    /// Its own network service process (`network_zenoh`), when it has one.
+    #[serde(default)]
+    pub network_pid: Option<u32>,
+    /// Port its own network service's peers connect to (`network_zenoh`'s `port`).
+    #[serde(default)]
+    pub zenoh_port: u16,
+    /// The faultfs process under its `raft-data`, when it has one.
+    #[serde(default)]
+    pub faultfs_pid: Option<u32>,
 }
 
 /// What `cluster.json` records.
@@ -267,9 +285,11 @@ impl NodeView {
     }
 }
 
-/// Node `i`'s address: 20 bytes, the node number at the end.
+/// Node `i`'s address: 20 bytes, the node number at the end of the first 8 and of the
+/// last 12.
 pub fn node_address(i: usize) -> String {
-    format!("{i:040x}")
+    // The first 8 bytes differ too: `network_zenoh` takes a node's origin from them.
+    format!("{i:016x}{i:024x}")
 }
 
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
@@ -355,6 +375,21 @@ pub fn build_profile(root: &Path, profile: Profile) -> anyhow::Result<PathBuf> {
     } else {
         "release"
     }))
+}
+
+/// Whether `path` is a mount point (listed in this process's mountinfo).
+fn is_mounted(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    // Field 5 is the mount point (spaces escaped as \040).
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m.replace("\\040", " ") == want)
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -518,10 +553,11 @@ impl Cluster {
             fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
         }
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ports = free_ports(spec.nodes * 4)?;
+        const PORTS: usize = 5;
+        let ports = free_ports(spec.nodes * PORTS)?;
         let nodes: Vec<NodeInfo> = (1..=spec.nodes)
             .map(|i| {
-                let p = &ports[(i - 1) * 4..i * 4];
+                let p = &ports[(i - 1) * PORTS..i * PORTS];
                 NodeInfo {
                     index: i,
                     address: node_address(i),
@@ -535,6 +571,9 @@ impl Cluster {
                         .then(|| spec.consensus_bins[(i - 1) % spec.consensus_bins.len()].clone()),
                     controller_args: Vec::new(),
                     consensus_args: None,
+                    network_pid: None,
+                    zenoh_port: p[4],
+                    faultfs_pid: None,
                 }
             })
             .collect();
@@ -555,19 +594,32 @@ impl Cluster {
             .iter()
             .map(|n| n.network_port.to_string())
             .collect();
-        let mut net = Command::new(bin_dir.join("dev-network"));
-        net.arg("--ports")
-            .arg(net_ports.join(","))
-            .arg("--partition-file")
-            .arg(dir.join("partition"))
-            .arg("--faults-file")
-            .arg(dir.join("faults"));
-        if spec.stats {
-            net.arg("--stats-file").arg(dir.join("network-stats.json"));
+        if let Some(zenoh) = &spec.zenoh {
+            crate::zenoh_net::write_configs(&cluster)?;
+            for i in 1..=spec.nodes {
+                let nd = crate::zenoh_net::network_dir(&cluster, i);
+                let mut cmd = Command::new(zenoh);
+                cmd.current_dir(&nd).args(["run", "-c", "config.toml"]);
+                let pid = spawn_logged(&mut cmd, &nd.join("network.log"), detach)
+                    .with_context(|| format!("starting {}", zenoh.display()))?;
+                cluster.state.nodes[i - 1].network_pid = Some(pid);
+                cluster.save()?;
+            }
+        } else {
+            let mut net = Command::new(bin_dir.join("dev-network"));
+            net.arg("--ports")
+                .arg(net_ports.join(","))
+                .arg("--partition-file")
+                .arg(dir.join("partition"))
+                .arg("--faults-file")
+                .arg(dir.join("faults"));
+            if spec.stats {
+                net.arg("--stats-file").arg(dir.join("network-stats.json"));
+            }
+            let pid = spawn_logged(&mut net, &dir.join("network.log"), detach)?;
+            cluster.state.network_pid = Some(pid);
+            cluster.save()?;
         }
-        let pid = spawn_logged(&mut net, &dir.join("network.log"), detach)?;
-        cluster.state.network_pid = Some(pid);
-        cluster.save()?;
         let validators: Vec<String> = cluster
             .state
             .nodes
@@ -645,9 +697,75 @@ impl Cluster {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             cluster.start_controller(i, detach)?;
+            if spec.faultfs.contains(&i) {
+                cluster.mount_faultfs(i, detach)?;
+            }
             cluster.start_consensus(i, detach)?;
         }
         Ok(cluster)
+    }
+
+    /// Mounts craft-faultfs over node `i`'s `raft-data` (backed by `raft-data.real`,
+    /// following `disk-faults.json`), returning once the mount is in place.
+    fn mount_faultfs(&mut self, i: usize, detach: bool) -> anyhow::Result<()> {
+        let nd = self.node_dir(i);
+        let mount = nd.join("raft-data");
+        fs::create_dir_all(&mount)?;
+        let mut cmd = Command::new(self.state.bin_dir.join("faultfs"));
+        cmd.arg("--backing")
+            .arg(nd.join("raft-data.real"))
+            .arg("--mount")
+            .arg(&mount)
+            .arg("--faults")
+            .arg(nd.join("disk-faults.json"))
+            .arg("--stats")
+            .arg(nd.join("disk-stats.json"));
+        let pid = spawn_logged(&mut cmd, &nd.join("faultfs.log"), detach)?;
+        self.node_mut(i)?.faultfs_pid = Some(pid);
+        self.save()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_mounted(&mount) {
+            if !pid_alive(pid) || Instant::now() > deadline {
+                let log = fs::read_to_string(nd.join("faultfs.log")).unwrap_or_default();
+                bail!(
+                    "faultfs did not mount {}:\n{}",
+                    mount.display(),
+                    log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Sets the disk faults under node `i`'s `raft-data` (a craft-faultfs rule set as
+    /// JSON, e.g. `{"rules":[{"ops":["fsync"],"error":"EIO"}]}`), or lifts them (`None`).
+    /// In force within 100 ms.
+    pub fn set_disk_faults(&self, i: usize, rules: Option<&str>) -> anyhow::Result<()> {
+        let path = self.node_dir(i).join("disk-faults.json");
+        match rules {
+            Some(json) => {
+                let tmp = path.with_extension("tmp");
+                fs::write(&tmp, json)?;
+                fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            }
+            None => {
+                if path.exists() {
+                    fs::remove_file(&path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether node `i`'s consensus process is running.
+    pub fn consensus_alive(&self, i: usize) -> bool {
+        self.state
+            .nodes
+            .get(i.wrapping_sub(1))
+            .and_then(|n| n.consensus_pid)
+            .is_some_and(pid_alive)
     }
 
     /// Starts node `i`'s development controller (again), with the arguments it was
@@ -828,7 +946,7 @@ impl Cluster {
             .state
             .nodes
             .iter()
-            .flat_map(|n| [n.consensus_pid, n.controller_pid])
+            .flat_map(|n| [n.consensus_pid, n.controller_pid, n.network_pid])
             .flatten()
             .collect();
         pids.extend(self.state.network_pid);
@@ -849,8 +967,16 @@ impl Cluster {
             .iter()
             .filter_map(|n| n.consensus_pid)
             .collect();
+        let faultfs: Vec<u32> = self
+            .state
+            .nodes
+            .iter()
+            .filter_map(|n| n.faultfs_pid)
+            .collect();
+        // Filesystems last: they unmount once nothing has files open on them.
         stop_pids(&consensus, Duration::from_secs(5))
             + stop_pids(&self.pids(), Duration::from_secs(3))
+            + stop_pids(&faultfs, Duration::from_secs(5))
     }
 
     /// The outside view of every node.

@@ -5,6 +5,9 @@
 //! ([`crate::blackbox`]). The oracle of every scenario: no height with two different
 //! blocks on any two nodes, no process exited, and progress
 //! within a bound of 20 election timeouts.
+//!
+//! With `--zenoh PATH` every scenario runs a second time over CITA-Cloud's real network
+//! service, `network_zenoh` (one per node, QUIC with TLS; see [`crate::zenoh_net`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,17 +38,38 @@ Never commit those sources or binaries."
     )
 }
 
+/// How to build CITA-Cloud's network service, for `--zenoh`.
+pub const ZENOH_HELP: &str = "\
+Building CITA-Cloud's network service (cita-cloud/network_zenoh) outside this clone, for --zenoh:
+  1. get the sources of cita-cloud/network_zenoh beside cita-cloud/cloud-common-rs
+     (as for consensus_raft above);
+  2. in network_zenoh/Cargo.toml point cloud-util and cita_cloud_proto at the local
+     copies, pin zenoh and zenoh-ext to one version (zenoh = { version = \"=1.0.4\", ... }),
+     and pin every zenoh-* crate they pull in to the same version by naming each as a
+     dependency: zenoh-buffers = \"=1.0.4\", zenoh-codec, zenoh-collections, zenoh-config,
+     zenoh-core, zenoh-crypto, zenoh-keyexpr, zenoh-link, zenoh-link-commons,
+     zenoh-link-quic, zenoh-link-tls, zenoh-macros, zenoh-plugin-trait, zenoh-protocol,
+     zenoh-result, zenoh-runtime, zenoh-sync, zenoh-task, zenoh-transport, zenoh-util
+     (otherwise cargo mixes 1.0.4 with newer 1.x crates that do not build together);
+  3. cargo build --release in network_zenoh;
+  4. add --zenoh /work/ref/network_zenoh/target/release/network to the interop command
+     (it also needs the openssl command line, for the nodes' TLS certificates).";
+
 const LAST_STEP: &str =
     "cargo xtask interop --reference /work/ref/consensus_raft/target/release/consensus";
 
 /// `cargo xtask interop`
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = reference_help(LAST_STEP))]
+#[command(after_long_help = format!("{}\n\n{ZENOH_HELP}", reference_help(LAST_STEP)))]
 pub struct Args {
     /// The existing service's `consensus` binary. Without it the command says how to
     /// build one and exits successfully.
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// CITA-Cloud's `network_zenoh` binary: every scenario runs again over it (one
+    /// network service per node, QUIC with TLS), named `<scenario>_zenoh`.
+    #[arg(long)]
+    pub zenoh: Option<PathBuf>,
     /// Run only scenarios whose name contains this.
     #[arg(long)]
     pub only: Option<String>,
@@ -465,17 +489,48 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", reference.display()))?;
     let bin_dir = build_profile(root, Profile::for_figures(args.debug))?;
     println!(
-        "interop: ours {}, reference {}",
+        "interop: ours {}, reference {}{}",
         bin_dir.join("consensus").display(),
-        reference.display()
+        reference.display(),
+        args.zenoh
+            .as_ref()
+            .map(|z| format!(", network_zenoh {}", z.display()))
+            .unwrap_or_default()
     );
+    let zenoh = match &args.zenoh {
+        Some(path) => {
+            anyhow::ensure!(
+                path.is_file(),
+                "no network_zenoh binary at {}\n\n{ZENOH_HELP}",
+                path.display()
+            );
+            Some(fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?)
+        }
+        None => None,
+    };
     let base = root.join("target").join("interop");
     let mut summary = Vec::new();
     let mut failed = Vec::new();
-    for (name, mut spec, kinds, scenario) in scenarios() {
+    let networks = std::iter::once(None).chain(zenoh.iter().map(Some));
+    let runs: Vec<(String, Spec, Vec<Kind>, Scenario)> = networks
+        .flat_map(|net| {
+            scenarios()
+                .into_iter()
+                .map(move |(name, mut spec, kinds, scenario)| {
+                    spec.zenoh = net.cloned();
+                    let name = match net {
+                        Some(_) => format!("{name}_zenoh"),
+                        None => name.to_string(),
+                    };
+                    (name, spec, kinds, scenario)
+                })
+        })
+        .collect();
+    for (name, mut spec, kinds, scenario) in runs {
         if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
+        let name = name.as_str();
         spec.consensus_bins = kinds
             .iter()
             .map(|k| match k {
@@ -513,10 +568,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             }
             Err(e) => {
                 println!("  FAILED: {e:#}\n  logs kept in {}", dir.display());
-                failed.push(name);
+                failed.push(name.to_string());
             }
         }
-        summary.push((name, result.is_ok(), run.figures));
+        summary.push((name.to_string(), result.is_ok(), run.figures));
     }
     println!("\n| scenario | result | figures |\n|---|---|---|");
     for (name, ok, figures) in &summary {

@@ -18,6 +18,7 @@ mod interop;
 mod jepsen_kv;
 mod test_cluster;
 mod tidy;
+mod zenoh_net;
 
 use std::{
     path::{Path, PathBuf},

@@ -200,7 +200,7 @@ async fn run_node(
 
     {
         let network = network.clone();
-        tokio::spawn(async move { network.register_until_ok().await }.in_current_span());
+        tokio::spawn(async move { network.stay_registered().await }.in_current_span());
     }
     if cfg.enable_metrics {
         let addr: SocketAddr = format!("{}:{}", cfg.listen_host, cfg.metrics_port)

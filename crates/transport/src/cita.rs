@@ -228,6 +228,15 @@ struct Inner {
     inbound: RwLock<Option<Inbound>>,
     peer_started: RwLock<Option<PeerStarted>>,
     last_probe: Mutex<Option<Instant>>,
+    /// Woken when a call to the network failed as if it were gone (`Unavailable`): a
+    /// network service started again has forgotten our handler.
+    network_lost: Arc<tokio::sync::Notify>,
+}
+
+/// Whether a failed call says the network service is not there (down, restarting),
+/// rather than that it refused this one message.
+fn network_gone(e: &Status) -> bool {
+    e.code() == tonic::Code::Unavailable
 }
 
 /// The adapter: a [`craft_core::Transport`] for outgoing raft messages and the
@@ -276,6 +285,7 @@ impl CitaNetwork {
                 inbound: RwLock::new(None),
                 peer_started: RwLock::new(None),
                 last_probe: Mutex::new(None),
+                network_lost: Arc::new(tokio::sync::Notify::new()),
                 cfg,
             }),
         })
@@ -338,6 +348,18 @@ impl CitaNetwork {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(3));
+        }
+    }
+
+    /// Registers the handler ([`CitaNetwork::register_until_ok`]) and registers it again
+    /// whenever a call to the network has failed as if the service were gone: a network
+    /// service that was killed and started again no longer knows where to deliver, and
+    /// this node would otherwise never hear from its peers again. Runs until dropped.
+    pub async fn stay_registered(&self) {
+        loop {
+            self.register_until_ok().await;
+            self.inner.network_lost.notified().await;
+            tracing::warn!("network service unreachable; registering again once it is back");
         }
     }
 
@@ -496,9 +518,13 @@ impl CitaNetwork {
             msg: id_payload(self.inner.cfg.raft_id),
         };
         let mut client = self.inner.client.clone();
+        let lost = self.inner.network_lost.clone();
         tokio::spawn(async move {
             if let Err(e) = client.broadcast(msg).await {
                 tracing::debug!(error = %e, "probe broadcast failed");
+                if network_gone(&e) {
+                    lost.notify_one();
+                }
             }
         });
     }
@@ -511,14 +537,19 @@ impl CitaNetwork {
             msg: payload,
         };
         let client = self.inner.client.clone();
+        let lost = self.inner.network_lost.clone();
         self.inner.queues.push(peer, msg, move || {
             move |msg: NetworkMsg| {
                 let mut client = client.clone();
+                let lost = lost.clone();
                 async move {
                     match client.send_msg(msg).await {
                         Ok(resp) => resp.get_ref().code == 0,
                         Err(e) => {
                             tracing::debug!(peer, error = %e, "SendMsg failed");
+                            if network_gone(&e) {
+                                lost.notify_one();
+                            }
                             false
                         }
                     }
@@ -981,9 +1012,10 @@ mod tests {
         assert!(is_conflict(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7)))));
     }
 
-    /// A network service that lists the given origins as its peers.
+    /// A network service that lists the given origins as its peers and counts handler
+    /// registrations.
     #[derive(Clone)]
-    struct Listing(Arc<Mutex<Vec<u64>>>);
+    struct Listing(Arc<Mutex<Vec<u64>>>, Arc<AtomicUsize>);
 
     #[tonic::async_trait]
     impl cita_proto::network::network_service_server::NetworkService for Listing {
@@ -1003,6 +1035,7 @@ mod tests {
             &self,
             _: Request<RegisterInfo>,
         ) -> Result<Response<StatusCode>, Status> {
+            self.1.fetch_add(1, Ordering::SeqCst);
             Ok(Response::new(StatusCode { code: 0 }))
         }
         async fn add_node(
@@ -1038,6 +1071,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let svc = cita_proto::network::network_service_server::NetworkServiceServer::new(Listing(
             listed.clone(),
+            Arc::default(),
         ));
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -1061,6 +1095,84 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         n.handle(nm(TYPE_RAFT, 43, raft_msg(2, 7))).unwrap();
+    }
+
+    /// Serves `svc` on `addr` until `stop` resolves.
+    async fn serve_until(
+        listener: tokio::net::TcpListener,
+        svc: Listing,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        tonic::transport::Server::builder()
+            .add_service(
+                cita_proto::network::network_service_server::NetworkServiceServer::new(svc),
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop.await;
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_network_service_started_again_is_told_our_handler_again() {
+        let registered = Arc::new(AtomicUsize::new(0));
+        let svc = Listing(Arc::default(), registered.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let first = tokio::spawn(serve_until(listener, svc.clone(), stopped));
+        let n = net_at(&format!("http://{addr}"), Duration::from_secs(3600));
+        tokio::spawn({
+            let n = n.clone();
+            async move { n.stay_registered().await }
+        });
+        let wait_for = |want: usize| {
+            let registered = registered.clone();
+            let n = n.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while registered.load(Ordering::SeqCst) < want {
+                    assert!(Instant::now() < deadline, "never registered {want} times");
+                    // Raft traffic to a known peer, as a node sends all the time.
+                    craft_core::Transport::send(
+                        &n,
+                        vec![raft::eraftpb::Message {
+                            to: 2,
+                            from: 7,
+                            ..Default::default()
+                        }],
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
+        wait_for(1).await;
+        // While the network runs, traffic does not register again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(registered.load(Ordering::SeqCst), 1);
+        // The network service goes away and comes back on its port, knowing nothing.
+        stop.send(()).unwrap();
+        first.await.unwrap();
+        for _ in 0..10 {
+            craft_core::Transport::send(
+                &n,
+                vec![raft::eraftpb::Message {
+                    to: 2,
+                    from: 7,
+                    ..Default::default()
+                }],
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let (_stop, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(serve_until(listener, svc, stopped));
+        wait_for(2).await;
     }
 
     #[tokio::test]

@@ -30,6 +30,8 @@ use crate::queue::PeerQueues;
 struct Slot {
     handler: RwLock<Option<NetworkMsgHandlerServiceClient<Channel>>>,
     observed: Mutex<Observed>,
+    /// Whether a `down` rule has stopped this node's network service.
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 /// What one node was seen doing on the network.
@@ -135,6 +137,7 @@ impl DevNetwork {
                 .map(|_| Slot {
                     handler: RwLock::new(None),
                     observed: Mutex::new(Observed::default()),
+                    down: tokio::sync::watch::Sender::new(false),
                 })
                 .collect(),
             cuts: RwLock::new(HashSet::new()),
@@ -147,7 +150,8 @@ impl DevNetwork {
         })
     }
 
-    /// Replaces the link fault rules.
+    /// Replaces the link fault rules. A node a `down` rule names loses its handler
+    /// registration and queued messages, as a network service that is killed does.
     pub fn set_faults(&self, rules: Vec<LinkFaults>) {
         let mut current = self.faults.write().unwrap_or_else(|e| e.into_inner());
         if *current != rules {
@@ -155,6 +159,30 @@ impl DevNetwork {
             tracing::info!(faults = ?text, "link faults changed");
             *current = rules;
         }
+        for (node, slot) in (1u64..).zip(&self.nodes) {
+            let down = current.iter().any(|r| r.down && r.nodes.contains(&node));
+            let changed = slot
+                .down
+                .send_if_modified(|d| std::mem::replace(d, down) != down);
+            if changed && down {
+                *slot.handler.write().unwrap_or_else(|e| e.into_inner()) = None;
+                self.delivery.remove(node);
+                tracing::info!(node, "network service down: registration forgotten");
+            } else if changed {
+                tracing::info!(node, "network service up");
+            }
+        }
+    }
+
+    /// Whether node `origin`'s network service is down (a `down` rule names it).
+    pub fn is_down(&self, origin: u64) -> bool {
+        self.slot(origin).is_some_and(|s| *s.down.borrow())
+    }
+
+    /// Follows whether node `origin`'s network service is down, for a server that closes
+    /// its port meanwhile.
+    pub fn down_watch(&self, origin: u64) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.slot(origin).map(|s| s.down.subscribe())
     }
 
     /// Keeps the fault rules in step with `path` (see [`LinkFaults::parse_file`]),
@@ -329,6 +357,10 @@ impl DevNetwork {
         if self.slot(to).is_none() {
             return false;
         }
+        if self.is_down(from) || self.is_down(to) {
+            self.fault_counts.lost.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         msg.origin = from;
         let rule = self
             .faults
@@ -428,9 +460,21 @@ fn ok() -> Response<StatusCode> {
     Response::new(StatusCode { code: 0 })
 }
 
+impl NodePort {
+    /// `Unavailable` while this node's network service is down: a call that reached the
+    /// port just before it closed fails as it would against a killed service.
+    fn up(&self) -> Result<(), Status> {
+        if self.net.is_down(self.me) {
+            return Err(Status::unavailable("network service down"));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl NetworkService for NodePort {
     async fn send_msg(&self, req: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+        self.up()?;
         self.net.send_msg_calls.fetch_add(1, Ordering::Relaxed);
         let msg = req.into_inner();
         self.net.observe(self.me, |o| o.record("send_msg", &msg));
@@ -443,6 +487,7 @@ impl NetworkService for NodePort {
     }
 
     async fn broadcast(&self, req: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+        self.up()?;
         self.net.broadcast_calls.fetch_add(1, Ordering::Relaxed);
         let msg = req.into_inner();
         self.net.observe(self.me, |o| o.record("broadcast", &msg));
@@ -467,6 +512,7 @@ impl NetworkService for NodePort {
         &self,
         req: Request<RegisterInfo>,
     ) -> Result<Response<StatusCode>, Status> {
+        self.up()?;
         let info = req.into_inner();
         self.net.observe(self.me, |o| {
             if o.registered.len() < MAX_OBSERVED {
@@ -709,5 +755,41 @@ mod tests {
         assert!(!net.deliver(2, 1, msg.clone()));
         assert!(!net.deliver(1, 1, msg.clone()));
         assert!(!net.deliver(1, 9, msg));
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_network_is_down_is_forgotten_until_it_registers_again() {
+        let (net, rec) = pair().await;
+        let mut watch = net.down_watch(2).unwrap();
+        assert!(net.deliver(1, 2, payload(1)));
+        assert_eq!(received(&rec, 1).await.len(), 1);
+
+        net.set_faults(vec!["nodes=2 down".parse().unwrap()]);
+        assert!(*watch.borrow_and_update());
+        assert!(
+            !net.deliver(1, 2, payload(2)),
+            "delivered to a node that is down"
+        );
+        assert!(
+            !net.deliver(2, 1, payload(3)),
+            "delivered from a node that is down"
+        );
+        let port = net.service(2);
+        let refused = port.send_msg(Request::new(payload(4))).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        // Other nodes' services still answer.
+        net.service(1)
+            .broadcast(Request::new(payload(5)))
+            .await
+            .unwrap();
+
+        // Lifted: the port is up again but the registration was lost with the service.
+        net.set_faults(vec![]);
+        assert!(!*watch.borrow_and_update());
+        assert!(
+            !net.deliver(1, 2, payload(6)),
+            "a forgotten handler was delivered to"
+        );
+        assert!(received(&rec, 1).await.is_empty());
     }
 }

@@ -4,8 +4,11 @@
 //!
 //! A rule is one line of `key=value` words, e.g.
 //! `nodes=1,2 delay=500ms jitter=100ms loss=75% duplicate=75% corrupt=75% rate=1mbps`;
-//! `partition` alone cuts the chosen nodes off from the others. A file holds one rule
-//! per line (`#` comments); the first rule naming either end of a message applies.
+//! `partition` alone cuts the chosen nodes off from the others; `down` stops the chosen
+//! nodes' network service itself, as a killed network container would (its port refuses
+//! connections and it forgets every registration until the rule is lifted). A file holds
+//! one rule per line (`#` comments); the first rule naming either end of a message
+//! applies.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -31,6 +34,9 @@ pub struct LinkFaults {
     pub rate_bps: Option<u64>,
     /// Cut the nodes off from every node not in `nodes`.
     pub partition: bool,
+    /// The nodes' network service is down: nothing is delivered to or from them, their
+    /// port is closed, and their registrations are forgotten.
+    pub down: bool,
 }
 
 impl LinkFaults {
@@ -45,6 +51,7 @@ impl LinkFaults {
             corrupt: 0.0,
             rate_bps: None,
             partition: false,
+            down: false,
         }
     }
 
@@ -141,6 +148,10 @@ impl FromStr for LinkFaults {
                 rule.partition = true;
                 continue;
             }
+            if word == "down" {
+                rule.down = true;
+                continue;
+            }
             let (key, value) = word
                 .split_once('=')
                 .ok_or_else(|| format!("{word:?} is not key=value"))?;
@@ -198,6 +209,9 @@ impl fmt::Display for LinkFaults {
         if self.partition {
             write!(f, " partition")?;
         }
+        if self.down {
+            write!(f, " down")?;
+        }
         Ok(())
     }
 }
@@ -222,6 +236,9 @@ mod tests {
         let cut: LinkFaults = "nodes=3 partition".parse().unwrap();
         assert!(cut.cuts(3, 1) && cut.cuts(1, 3) && !cut.cuts(1, 2));
         assert!(cut.covers(2, 3) && !cut.covers(1, 2));
+        let down: LinkFaults = "nodes=1,2 down".parse().unwrap();
+        assert!(down.down && !down.partition);
+        assert_eq!(down.to_string(), "nodes=1,2 down");
     }
 
     #[test]

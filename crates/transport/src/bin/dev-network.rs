@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use cita_proto::network::network_service_server::NetworkServiceServer;
@@ -83,24 +84,75 @@ async fn main() -> anyhow::Result<()> {
     let mut servers = tokio::task::JoinSet::new();
     for (i, port) in (1u64..).zip(ports) {
         let addr = SocketAddr::new(args.host, port);
-        let svc = NetworkServiceServer::new(net.service(i))
-            .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES);
+        // Bound before anything is spawned: a port in use fails the start, named.
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr} for node {i}"))?;
         tracing::info!(node = i, %addr, "serving network for node");
-        servers.spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        servers.spawn(serve_node(net.clone(), i, addr, listener));
     }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         Some(res) = servers.join_next() => {
             res.context("server task")?.context("server failed")?;
             Ok(())
+        }
+    }
+}
+
+/// Serves node `i` on `addr` while its network service is up; while a `down` rule names
+/// it the port is closed (connections are refused, as to a killed service), and it is
+/// bound again when the rule is lifted.
+async fn serve_node(
+    net: Arc<DevNetwork>,
+    i: u64,
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    let mut down = net.down_watch(i).with_context(|| format!("no node {i}"))?;
+    let mut listener = Some(listener);
+    loop {
+        let l = match listener.take() {
+            Some(l) => l,
+            None => {
+                let _ = down.wait_for(|d| !*d).await;
+                bind_again(addr).await?
+            }
+        };
+        let svc = NetworkServiceServer::new(net.service(i))
+            .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES);
+        let mut stop = down.clone();
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(l),
+                async move {
+                    let _ = stop.wait_for(|d| *d).await;
+                },
+            )
+            .await
+            .with_context(|| format!("serving node {i} on {addr}"))?;
+        tracing::info!(node = i, %addr, "port closed: network service down");
+    }
+}
+
+/// Binds `addr` again after it was closed, retrying for a few seconds while the kernel
+/// still holds it.
+async fn bind_again(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "port open again: network service up");
+                return Ok(l);
+            }
+            Err(e) if tries < 50 => {
+                tries += 1;
+                tracing::debug!(%addr, error = %e, "binding again");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding {addr} again")),
         }
     }
 }
