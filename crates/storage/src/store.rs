@@ -397,11 +397,15 @@ impl RocksLogStore {
         db_opts.set_stats_dump_period_sec(0);
         db_opts.set_stats_persist_period_sec(0);
         db_opts.set_max_open_files(256);
-        // Reuse old WAL files instead of creating new ones: overwriting blocks that are
-        // already allocated lets the fdatasync of every synced write skip the inode update
-        // (size, extents) an append needs, which is most of its cost on ext4. RocksDB 10
-        // supports this with the default point-in-time recovery.
-        db_opts.set_recycle_log_file_num(4);
+        // Recovery drops a torn last record (a write that never finished, so was never
+        // acknowledged) and refuses damage anywhere before it: a log shorter than what
+        // was acknowledged would let this node forget entries and its vote. RocksDB's
+        // default, point-in-time recovery, instead takes the first record failing its
+        // checksum for the end of the log and opens without error. That mode is also
+        // the only one WAL recycling allows, so WAL files are not recycled, though
+        // recycling made each synced write cheaper (its fdatasync would overwrite
+        // allocated blocks instead of growing the file): correctness first.
+        db_opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         let cache = Cache::new_lru_cache(options.block_cache_bytes.max(64 << 10));
         let db = DB::open_cf_descriptors(
             &db_opts,

@@ -232,3 +232,70 @@ fn acked_writes_survive_sigkill() {
         started.elapsed()
     );
 }
+
+/// Power loss in the middle of the last write leaves a torn record at the end of the
+/// WAL. That write was never acknowledged (its fsync had not returned), so recovery
+/// drops it and opens with everything before it; it must not refuse to open.
+#[test]
+fn a_torn_last_record_is_dropped_and_everything_before_it_kept() {
+    let base = tempfile::tempdir().unwrap();
+    let src = base.path().join("store");
+    let batches = 8u64;
+    let per = 4u64;
+    {
+        let store = RocksLogStore::open(&src, StoreOptions::default()).unwrap();
+        for b in 0..batches {
+            let (first, last) = (b * per + 1, (b + 1) * per);
+            store
+                .write(LogWrite {
+                    entries: (first..=last).map(|i| crash_entry(i, 1)).collect(),
+                    hard_state: Some(hard_state(1, 1, last)),
+                    must_sync: true,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+    }
+    let newest_wal = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .max()
+            .expect("a WAL file")
+    };
+    let acked = batches * per;
+    for cut in [1u64, 7, 33, 100] {
+        let dir = base.path().join(format!("torn-{cut}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        let wal = newest_wal(&dir);
+        let len = std::fs::metadata(&wal).unwrap().len();
+        assert!(len > cut, "WAL of {len} bytes");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .unwrap()
+            .set_len(len - cut)
+            .unwrap();
+        let store = RocksLogStore::open(&dir, StoreOptions::default())
+            .unwrap_or_else(|e| panic!("a torn tail ({cut} bytes cut) refused: {e}"));
+        // The last batch is gone (torn), every batch before it is whole.
+        let last = store.last_index().unwrap();
+        assert_eq!(last, acked - per, "{cut} bytes cut");
+        let entries = store
+            .entries(1, last + 1, u64::MAX, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(entries.len() as u64, last);
+        for e in &entries {
+            assert_eq!(e, &crash_entry(e.index, 1));
+        }
+        let hs = store.initial_state().unwrap().hard_state;
+        assert_eq!(hs.commit, last, "the hard state of the torn write is gone too");
+    }
+}

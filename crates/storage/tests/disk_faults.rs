@@ -257,15 +257,13 @@ fn corrupted_sst_reads_are_a_corruption_error_naming_the_file() {
     open_and_read(&disk.dir(), acked).unwrap();
 }
 
-/// Known defect, so ignored: RocksDB's point-in-time WAL recovery, the only mode
-/// `recycle_log_file_num` allows, takes the first record that fails its checksum for the
-/// end of the log and opens without error. Here the store opened with entries 1..=5 of
-/// the 20 acknowledged (and the hard state of that point): a node would forget
-/// acknowledged entries and its vote. `kTolerateCorruptedTailRecords` (etcd's
-/// semantics: a torn tail is dropped, damage before it is an error) would refuse, but
-/// RocksDB turns WAL recycling off with it. Run with `--ignored` to see it.
+/// RocksDB's default point-in-time WAL recovery (the only mode WAL recycling allows)
+/// took the first record failing its checksum for the end of the log and opened without
+/// error: here it opened with entries 1..=5 of the 20 acknowledged, and the hard state of
+/// that point, so a node would have forgotten acknowledged entries and its vote. The
+/// store recovers with `kTolerateCorruptedTailRecords` (etcd's rule: a torn tail is
+/// dropped, damage before it is an error).
 #[test]
-#[ignore = "known defect: point-in-time WAL recovery truncates silently at a corrupted record"]
 fn corrupted_wal_reads_at_recovery_are_an_error_not_a_shorter_log() {
     let Some(disk) = Disk::new() else { return };
     let store = open(&disk.dir()).unwrap();
