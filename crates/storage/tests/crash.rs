@@ -296,6 +296,9 @@ fn a_torn_last_record_is_dropped_and_everything_before_it_kept() {
             assert_eq!(e, &crash_entry(e.index, 1));
         }
         let hs = store.initial_state().unwrap().hard_state;
-        assert_eq!(hs.commit, last, "the hard state of the torn write is gone too");
+        assert_eq!(
+            hs.commit, last,
+            "the hard state of the torn write is gone too"
+        );
     }
 }
