@@ -1117,6 +1117,16 @@ mod tests {
             .unwrap();
     }
 
+    /// Raft traffic from 7 to peer 2, as a node sends all the time.
+    fn send_to_2(n: &CitaNetwork) {
+        let m = Message {
+            to: 2,
+            from: 7,
+            ..Default::default()
+        };
+        craft_core::Transport::send(n, vec![m]);
+    }
+
     #[tokio::test]
     async fn a_network_service_started_again_is_told_our_handler_again() {
         let registered = Arc::new(AtomicUsize::new(0));
@@ -1137,15 +1147,7 @@ mod tests {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while registered.load(Ordering::SeqCst) < want {
                     assert!(Instant::now() < deadline, "never registered {want} times");
-                    // Raft traffic to a known peer, as a node sends all the time.
-                    craft_core::Transport::send(
-                        &n,
-                        vec![raft::eraftpb::Message {
-                            to: 2,
-                            from: 7,
-                            ..Default::default()
-                        }],
-                    );
+                    send_to_2(&n);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -1159,14 +1161,7 @@ mod tests {
         stop.send(()).unwrap();
         first.await.unwrap();
         for _ in 0..10 {
-            craft_core::Transport::send(
-                &n,
-                vec![raft::eraftpb::Message {
-                    to: 2,
-                    from: 7,
-                    ..Default::default()
-                }],
-            );
+            send_to_2(&n);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
