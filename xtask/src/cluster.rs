@@ -961,22 +961,13 @@ impl Cluster {
     /// Stops every process of the cluster, consensus first, and returns once they have
     /// all exited: how many were running.
     pub fn down(&self) -> usize {
-        let consensus: Vec<u32> = self
-            .state
-            .nodes
-            .iter()
-            .filter_map(|n| n.consensus_pid)
-            .collect();
-        let faultfs: Vec<u32> = self
-            .state
-            .nodes
-            .iter()
-            .filter_map(|n| n.faultfs_pid)
-            .collect();
+        let of = |pid: fn(&NodeInfo) -> Option<u32>| -> Vec<u32> {
+            self.state.nodes.iter().filter_map(pid).collect()
+        };
         // Filesystems last: they unmount once nothing has files open on them.
-        stop_pids(&consensus, Duration::from_secs(5))
+        stop_pids(&of(|n| n.consensus_pid), Duration::from_secs(5))
             + stop_pids(&self.pids(), Duration::from_secs(3))
-            + stop_pids(&faultfs, Duration::from_secs(5))
+            + stop_pids(&of(|n| n.faultfs_pid), Duration::from_secs(5))
     }
 
     /// The outside view of every node.
