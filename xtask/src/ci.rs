@@ -181,6 +181,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 zenoh: None,
                 only: Some("rolling_upgrade".into()),
                 secs: 2,
+                rounds: 1,
                 debug: true,
             },
         )?;

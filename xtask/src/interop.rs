@@ -76,6 +76,12 @@ pub struct Args {
     /// Seconds of each blocks/s window.
     #[arg(long, default_value_t = 10)]
     pub secs: u64,
+    /// Run the whole set this many times, one round after another, and print each
+    /// scenario's blocks/s per round, the medians, and the mixed clusters' medians
+    /// against the all-existing cluster's (a loopback cluster on a shared machine
+    /// varies from run to run).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
     /// Our binary from a debug build (checks the command itself; figures are not
     /// representative).
     #[arg(long)]
@@ -526,7 +532,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 })
         })
         .collect();
-    for (name, mut spec, kinds, scenario) in runs {
+    let rounds = args.rounds;
+    let runs = (1..=rounds).flat_map(|round| runs.iter().map(move |r| (round, r.clone())));
+    for (round, (name, mut spec, kinds, scenario)) in runs {
         if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
@@ -538,7 +546,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 Kind::Reference => reference.clone(),
             })
             .collect();
-        let dir = base.join(name);
+        let dir = match rounds {
+            1 => base.join(name),
+            _ => base.join(format!("{name}-{round}")),
+        };
         let started = Instant::now();
         let cluster = Cluster::create(&dir, &bin_dir, &spec, false)?;
         let mut run = Run {
@@ -551,7 +562,13 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             checks: Vec::new(),
             figures: Vec::new(),
         };
-        println!("scenario {name} ({}) ...", run.kind_list());
+        match rounds {
+            1 => println!("scenario {name} ({}) ...", run.kind_list()),
+            _ => println!(
+                "scenario {name} ({}), round {round} of {rounds} ...",
+                run.kind_list()
+            ),
+        }
         let result = scenario(&mut run, args);
         run.cluster.reload();
         run.cluster.down();
@@ -573,6 +590,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         }
         summary.push((name.to_string(), result.is_ok(), run.figures));
     }
+    if rounds > 1 {
+        print!("{}", rates_table(&summary));
+    }
     println!("\n| scenario | result | figures |\n|---|---|---|");
     for (name, ok, figures) in &summary {
         let text: Vec<String> = figures.iter().map(|(w, v)| format!("{w}: {v}")).collect();
@@ -586,4 +606,88 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         bail!("interop scenarios failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// A table of each scenario's blocks/s over the rounds, their median, and that median
+/// against the all-existing cluster's on the same network.
+fn rates_table(summary: &[(String, bool, Vec<(String, String)>)]) -> String {
+    let mut rates: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (name, _, figures) in summary {
+        let Some(rate) = figures
+            .iter()
+            .find(|(what, _)| what == "blocks/s")
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        match rates.iter_mut().find(|(n, _)| *n == name.as_str()) {
+            Some((_, xs)) => xs.push(rate),
+            None => rates.push((name, vec![rate])),
+        }
+    }
+    let median_of = |name: &str| {
+        rates
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, xs)| crate::bench::median(xs.clone()))
+    };
+    let mut table =
+        String::from("\n| scenario | blocks/s per round | median | median / all_reference |\n|---|---|---:|---:|\n");
+    for (name, xs) in &rates {
+        let base = match name.strip_suffix("_zenoh") {
+            Some(_) => "all_reference_zenoh",
+            None => "all_reference",
+        };
+        let median = crate::bench::median(xs.clone());
+        let ratio = median_of(base)
+            .filter(|b| *b > 0.0)
+            .map(|b| format!("{:.2}x", median / b))
+            .unwrap_or_else(|| "-".into());
+        let each: Vec<String> = xs.iter().map(|x| format!("{x:.1}")).collect();
+        table += &format!("| {name} | {} | {median:.1} | {ratio} |\n", each.join(", "));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, rate: Option<&str>) -> (String, bool, Vec<(String, String)>) {
+        let mut figures = vec![("catch-up after SIGKILL".to_string(), "0.40s".to_string())];
+        if let Some(rate) = rate {
+            figures.insert(0, ("blocks/s".to_string(), rate.to_string()));
+        }
+        (name.to_string(), true, figures)
+    }
+
+    #[test]
+    fn rates_are_medians_over_rounds_against_the_all_existing_cluster_of_the_same_network() {
+        let summary = vec![
+            row("all_reference", Some("100.0")),
+            row("mixed_led_by_ours", Some("150.0")),
+            row("all_reference_zenoh", Some("80.0")),
+            row("mixed_led_by_ours_zenoh", Some("60.0")),
+            row("validator_changes", None),
+            row("all_reference", Some("120.0")),
+            row("mixed_led_by_ours", Some("170.0")),
+            row("all_reference_zenoh", Some("90.0")),
+            row("mixed_led_by_ours_zenoh", Some("99.0")),
+            row("all_reference", Some("110.0")),
+            row("mixed_led_by_ours", Some("160.0")),
+            row("all_reference_zenoh", Some("100.0")),
+            row("mixed_led_by_ours_zenoh", Some("108.0")),
+        ];
+        let table = rates_table(&summary);
+        let lines: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "| all_reference | 100.0, 120.0, 110.0 | 110.0 | 1.00x |",
+                "| mixed_led_by_ours | 150.0, 170.0, 160.0 | 160.0 | 1.45x |",
+                "| all_reference_zenoh | 80.0, 90.0, 100.0 | 90.0 | 1.00x |",
+                "| mixed_led_by_ours_zenoh | 60.0, 99.0, 108.0 | 99.0 | 1.10x |",
+            ]
+        );
+    }
 }

@@ -400,6 +400,7 @@ fn fuzz_seeds() {
     let options = RunOptions {
         sync_flaw,
         force_power_loss: sync_flaw.is_some() || env_u64("CRAFT_SIM_POWER_LOSS").unwrap_or(0) != 0,
+        ..RunOptions::default()
     };
     let started = std::time::Instant::now();
     let mut total = RunSummary::default();
@@ -456,6 +457,7 @@ fn a_seed_replays_exactly() {
     let options = RunOptions {
         sync_flaw: None,
         force_power_loss: true,
+        ..RunOptions::default()
     };
     let first = run_seed_with(5, 600, options);
     let second = run_seed_with(5, 600, options);
@@ -621,11 +623,18 @@ fn a_forgotten_entry_is_caught_by_leader_completeness() {
 
 #[test]
 fn the_fuzzer_catches_disks_that_acknowledge_unsynced_writes() {
+    // Commits as the seeds drew them before the option existed, so each flaw is still
+    // caught within FLAW_SEEDS.
+    let options_of_flaws = RunOptions {
+        sync_flaw: None,
+        force_power_loss: true,
+        broadcast_commit: Some(false),
+    };
     let mut worst = 0;
     for flaw in SyncFlaw::ALL {
         let options = RunOptions {
             sync_flaw: Some(flaw),
-            force_power_loss: true,
+            ..options_of_flaws
         };
         let caught = (0..FLAW_SEEDS).find_map(|seed| {
             failure(|| run_seed_with(seed, CHAOS_STEPS, options)).map(|r| (seed, r))
@@ -643,11 +652,55 @@ fn the_fuzzer_catches_disks_that_acknowledge_unsynced_writes() {
     // Honest disks pass the same seeds, power losses and all.
     let options = RunOptions {
         sync_flaw: None,
-        force_power_loss: true,
+        ..options_of_flaws
     };
     for seed in 0..=worst {
         if let Some(report) = failure(|| run_seed_with(seed, CHAOS_STEPS, options)) {
             panic!("honest disks failed seed {seed}:\n{report}");
         }
+    }
+}
+
+/// Delivers messages for `rounds` rounds without ticking anyone: no heartbeats, so
+/// followers learn only what appends carry.
+fn deliver_without_ticks(c: &mut Cluster, rounds: u64) {
+    for _ in 0..rounds {
+        c.now += 1;
+        c.deliver(1.0);
+        c.check();
+    }
+}
+
+#[test]
+fn with_broadcast_commit_followers_apply_an_entry_without_waiting_for_the_next() {
+    for broadcast_commit in [false, true] {
+        let config = SimConfig {
+            broadcast_commit,
+            ..SimConfig::with_voters(3)
+        };
+        let mut c = Cluster::new(40, config);
+        let leader = c.wait_leader(300);
+        replicate(&mut c, leader, 3);
+        c.run_until(200, "identical logs", Cluster::in_sync);
+        let before = c.sm(leader).applied.len();
+
+        c.propose(leader).expect("the leader accepted the proposal");
+        deliver_without_ticks(&mut c, 20);
+        assert_eq!(c.sm(leader).applied.len(), before + 1, "leader applied it");
+        let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+        for &id in &followers {
+            let applied = c.sm(id).applied.len();
+            if broadcast_commit {
+                assert_eq!(applied, before + 1, "node {id} heard of the commit at once");
+            } else {
+                assert_eq!(applied, before, "node {id} learns the commit later");
+            }
+        }
+        // Without the broadcast, the next tick's broadcast tells them.
+        c.run_until(50, "followers applied it", |c| {
+            followers
+                .iter()
+                .all(|&id| c.sm(id).applied.len() == before + 1)
+        });
     }
 }

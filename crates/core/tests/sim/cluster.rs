@@ -48,6 +48,8 @@ pub struct SimConfig {
     pub pre_vote: bool,
     /// Raft check-quorum.
     pub check_quorum: bool,
+    /// Leaders broadcast each commit at once.
+    pub broadcast_commit: bool,
     /// Give every disk this flaw (`None`: honest disks), to show what the checkers
     /// catch when writes are acknowledged before they are durable.
     pub sync_flaw: Option<SyncFlaw>,
@@ -63,6 +65,7 @@ impl Default for SimConfig {
             log_retain: 2,
             pre_vote: true,
             check_quorum: true,
+            broadcast_commit: false,
             sync_flaw: None,
         }
     }
@@ -212,6 +215,7 @@ impl Cluster {
         cfg.log_retain = self.config.log_retain;
         cfg.pre_vote = self.config.pre_vote;
         cfg.check_quorum = self.config.check_quorum;
+        cfg.broadcast_commit = self.config.broadcast_commit;
         cfg
     }
 

@@ -42,6 +42,9 @@ pub struct FaultPlan {
     pub campaigns: bool,
     /// Chance per step that one fault happens.
     pub fault_rate: f64,
+    /// Leaders tell followers of each commit at once
+    /// ([`craft_core::ReplicaConfig::broadcast_commit`]).
+    pub broadcast_commit: bool,
 }
 
 impl FaultPlan {
@@ -64,6 +67,8 @@ impl FaultPlan {
             // Drawn last, so the other faults of a seed stay what they were before
             // power loss existed.
             power_loss: rng.random_bool(0.5),
+            // After it, likewise.
+            broadcast_commit: rng.random_bool(0.5),
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct RunOptions {
     pub sync_flaw: Option<SyncFlaw>,
     /// Inject power losses whatever the seed's plan says.
     pub force_power_loss: bool,
+    /// Leaders broadcast commits, or not, whatever the seed's plan says.
+    pub broadcast_commit: Option<bool>,
 }
 
 /// Runs seed `seed`: `chaos_steps` random steps under its fault plan, then the liveness
@@ -112,8 +119,10 @@ pub fn run_seed(seed: u64, chaos_steps: u64) -> RunSummary {
 pub fn run_seed_with(seed: u64, chaos_steps: u64, options: RunOptions) -> RunSummary {
     let mut plan = FaultPlan::random(&mut StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15));
     plan.power_loss |= options.force_power_loss;
+    plan.broadcast_commit = options.broadcast_commit.unwrap_or(plan.broadcast_commit);
     let config = SimConfig {
         sync_flaw: options.sync_flaw,
+        broadcast_commit: plan.broadcast_commit,
         ..SimConfig::with_voters(plan.voters)
     };
     let mut c = Cluster::new(seed, config);
