@@ -70,7 +70,8 @@ pub struct Args {
     /// network service per node, QUIC with TLS), named `<scenario>_zenoh`.
     #[arg(long)]
     pub zenoh: Option<PathBuf>,
-    /// Run only scenarios whose name contains this.
+    /// Run only scenarios whose name contains this, or one of these
+    /// comma-separated parts (`--only all_,mixed`).
     #[arg(long)]
     pub only: Option<String>,
     /// Seconds of each blocks/s window.
@@ -535,7 +536,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let rounds = args.rounds;
     let runs = (1..=rounds).flat_map(|round| runs.iter().map(move |r| (round, r.clone())));
     for (round, (name, mut spec, kinds, scenario)) in runs {
-        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|part| name.contains(part)))
+        {
             continue;
         }
         let name = name.as_str();
