@@ -52,6 +52,11 @@ pub struct Args {
     /// Raft tick in milliseconds; a leader is elected after 10–20 ticks without one.
     #[arg(long, default_value_t = 100)]
     pub tick_ms: u64,
+    /// Async worker threads. One by default: a write is a chain of small steps (HTTP,
+    /// raft, fsync, peers), and a second worker mostly adds cross-thread wake-ups; the
+    /// fsync leaves the worker, so other requests go on meanwhile.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: u16,
     /// This node's TLS certificate (PEM). With --tls-key and --tls-ca: members talk
     /// raft over mutual TLS and the HTTP API is served over HTTPS.
     #[arg(long, requires_all = ["tls_key", "tls_ca"])]
@@ -199,6 +204,25 @@ mod tests {
         let config = args.node_config();
         assert!(config.raft_peers.is_empty());
         assert_eq!(config.raft_addr, "127.0.0.1:7151");
+    }
+
+    #[test]
+    fn one_worker_thread_unless_told_and_never_none() {
+        let args = Args::try_parse_from(["craft-kv", "--id", "1", "./node1"]).unwrap();
+        assert_eq!(args.worker_threads, 1);
+        let args = Args::try_parse_from(hraftd_args(os(&[
+            "craft-kv",
+            "-id",
+            "1",
+            "-worker-threads",
+            "2",
+            "./node1",
+        ])))
+        .unwrap();
+        assert_eq!(args.worker_threads, 2);
+        assert!(
+            Args::try_parse_from(["craft-kv", "--id", "1", "--worker-threads", "0", "d"]).is_err()
+        );
     }
 
     fn os(args: &[&str]) -> Vec<OsString> {

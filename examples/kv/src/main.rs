@@ -7,9 +7,24 @@ use craft_kv::node::{KvNode, NodeError};
 use craft_kv::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.worker_threads))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // The node runs as a task on the workers: `block_on`'s own future is polled on the
+    // main thread, which would cost cross-thread wake-ups on every request.
+    runtime.block_on(async {
+        match tokio::spawn(run(args)).await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::anyhow!("the node task failed: {e}")),
+        }
+    })
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     // Logs go to stderr, as hraftd's do, in colour only on a terminal: a log file holds
     // plain text.
     tracing_subscriber::fmt()
