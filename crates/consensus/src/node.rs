@@ -476,12 +476,11 @@ impl Node {
             pre_vote: true,
             max_size_per_msg: 4 * 1024 * 1024,
             max_inflight_msgs: 256,
-            // One block per round, and the next is proposed only once this one is
-            // committed: followers, whose controllers must commit it too, hear of the
-            // commit at once. An existing-service follower commits a block with its
-            // controller before it answers the next append, so in a mixed cluster this
-            // takes that work off the leader's critical path.
-            broadcast_commit: true,
+            // Followers hear of a commit with the next append or tick. Telling them at
+            // once doubled the messages per block and cost an all-ours cluster 22% of
+            // its blocks/s (537 against 692, `bench --compare`, 2026-12-02), while mixed
+            // clusters over network_zenoh gained nothing measurable.
+            broadcast_commit: false,
             // The state is one small configuration: snapshot after every block.
             snapshot_interval: 1,
             log_retain: self.cfg.log_retain,

@@ -37,11 +37,10 @@ pub struct ReplicaConfig {
     /// Appends in flight per follower.
     pub max_inflight_msgs: usize,
     /// Tell followers of a new commit index at once, with an append of its own,
-    /// rather than with the next append or at the next tick. Worth its extra message
-    /// per follower when entries come one at a time and followers act on commits
-    /// before they answer the next append (the existing CITA-Cloud consensus does:
-    /// its follower commits the block with its controller first). Under a steady
-    /// stream of proposals, leaving it off halves the messages per entry.
+    /// rather than with the next append or at the next tick. It costs an extra round
+    /// of messages per commit (twice the messages per entry when entries come one at a
+    /// time), for followers that must act on a commit promptly: their state machines
+    /// apply sooner. Off by default.
     pub broadcast_commit: bool,
     /// Take a state-machine snapshot after this many applied entries (at least 1).
     pub snapshot_interval: u64,
