@@ -237,6 +237,9 @@ impl Run<'_> {
 
 type Scenario = fn(&mut Run<'_>, &Args) -> anyhow::Result<()>;
 
+/// A scenario's name, whether it passed, and its figures (what, value).
+type ScenarioOutcome = (String, bool, Vec<(String, String)>);
+
 /// One implementation throughout: the baseline mixed clusters are compared with.
 fn uniform(r: &mut Run<'_>, args: &Args) -> anyhow::Result<()> {
     r.leader_after(0)?;
@@ -615,7 +618,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
 
 /// A table of each scenario's blocks/s over the rounds, their median, and that median
 /// against the all-existing cluster's on the same network.
-fn rates_table(summary: &[(String, bool, Vec<(String, String)>)]) -> String {
+fn rates_table(summary: &[ScenarioOutcome]) -> String {
     let mut rates: Vec<(&str, Vec<f64>)> = Vec::new();
     for (name, _, figures) in summary {
         let Some(rate) = figures
@@ -658,7 +661,7 @@ fn rates_table(summary: &[(String, bool, Vec<(String, String)>)]) -> String {
 mod tests {
     use super::*;
 
-    fn row(name: &str, rate: Option<&str>) -> (String, bool, Vec<(String, String)>) {
+    fn row(name: &str, rate: Option<&str>) -> ScenarioOutcome {
         let mut figures = vec![("catch-up after SIGKILL".to_string(), "0.40s".to_string())];
         if let Some(rate) = rate {
             figures.insert(0, ("blocks/s".to_string(), rate.to_string()));
