@@ -183,6 +183,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 secs: 2,
                 rounds: 1,
                 debug: true,
+                keep: false,
             },
         )?;
         // The compose deployment, when a Docker engine is there (the script skips

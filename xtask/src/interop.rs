@@ -87,6 +87,10 @@ pub struct Args {
     /// representative).
     #[arg(long)]
     pub debug: bool,
+    /// Keep every scenario's logs and data under target/interop, not only a failed
+    /// one's.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Raft timing of every interop cluster: the existing service ticks every 200 ms whatever
@@ -589,7 +593,11 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         match &result {
             Ok(()) => {
                 println!("  ok ({:.1}s)", started.elapsed().as_secs_f64());
-                let _ = fs::remove_dir_all(&dir);
+                if args.keep {
+                    println!("  logs kept in {}", dir.display());
+                } else {
+                    let _ = fs::remove_dir_all(&dir);
+                }
             }
             Err(e) => {
                 println!("  FAILED: {e:#}\n  logs kept in {}", dir.display());

@@ -163,6 +163,7 @@ async fn run_node(
     });
 
     // gRPC server.
+    let (raft_stopped_tx, raft_stopped) = tokio::sync::oneshot::channel::<()>();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ConsensusServiceServer<ConsensusRpc>>()
@@ -194,7 +195,11 @@ async fn run_node(
             // need a few). Accepted sockets get TCP_NODELAY, as tonic gives its own
             // listeners: small answers must not wait for the peer's delayed ACK.
             ConnectionLimit::new(DEFAULT_MAX_CONNECTIONS).incoming(listener),
-            wait_stop(stop_rx.clone()),
+            // Served until raft has stopped, not merely been asked to: a leader still
+            // hears its peers while it hands leadership over.
+            async move {
+                let _ = raft_stopped.await;
+            },
         );
     let server = tokio::spawn(server);
 
@@ -240,6 +245,7 @@ async fn run_node(
     tokio::spawn(node.clone().sync_with_controller().in_current_span());
 
     let result = node.clone().supervise().await;
+    let _ = raft_stopped_tx.send(());
     if result.is_ok() {
         // Shutdown was requested: the server drains in-flight calls and stops.
         let _ = server.await;
@@ -438,10 +444,12 @@ impl Node {
                 }
             }
             let end = self.block_loop(&handle).await;
+            // Raft hears its peers until it has stopped: a leader hands over first.
+            let _ = stop_raft.send(());
+            let joined = join.await;
             self.network.set_inbound(None);
             self.network.set_peer_started(None);
-            let _ = stop_raft.send(());
-            match join.await {
+            match joined {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(anyhow::anyhow!(e).context("raft stopped with an error")),
                 Err(e) => return Err(anyhow::anyhow!(e).context("raft task panicked")),
@@ -491,6 +499,13 @@ impl Node {
                 self.cfg.tick_interval_in_millis * self.cfg.election_tick as u64 * 2,
             )
             .max(Duration::from_secs(5)),
+            // Stopping while leading, hand over first (the others then go on within a
+            // round trip, not an election timeout), but for no longer than an election
+            // timeout would have taken, and at most 2 s.
+            hand_off_on_stop: Duration::from_millis(
+                self.cfg.tick_interval_in_millis * self.cfg.election_tick as u64,
+            )
+            .min(Duration::from_secs(2)),
             ..DriverConfig::default()
         };
         let sm = BlockStateMachine::new(

@@ -41,6 +41,12 @@ pub struct DriverConfig {
     pub max_batch: usize,
     /// Capacity of the queue of incoming peer messages; more are dropped.
     pub inbox_capacity: usize,
+    /// When a leader is asked to stop, how long it may spend handing leadership to
+    /// its [`Replica::successor`] first, so the others go on without waiting for an
+    /// election timeout (a rolling restart then costs a round trip per node, not an
+    /// election). It stops as soon as the successor has taken over, or the transfer
+    /// was given up. Zero stops at once.
+    pub hand_off_on_stop: Duration,
 }
 
 impl Default for DriverConfig {
@@ -50,6 +56,7 @@ impl Default for DriverConfig {
             proposal_timeout: Duration::from_secs(10),
             max_batch: 4096,
             inbox_capacity: 8192,
+            hand_off_on_stop: Duration::from_secs(2),
         }
     }
 }
@@ -527,10 +534,19 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        // Set once asked to stop while leading: until then, leadership is handed over.
+        let mut hand_off: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if hand_off.is_none() => match self.begin_hand_off() {
+                    Some(deadline) => hand_off = Some(deadline),
+                    None => break,
+                },
+                _ = sleep_until(hand_off), if hand_off.is_some() => {
+                    tracing::warn!("leadership not handed over in time; stopping as leader");
+                    break;
+                }
                 _ = ticker.tick() => {
                     self.replica.tick();
                     self.expire_reads();
@@ -567,11 +583,36 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 }
             }
             self.process_ready()?;
+            if hand_off.is_some() && !self.replica.transferring() {
+                let st = self.replica.role();
+                if self.replica.is_leader() {
+                    tracing::warn!("leadership transfer given up; stopping as leader");
+                } else {
+                    tracing::info!(
+                        leader = st.leader_id,
+                        term = st.term,
+                        "leadership handed over"
+                    );
+                }
+                break;
+            }
         }
         tracing::info!("raft node stopping");
         self.fail_all(ProposeError::Stopped);
         self.replica.flush()?;
         Ok(())
+    }
+
+    /// Asked to stop: a leader with a successor starts handing leadership to it and
+    /// gets a deadline; anyone else stops at once (`None`).
+    fn begin_hand_off(&mut self) -> Option<tokio::time::Instant> {
+        if self.config.hand_off_on_stop.is_zero() {
+            return None;
+        }
+        let to = self.replica.successor()?;
+        tracing::info!(to, "asked to stop while leading: handing leadership over");
+        self.replica.transfer_leader(to);
+        Some(tokio::time::Instant::now() + self.config.hand_off_on_stop)
     }
 
     fn expire_reads(&mut self) {
@@ -833,5 +874,13 @@ fn drop_through<T>(pending: &mut VecDeque<Pending<T>>, index: u64) {
         if let Some(p) = pending.pop_front() {
             let _ = p.reply.send(Err(ProposeError::Dropped));
         }
+    }
+}
+
+/// Completes at `deadline`, or never when there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

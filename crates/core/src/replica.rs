@@ -412,6 +412,33 @@ impl<S: LogStore> Replica<S> {
         self.raw.transfer_leader(to);
     }
 
+    /// The voter best placed to take over from this leader: of the other voters, one
+    /// heard from recently if any was, and among those the one whose log matches this
+    /// one furthest (it needs the fewest entries before it can take over). `None` when
+    /// this replica does not lead or leads alone.
+    pub fn successor(&self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let prs = self.raw.raft.prs();
+        let cs = self.conf_state();
+        cs.voters
+            .iter()
+            .chain(&cs.voters_outgoing)
+            .copied()
+            .filter(|id| *id != self.id())
+            .filter_map(|id| prs.get(id).map(|pr| (pr.recent_active, pr.matched, id)))
+            // Ties go to the lowest id, so the choice does not depend on map order.
+            .max_by_key(|(active, matched, id)| (*active, *matched, std::cmp::Reverse(*id)))
+            .map(|(_, _, id)| id)
+    }
+
+    /// Whether this leader is handing leadership over ([`Replica::transfer_leader`]);
+    /// it refuses proposals meanwhile.
+    pub fn transferring(&self) -> bool {
+        self.is_leader() && self.raw.raft.lead_transferee.is_some()
+    }
+
     /// Starts a linearizable read. The answer arrives as a [`ReadState`] carrying `ctx`
     /// in a later [`ReadyOutput::read_states`].
     ///

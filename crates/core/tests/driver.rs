@@ -184,12 +184,21 @@ impl<M: StateMachine<Response = u64>> Cluster<M> {
 
     /// Starts node `id` on its store with `config`.
     async fn run(&mut self, id: u64, config: ReplicaConfig) {
+        self.run_driven(
+            id,
+            config,
+            DriverConfig {
+                tick_interval: TICK,
+                proposal_timeout: REQUEST_TIMEOUT,
+                ..DriverConfig::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts node `id` on its store with `config`, driven as `driver` says.
+    async fn run_driven(&mut self, id: u64, config: ReplicaConfig, driver: DriverConfig) {
         let (stop, stopped) = oneshot::channel::<()>();
-        let driver = DriverConfig {
-            tick_interval: TICK,
-            proposal_timeout: REQUEST_TIMEOUT,
-            ..DriverConfig::default()
-        };
         let (handle, join) = start(
             config,
             driver,
@@ -216,12 +225,13 @@ impl<M: StateMachine<Response = u64>> Cluster<M> {
         );
     }
 
-    /// Stops node `id` gracefully and waits until it has.
+    /// Stops node `id` gracefully and waits until it has. It stays on the network
+    /// until then: a leader hands leadership over as it stops.
     async fn stop(&mut self, id: u64) {
-        self.net.nodes.write().unwrap().remove(&id);
         let mut node = self.nodes.remove(&id).unwrap();
         let _ = node.stop.take().unwrap().send(());
         node.join.await.unwrap().unwrap();
+        self.net.nodes.write().unwrap().remove(&id);
     }
 
     fn handle(&self, id: u64) -> NodeHandle<u64> {
@@ -601,4 +611,108 @@ async fn a_leader_told_a_peer_restarted_forgets_what_it_had() {
     assert_eq!(heartbeats.lock().unwrap()[0], 0);
     eventually("the wiped follower catches up", 100, || caught_up(&c)).await;
     c.handle(leader).propose(b"after".to_vec()).await.unwrap();
+}
+
+/// A 3-node cluster whose election timeout is far longer than any wait below (only a
+/// hand-off can change the leader in time), led by node 1 with `entries` applied,
+/// every node driven with `hand_off` as its [`DriverConfig::hand_off_on_stop`].
+async fn slow_electing_cluster(entries: u8, hand_off: Duration) -> Cluster<Echo> {
+    let config = |id| ReplicaConfig {
+        election_tick: 1000,
+        ..ReplicaConfig::new(id)
+    };
+    let mut c = Cluster {
+        net: Arc::new(Net::default()),
+        stores: HashMap::new(),
+        nodes: HashMap::new(),
+        make_sm: Box::new(Echo::default),
+    };
+    for id in 1..=3 {
+        let store = MemLogStore::new();
+        store
+            .bootstrap(make_snapshot(1, 1, voters(1..=3), Vec::new()))
+            .unwrap();
+        c.stores.insert(id, store);
+        let driver = DriverConfig {
+            tick_interval: TICK,
+            proposal_timeout: REQUEST_TIMEOUT,
+            hand_off_on_stop: hand_off,
+            ..DriverConfig::default()
+        };
+        c.run_driven(id, config(id), driver).await;
+    }
+    c.handle(1).campaign().await.unwrap();
+    eventually("node 1 leads", 50, || {
+        c.handle(1).status().role == Role::Leader
+    })
+    .await;
+    for i in 0..entries {
+        c.handle(1).propose(vec![i]).await.unwrap();
+    }
+    c
+}
+
+/// The node other than `stopped` that leads, once both running nodes agree on it.
+fn new_leader(c: &Cluster<Echo>) -> Option<u64> {
+    let statuses: Vec<_> = c.nodes.values().map(|n| n.handle.status()).collect();
+    let leader = statuses.iter().find(|s| s.role == Role::Leader)?;
+    statuses
+        .iter()
+        .all(|s| s.leader_id == leader.id)
+        .then_some(leader.id)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_asked_to_stop_hands_leadership_to_a_follower_first() {
+    let mut c = slow_electing_cluster(20, Duration::from_secs(2)).await;
+    // One follower is cut off: the successor must be the one that has every entry.
+    let lagging = 3;
+    c.net.set_filter(move |m| {
+        if m.to == lagging || m.from == lagging {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let last = c
+        .handle(1)
+        .propose(b"only 2 has it".to_vec())
+        .await
+        .unwrap();
+    c.stop(1).await;
+    c.net.clear_filter();
+    // Within 50 ticks, a twentieth of the election timeout: no election could do it.
+    eventually("a new leader both running nodes follow", 50, || {
+        new_leader(&c) == Some(2)
+    })
+    .await;
+    let next = c.handle(2).propose(b"after".to_vec()).await.unwrap();
+    assert!(next > last, "entry {next} follows {last}");
+    eventually("node 3 applies the new leader's entry", 50, || {
+        c.handle(3).status().applied >= next
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_told_not_to_hand_off_leaves_the_others_to_elect() {
+    let mut c = slow_electing_cluster(5, Duration::ZERO).await;
+    c.stop(1).await;
+    for _ in 0..50 {
+        tokio::time::sleep(TICK).await;
+        assert_eq!(new_leader(&c), None, "a leader without an election");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_asked_to_stop_stops_at_once_and_the_leader_stays() {
+    let mut c = slow_electing_cluster(5, Duration::from_secs(2)).await;
+    let term = c.handle(1).status().term;
+    c.stop(2).await;
+    let st = c.handle(1).status();
+    assert_eq!((st.role, st.term), (Role::Leader, term));
+    c.handle(1)
+        .propose(b"still leading".to_vec())
+        .await
+        .unwrap();
 }

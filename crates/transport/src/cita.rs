@@ -7,7 +7,11 @@
 //!   `raft` message reached the wrong node).
 //! - `origin` is the network's session id of a peer. The adapter learns raft id →
 //!   origin from incoming `raft`, `probe` and `probe-resp` messages, sends with `SendMsg`
-//!   to that origin, and when the origin is unknown drops the message and probes.
+//!   to that origin, and when the origin is unknown probes. Meanwhile it holds the last
+//!   few messages without entries or a snapshot (votes, heartbeats, a leader's
+//!   `MsgTimeoutNow`: what raft would not send again before an election timeout) and
+//!   sends them once a probe answer names the origin, if that comes within [`HOLD_FOR`];
+//!   appends and snapshots are dropped, as raft sends them again.
 //!
 //! # Who may speak for a raft id
 //!
@@ -168,6 +172,24 @@ const PLAIN_STREAK_RESET: u32 = 4;
 /// place of the binding silent longest, if that one is stale, and is refused otherwise.
 const MAX_BINDINGS: usize = 1024;
 
+/// How long a message to a raft id whose origin is unknown is held for the probe's
+/// answer. A node that restarted knows only the peers that have spoken to it since (a
+/// follower hears from its leader alone), so its first vote requests to the others
+/// would otherwise be lost, and its election (a leadership transfer, too) with them.
+pub const HOLD_FOR: Duration = Duration::from_secs(1);
+
+/// Most messages held per raft id; older ones give way.
+const HOLD_PER_PEER: usize = 8;
+
+/// Most raft ids messages are held for at once.
+const HOLD_PEERS: usize = 64;
+
+/// Whether raft would not send `m` again soon if it were lost: no entries and no
+/// snapshot, so it is small, and worth holding while the origin is being learned.
+fn worth_holding(m: &Message) -> bool {
+    m.entries.is_empty() && m.snapshot.is_none()
+}
+
 impl Origins {
     fn bind(&mut self, id: u64, origin: u64) {
         if let Some(old) = self.by_id.insert(id, origin) {
@@ -228,6 +250,8 @@ struct Inner {
     inbound: RwLock<Option<Inbound>>,
     peer_started: RwLock<Option<PeerStarted>>,
     last_probe: Mutex<Option<Instant>>,
+    /// Messages held for raft ids whose origin is not known yet, with when each was.
+    held: Mutex<HashMap<u64, std::collections::VecDeque<(Instant, Message)>>>,
     /// Woken when a call to the network failed as if it were gone (`Unavailable`): a
     /// network service started again has forgotten our handler.
     network_lost: Arc<tokio::sync::Notify>,
@@ -285,6 +309,7 @@ impl CitaNetwork {
                 inbound: RwLock::new(None),
                 peer_started: RwLock::new(None),
                 last_probe: Mutex::new(None),
+                held: Mutex::new(HashMap::new()),
                 network_lost: Arc::new(tokio::sync::Notify::new()),
                 cfg,
             }),
@@ -414,6 +439,8 @@ impl CitaNetwork {
                 }
                 tracing::debug!(raft_id = id, origin, "learned peer origin");
                 o.bind(id, origin);
+                drop(o);
+                self.release_held(id, origin);
                 Ok(())
             }
             (_, Some(other)) => Err(conflict(format!("the origin speaks for raft id {other}"))),
@@ -430,6 +457,8 @@ impl CitaNetwork {
                         "bound origin silent; rebinding"
                     );
                     o.bind(id, origin);
+                    drop(o);
+                    self.release_held(id, origin);
                     return Ok(());
                 }
                 let recent = o
@@ -476,8 +505,45 @@ impl CitaNetwork {
             if still && listed.contains(&new) && !listed.contains(&old) {
                 tracing::info!(raft_id = id, old, new, "network no longer lists the bound origin; rebinding");
                 o.bind(id, new);
+                drop(o);
+                this.release_held(id, new);
             }
         });
+    }
+
+    /// Holds `m` for its raft id, whose origin is unknown: see [`HOLD_FOR`].
+    fn hold(&self, m: Message) {
+        if !worth_holding(&m) {
+            return;
+        }
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|_, q| q.back().is_some_and(|(at, _)| at.elapsed() < HOLD_FOR));
+        if !held.contains_key(&m.to) && held.len() >= HOLD_PEERS {
+            return;
+        }
+        let q = held.entry(m.to).or_default();
+        if q.len() >= HOLD_PER_PEER {
+            q.pop_front();
+        }
+        q.push_back((Instant::now(), m));
+    }
+
+    /// Sends what is held for raft id `id`, now bound to `origin`, that is still recent.
+    fn release_held(&self, id: u64, origin: u64) {
+        let Some(q) = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        else {
+            return;
+        };
+        for (at, m) in q {
+            if at.elapsed() < HOLD_FOR {
+                self.send_to_origin(id, origin, TYPE_RAFT, encode_checked(&m));
+            }
+        }
     }
 
     /// Refusals of incoming messages since start, by [`InboundError::kind`].
@@ -747,6 +813,7 @@ impl craft_core::Transport for CitaNetwork {
                 }
                 None => {
                     tracing::debug!(to, "origin unknown, probing");
+                    self.hold(m);
                     self.probe();
                 }
             }
@@ -1230,5 +1297,128 @@ mod tests {
         let (peer, _sent, dropped) = n.peer_stats().into_iter().find(|s| s.0 == 9).unwrap();
         assert_eq!(peer, 9);
         assert!(dropped > 900);
+    }
+
+    /// A network service that records what it is asked to send and broadcast.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        sent: Arc<Mutex<Vec<NetworkMsg>>>,
+        broadcast: Arc<Mutex<Vec<NetworkMsg>>>,
+    }
+
+    #[tonic::async_trait]
+    impl cita_proto::network::network_service_server::NetworkService for Recorder {
+        async fn send_msg(&self, r: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+            self.sent.lock().unwrap().push(r.into_inner());
+            Ok(Response::new(StatusCode { code: 0 }))
+        }
+        async fn broadcast(&self, r: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+            self.broadcast.lock().unwrap().push(r.into_inner());
+            Ok(Response::new(StatusCode { code: 0 }))
+        }
+        async fn get_network_status(
+            &self,
+            _: Request<Empty>,
+        ) -> Result<Response<cita_proto::network::NetworkStatusResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn register_network_msg_handler(
+            &self,
+            _: Request<RegisterInfo>,
+        ) -> Result<Response<StatusCode>, Status> {
+            Ok(Response::new(StatusCode { code: 0 }))
+        }
+        async fn add_node(
+            &self,
+            _: Request<cita_proto::common::NodeNetInfo>,
+        ) -> Result<Response<StatusCode>, Status> {
+            Ok(Response::new(StatusCode { code: 0 }))
+        }
+        async fn get_peers_net_info(
+            &self,
+            _: Request<Empty>,
+        ) -> Result<Response<cita_proto::common::TotalNodeNetInfo>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+    }
+
+    /// Waits (at most 5 s) until `done` holds.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "gave up waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vote_request_to_a_peer_not_heard_from_yet_goes_once_a_probe_names_it() {
+        use craft_core::Transport;
+        use raft::eraftpb::{Entry, MessageType};
+        let rec = Recorder::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    cita_proto::network::network_service_server::NetworkServiceServer::new(
+                        rec.clone(),
+                    ),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let n = net_at(&format!("http://{addr}"), Duration::from_secs(3600));
+        let msg = |t: MessageType, entries: usize| Message {
+            msg_type: t as i32,
+            from: 7,
+            to: 2,
+            term: 9,
+            entries: vec![Entry::default(); entries],
+            ..Default::default()
+        };
+        // Raft 7 has never heard from raft 2: it asks who is there, sends nothing yet.
+        n.send(vec![
+            msg(MessageType::MsgRequestVote, 0),
+            msg(MessageType::MsgAppend, 3),
+        ]);
+        until("a probe", || !rec.broadcast.lock().unwrap().is_empty()).await;
+        assert_eq!(rec.broadcast.lock().unwrap()[0].r#type, TYPE_PROBE);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rec.sent.lock().unwrap().is_empty());
+        // Raft 2 answers from origin 42: the vote request goes there; the append, which
+        // raft sends again anyway, does not.
+        n.handle(id_msg(TYPE_PROBE_RESP, 42, 2)).unwrap();
+        until("the held vote request", || {
+            !rec.sent.lock().unwrap().is_empty()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = rec.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!((sent[0].origin, sent[0].r#type.as_str()), (42, TYPE_RAFT));
+        let (m, _) = decode_checked(&sent[0].msg, true).unwrap();
+        assert_eq!(
+            (m.get_msg_type(), m.to, m.term),
+            (MessageType::MsgRequestVote, 2, 9)
+        );
+    }
+
+    #[tokio::test]
+    async fn messages_held_for_an_unknown_peer_stay_few() {
+        use craft_core::Transport;
+        use raft::eraftpb::MessageType;
+        let n = net();
+        for term in 0..100 {
+            n.send(vec![Message {
+                msg_type: MessageType::MsgHeartbeat as i32,
+                from: 7,
+                to: 2,
+                term,
+                ..Default::default()
+            }]);
+        }
+        let held = n.inner.held.lock().unwrap();
+        let terms: Vec<u64> = held[&2].iter().map(|(_, m)| m.term).collect();
+        assert_eq!(terms, (92..100).collect::<Vec<_>>());
     }
 }

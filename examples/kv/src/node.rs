@@ -347,7 +347,11 @@ impl KvNode {
             {
                 let tls = tls.as_ref().map(|t| t.peer.clone());
                 let limit = ConnectionLimit::new(config.max_connections);
-                let stop = shutdown.wait();
+                // Served until the driver has stopped (its status channel closes), not
+                // merely been asked to: a leader still hears its peers while it hands
+                // leadership over.
+                let mut status = raft.watch_status();
+                let stop = async move { while status.changed().await.is_ok() {} };
                 async move {
                     craft_transport::peer::serve(
                         raft_listener,
