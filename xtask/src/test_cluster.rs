@@ -217,9 +217,9 @@ fn partitioned_leader_heal(r: &mut Run<'_>) -> anyhow::Result<()> {
 }
 
 fn validator_removal_readd(r: &mut Run<'_>) -> anyhow::Result<()> {
-    // Scheduled in the spec: node 3 leaves at height 20, returns at height 70.
-    r.wait("height 30 with node 3 removed", |v| {
-        max_height(v, true) >= 30
+    // Scheduled in the spec: node 3 leaves at height 40, returns at height 100.
+    r.wait("height 50 with node 3 removed", |v| {
+        max_height(v, true) >= 50
     })?;
     r.wait("node 3 stops raft", |_| true)?;
     let stopped = Instant::now();
@@ -230,8 +230,8 @@ fn validator_removal_readd(r: &mut Run<'_>) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     r.checks.push("node 3 stopped raft after removal".into());
-    r.wait("cluster passes height 70 without node 3", |v| {
-        max_height(v, true) >= 70
+    r.wait("cluster passes height 100 without node 3", |v| {
+        max_height(v, true) >= 100
     })?;
     let start = Instant::now();
     while !r.log_contains(3, "added back to the validators") {
@@ -382,7 +382,7 @@ fn hostile_input(r: &mut Run<'_>) -> anyhow::Result<()> {
 
 fn scenarios() -> Vec<(&'static str, Spec, Scenario)> {
     let mut removal = spec(3);
-    removal.schedule = vec![(20, vec![1, 2]), (70, vec![1, 2, 3])];
+    removal.schedule = vec![(40, vec![1, 2]), (100, vec![1, 2, 3])];
     let slow = Spec {
         controller_delay_ms: 2000,
         ..spec(3)

@@ -359,6 +359,12 @@ impl CitaNetwork {
             {
                 Ok(resp) if resp.get_ref().code == 0 => {
                     tracing::info!("registered network message handler");
+                    // Now that answers can reach us, say who we are: peers learn our
+                    // origin from the probe and answer with theirs. A probe sent
+                    // before (raft starts first) found no handler to answer to, and a
+                    // peer that has no origin for us yet may not send to us again
+                    // before it needs to.
+                    self.probe_now();
                     return;
                 }
                 Ok(resp) => tracing::warn!(
@@ -577,6 +583,20 @@ impl CitaNetwork {
             }
             *last = Some(Instant::now());
         }
+        self.broadcast_probe();
+    }
+
+    /// Broadcasts a probe whenever the last one was.
+    fn probe_now(&self) {
+        *self
+            .inner
+            .last_probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.broadcast_probe();
+    }
+
+    fn broadcast_probe(&self) {
         let msg = NetworkMsg {
             module: MODULE.to_string(),
             r#type: TYPE_PROBE.to_string(),
@@ -1420,5 +1440,37 @@ mod tests {
         let held = n.inner.held.lock().unwrap();
         let terms: Vec<u64> = held[&2].iter().map(|(_, m)| m.term).collect();
         assert_eq!(terms, (92..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_node_says_who_it_is_once_its_handler_is_registered() {
+        let rec = Recorder::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    cita_proto::network::network_service_server::NetworkServiceServer::new(
+                        rec.clone(),
+                    ),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let n = net_at(&format!("http://{addr}"), Duration::from_secs(3600));
+        // A probe just before (raft sent to a peer it did not know) does not stand in
+        // for the one after registering: no handler could have been answered then.
+        n.probe();
+        until("the first probe", || {
+            rec.broadcast.lock().unwrap().len() == 1
+        })
+        .await;
+        n.register_until_ok().await;
+        until("a probe after registering", || {
+            rec.broadcast.lock().unwrap().len() == 2
+        })
+        .await;
+        let probe = rec.broadcast.lock().unwrap()[1].clone();
+        assert_eq!(probe.r#type, TYPE_PROBE);
+        assert_eq!(parse_id(TYPE_PROBE, &probe.msg).unwrap(), 7);
     }
 }
