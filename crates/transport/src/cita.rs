@@ -1099,17 +1099,24 @@ mod tests {
         assert!(is_conflict(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7)))));
     }
 
-    /// A network service that lists the given origins as its peers and counts handler
-    /// registrations.
-    #[derive(Clone)]
-    struct Listing(Arc<Mutex<Vec<u64>>>, Arc<AtomicUsize>);
+    /// A network service that lists the given origins as its peers, counts handler
+    /// registrations and records what it is asked to send and broadcast.
+    #[derive(Clone, Default)]
+    struct Listing {
+        listed: Arc<Mutex<Vec<u64>>>,
+        registered: Arc<AtomicUsize>,
+        sent: Arc<Mutex<Vec<NetworkMsg>>>,
+        broadcast: Arc<Mutex<Vec<NetworkMsg>>>,
+    }
 
     #[tonic::async_trait]
     impl cita_proto::network::network_service_server::NetworkService for Listing {
-        async fn send_msg(&self, _: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+        async fn send_msg(&self, r: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+            self.sent.lock().unwrap().push(r.into_inner());
             Ok(Response::new(StatusCode { code: 0 }))
         }
-        async fn broadcast(&self, _: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+        async fn broadcast(&self, r: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
+            self.broadcast.lock().unwrap().push(r.into_inner());
             Ok(Response::new(StatusCode { code: 0 }))
         }
         async fn get_network_status(
@@ -1122,7 +1129,7 @@ mod tests {
             &self,
             _: Request<RegisterInfo>,
         ) -> Result<Response<StatusCode>, Status> {
-            self.1.fetch_add(1, Ordering::SeqCst);
+            self.registered.fetch_add(1, Ordering::SeqCst);
             Ok(Response::new(StatusCode { code: 0 }))
         }
         async fn add_node(
@@ -1136,7 +1143,7 @@ mod tests {
             _: Request<Empty>,
         ) -> Result<Response<cita_proto::common::TotalNodeNetInfo>, Status> {
             let nodes = self
-                .0
+                .listed
                 .lock()
                 .unwrap()
                 .iter()
@@ -1156,10 +1163,10 @@ mod tests {
         let listed = Arc::new(Mutex::new(vec![42, 43]));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let svc = cita_proto::network::network_service_server::NetworkServiceServer::new(Listing(
-            listed.clone(),
-            Arc::default(),
-        ));
+        let svc = cita_proto::network::network_service_server::NetworkServiceServer::new(Listing {
+            listed: listed.clone(),
+            ..Listing::default()
+        });
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(svc)
@@ -1217,7 +1224,10 @@ mod tests {
     #[tokio::test]
     async fn a_network_service_started_again_is_told_our_handler_again() {
         let registered = Arc::new(AtomicUsize::new(0));
-        let svc = Listing(Arc::default(), registered.clone());
+        let svc = Listing {
+            registered: registered.clone(),
+            ..Listing::default()
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -1319,47 +1329,22 @@ mod tests {
         assert!(dropped > 900);
     }
 
-    /// A network service that records what it is asked to send and broadcast.
-    #[derive(Clone, Default)]
-    struct Recorder {
-        sent: Arc<Mutex<Vec<NetworkMsg>>>,
-        broadcast: Arc<Mutex<Vec<NetworkMsg>>>,
-    }
-
-    #[tonic::async_trait]
-    impl cita_proto::network::network_service_server::NetworkService for Recorder {
-        async fn send_msg(&self, r: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
-            self.sent.lock().unwrap().push(r.into_inner());
-            Ok(Response::new(StatusCode { code: 0 }))
-        }
-        async fn broadcast(&self, r: Request<NetworkMsg>) -> Result<Response<StatusCode>, Status> {
-            self.broadcast.lock().unwrap().push(r.into_inner());
-            Ok(Response::new(StatusCode { code: 0 }))
-        }
-        async fn get_network_status(
-            &self,
-            _: Request<Empty>,
-        ) -> Result<Response<cita_proto::network::NetworkStatusResponse>, Status> {
-            Err(Status::unimplemented("test"))
-        }
-        async fn register_network_msg_handler(
-            &self,
-            _: Request<RegisterInfo>,
-        ) -> Result<Response<StatusCode>, Status> {
-            Ok(Response::new(StatusCode { code: 0 }))
-        }
-        async fn add_node(
-            &self,
-            _: Request<cita_proto::common::NodeNetInfo>,
-        ) -> Result<Response<StatusCode>, Status> {
-            Ok(Response::new(StatusCode { code: 0 }))
-        }
-        async fn get_peers_net_info(
-            &self,
-            _: Request<Empty>,
-        ) -> Result<Response<cita_proto::common::TotalNodeNetInfo>, Status> {
-            Err(Status::unimplemented("test"))
-        }
+    /// An adapter (raft id 7) whose network service is a [`Listing`] of no one.
+    async fn recorded() -> (Listing, CitaNetwork) {
+        let rec = Listing::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    cita_proto::network::network_service_server::NetworkServiceServer::new(
+                        rec.clone(),
+                    ),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let n = net_at(&format!("http://{addr}"), Duration::from_secs(3600));
+        (rec, n)
     }
 
     /// Waits (at most 5 s) until `done` holds.
@@ -1375,19 +1360,7 @@ mod tests {
     async fn a_vote_request_to_a_peer_not_heard_from_yet_goes_once_a_probe_names_it() {
         use craft_core::Transport;
         use raft::eraftpb::{Entry, MessageType};
-        let rec = Recorder::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(
-                    cita_proto::network::network_service_server::NetworkServiceServer::new(
-                        rec.clone(),
-                    ),
-                )
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let n = net_at(&format!("http://{addr}"), Duration::from_secs(3600));
+        let (rec, n) = recorded().await;
         let msg = |t: MessageType, entries: usize| Message {
             msg_type: t as i32,
             from: 7,
@@ -1444,19 +1417,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_says_who_it_is_once_its_handler_is_registered() {
-        let rec = Recorder::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(
-                    cita_proto::network::network_service_server::NetworkServiceServer::new(
-                        rec.clone(),
-                    ),
-                )
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let n = net_at(&format!("http://{addr}"), Duration::from_secs(3600));
+        let (rec, n) = recorded().await;
         // A probe just before (raft sent to a peer it did not know) does not stand in
         // for the one after registering: no handler could have been answered then.
         n.probe();
