@@ -25,7 +25,9 @@ use tracing::Instrument;
 
 use crate::error::{Error, ProposeError};
 use crate::read::ReadContexts;
-use crate::replica::{Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig};
+use crate::replica::{
+    Committed, CommittedKind, LogPosition, ReadyOutput, ReadySink, Replica, ReplicaConfig,
+};
 use crate::state_machine::{SnapshotJob, StateMachine};
 use crate::storage::{LogStore, SnapshotStager, StagedSnapshot};
 use crate::transport::{SnapshotReporter, Transport};
@@ -276,10 +278,11 @@ where
     let (captures_tx, captures_rx) = mpsc::unbounded_channel();
     let snapshotter =
         tokio::spawn(snapshot_loop(captures_rx, done_tx.clone(), stager).instrument(span.clone()));
-    let applier = tokio::spawn(
-        apply_loop(state_machine, jobs_rx, done_tx, captures_tx).instrument(span.clone()),
-    );
     let sm_applied = replica.applied_index();
+    let applier = tokio::spawn(
+        apply_loop(state_machine, sm_applied, jobs_rx, done_tx, captures_tx)
+            .instrument(span.clone()),
+    );
     let replica_id = replica.id();
     let mut task = Driver {
         replica,
@@ -313,30 +316,40 @@ where
     Ok((handle, join))
 }
 
+/// A proposer's answer channel.
+type Reply<R> = oneshot::Sender<Result<R, ProposeError>>;
+
 /// Work for the apply task, in log order.
-enum Job {
+enum Job<R> {
     /// Restore the state machine from a snapshot received from the leader.
     Restore(Snapshot),
-    /// Apply these entries; when `snapshot` is set, capture a snapshot of the state
-    /// machine after the last of them (whose membership it gives).
+    /// Apply these entries, answering each proposer in `replies` (by log index, in
+    /// order) with its entry's response: the apply task answers proposers itself, so
+    /// an answer never waits for the raft task (which may be in an fsync).
     Apply {
         committed: Vec<Committed>,
-        snapshot: Option<ConfState>,
+        replies: VecDeque<(u64, Reply<R>)>,
     },
+    /// Capture a snapshot of the state machine as it is once every job before this
+    /// one is applied: after entry `index`, with membership `conf_state`.
+    Capture { index: u64, conf_state: ConfState },
+    /// Answer these reads with the applied index once every job before this one is
+    /// applied (their read indexes are all handed out before it).
+    AnswerReads(Vec<Reply<u64>>),
 }
 
-/// What applying one entry produced.
-enum Outcome<R> {
-    Normal(R),
+/// What applying one entry produced, for the raft task.
+enum Outcome {
+    Normal,
     ConfChange(ConfState),
     Empty,
 }
 
 /// The apply task's (and the snapshot task's) report of one job.
-enum Done<R> {
+enum Done {
     Restored(u64),
     Applied {
-        results: Vec<(u64, u64, Outcome<R>)>,
+        results: Vec<(u64, u64, Outcome)>,
         /// A snapshot that was ready at once ([`SnapshotJob::ready`]).
         snapshot: Option<(u64, ConfState, Vec<u8>)>,
     },
@@ -364,29 +377,48 @@ struct Capture {
 
 async fn apply_loop<M: StateMachine>(
     mut sm: M,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-    done: mpsc::UnboundedSender<Done<M::Response>>,
+    // The index of the last entry applied (or restored), for answering reads.
+    mut applied: u64,
+    mut jobs: mpsc::UnboundedReceiver<Job<M::Response>>,
+    done: mpsc::UnboundedSender<Done>,
     captures: mpsc::UnboundedSender<Capture>,
 ) {
     while let Some(job) = jobs.recv().await {
         let mut capture = None;
         let report = match job {
+            Job::AnswerReads(replies) => {
+                for reply in replies {
+                    let _ = reply.send(Ok(applied));
+                }
+                continue;
+            }
             Job::Restore(snapshot) => {
                 let index = snapshot.get_metadata().index;
                 tracing::info!(index, "restoring state machine from leader snapshot");
                 match sm.restore(&snapshot).await {
-                    Ok(()) => Done::Restored(index),
+                    Ok(()) => {
+                        applied = index;
+                        Done::Restored(index)
+                    }
                     Err(e) => Done::Failed(Error::Restore(e)),
                 }
             }
             Job::Apply {
                 committed,
-                snapshot: snapshot_at,
+                mut replies,
             } => {
                 let mut results = Vec::with_capacity(committed.len());
                 for entry in &committed {
                     let outcome = match &entry.kind {
-                        CommittedKind::Normal { .. } => Outcome::Normal(sm.apply(entry).await),
+                        CommittedKind::Normal { .. } => {
+                            let response = sm.apply(entry).await;
+                            if replies.front().is_some_and(|(at, _)| *at == entry.index) {
+                                if let Some((_, reply)) = replies.pop_front() {
+                                    let _ = reply.send(Ok(response));
+                                }
+                            }
+                            Outcome::Normal
+                        }
                         CommittedKind::ConfChange { conf_state, .. } => {
                             sm.apply(entry).await;
                             Outcome::ConfChange(conf_state.clone())
@@ -397,26 +429,34 @@ async fn apply_loop<M: StateMachine>(
                         }
                     };
                     results.push((entry.index, entry.term, outcome));
+                    applied = entry.index;
                 }
+                Done::Applied {
+                    results,
+                    snapshot: None,
+                }
+            }
+            Job::Capture { index, conf_state } => {
+                let job = sm.snapshot();
                 let mut snapshot = None;
-                if let (Some(conf_state), Some(last)) = (snapshot_at, committed.last()) {
-                    let job = sm.snapshot();
-                    if job.is_ready() {
-                        match job.run() {
-                            Ok(data) => snapshot = Some((last.index, conf_state, data)),
-                            Err(e) => {
-                                tracing::warn!(index = last.index, error = %e, "state machine snapshot failed; log kept")
-                            }
+                if job.is_ready() {
+                    match job.run() {
+                        Ok(data) => snapshot = Some((index, conf_state, data)),
+                        Err(e) => {
+                            tracing::warn!(index, error = %e, "state machine snapshot failed; log kept")
                         }
-                    } else {
-                        capture = Some(Capture {
-                            index: last.index,
-                            conf_state,
-                            job,
-                        });
                     }
+                } else {
+                    capture = Some(Capture {
+                        index,
+                        conf_state,
+                        job,
+                    });
                 }
-                Done::Applied { results, snapshot }
+                Done::Applied {
+                    results: Vec::new(),
+                    snapshot,
+                }
             }
         };
         let failed = matches!(report, Done::Failed(_));
@@ -434,9 +474,9 @@ async fn apply_loop<M: StateMachine>(
 /// Serialises captured snapshots one at a time on a blocking thread, newest first: a
 /// capture overtaken by a newer one before its turn is dropped unrun. With a stager, the
 /// same thread then makes the bytes durable, so the raft task only records them.
-async fn snapshot_loop<R>(
+async fn snapshot_loop(
     mut captures: mpsc::UnboundedReceiver<Capture>,
-    done: mpsc::UnboundedSender<Done<R>>,
+    done: mpsc::UnboundedSender<Done>,
     stager: Option<Arc<dyn SnapshotStager>>,
 ) {
     while let Some(mut capture) = captures.recv().await {
@@ -511,9 +551,9 @@ struct Driver<S: LogStore, R, T> {
     _reporter: SnapshotReporter,
     status: watch::Sender<NodeStatus>,
     /// To the apply task.
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::UnboundedSender<Job<R>>,
     /// From the apply task.
-    done: mpsc::UnboundedReceiver<Done<R>>,
+    done: mpsc::UnboundedReceiver<Done>,
     /// Highest index the state machine has applied (or restored to).
     sm_applied: u64,
     proposals: VecDeque<Pending<R>>,
@@ -693,10 +733,12 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
 
     fn process_ready(&mut self) -> Result<(), Error> {
         while self.replica.has_ready() {
-            let transport = &self.transport;
-            let out = self
-                .replica
-                .handle_ready(&mut |msgs| transport.send(msgs))?;
+            let mut sink = Sink {
+                transport: &self.transport,
+                jobs: &self.jobs,
+                proposals: &mut self.proposals,
+            };
+            let out = self.replica.handle_ready_with(&mut sink)?;
             self.on_ready(out);
         }
         Ok(())
@@ -714,14 +756,14 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
             }
         }
         if let Some(snapshot) = out.snapshot {
+            // Proposals at or below the snapshot were either committed before (then
+            // the proposer saw it) or overwritten; their outcome is unknown here.
+            drop_through(&mut self.proposals, snapshot.get_metadata().index);
             let _ = self.jobs.send(Job::Restore(snapshot));
         }
-        if !out.committed.is_empty() {
-            let snapshot = self.replica.take_snapshot_request().map(|(_, cs)| cs);
-            let _ = self.jobs.send(Job::Apply {
-                committed: out.committed,
-                snapshot,
-            });
+        queue_apply(&self.jobs, &mut self.proposals, out.committed);
+        if let Some((index, conf_state)) = self.replica.take_snapshot_request() {
+            let _ = self.jobs.send(Job::Capture { index, conf_state });
         }
         for rs in out.read_states {
             // Only an answer to one of this run's own requests completes a read.
@@ -742,26 +784,22 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
     }
 
     /// Takes the apply task's report.
-    fn on_done(&mut self, done: Done<R>) -> Result<(), Error> {
+    fn on_done(&mut self, done: Done) -> Result<(), Error> {
         match done {
             Done::Failed(e) => return Err(e),
             Done::Restored(index) => {
-                // Proposals at or below the snapshot were either committed before (then
-                // the proposer saw it) or overwritten; their outcome is unknown here.
-                drop_through(&mut self.proposals, index);
+                // As for proposals when the restore was queued.
                 drop_through(&mut self.conf_changes, index);
                 self.sm_applied = self.sm_applied.max(index);
             }
             Done::Applied { results, snapshot } => {
                 for (index, term, outcome) in results {
                     match outcome {
-                        Outcome::Normal(response) => {
-                            resolve(&mut self.proposals, index, term, response)
-                        }
+                        // Its proposer was answered by the apply task.
+                        Outcome::Normal => {}
                         Outcome::ConfChange(cs) => resolve(&mut self.conf_changes, index, term, cs),
                         Outcome::Empty => {}
                     }
-                    drop_through(&mut self.proposals, index);
                     drop_through(&mut self.conf_changes, index);
                     self.sm_applied = self.sm_applied.max(index);
                 }
@@ -805,12 +843,23 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
             return;
         }
         let applied = self.sm_applied;
-        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
+        let handed_out = self.replica.handed_out_index();
+        let mut queued = Vec::new();
+        let mut waiting = Vec::new();
+        for (index, reply) in self.ready_reads.drain(..) {
+            if index <= applied {
+                let _ = reply.send(Ok(applied));
+            } else if index <= handed_out {
+                queued.push(reply);
+            } else {
+                waiting.push((index, reply));
+            }
+        }
         self.ready_reads = waiting;
-        for (_, reply) in due {
-            let _ = reply.send(Ok(applied));
+        // Reads whose index is handed out are answered by the apply task right after
+        // it applies that far, without a round through this task.
+        if !queued.is_empty() {
+            let _ = self.jobs.send(Job::AnswerReads(queued));
         }
     }
 
@@ -851,6 +900,53 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
             let _ = reply.send(Err(err.clone()));
         }
     }
+}
+
+/// The driver's [`ReadySink`]: sends at once, and queues committed entries for the
+/// apply task with their proposers' answer channels.
+struct Sink<'a, T, R> {
+    transport: &'a T,
+    jobs: &'a mpsc::UnboundedSender<Job<R>>,
+    proposals: &'a mut VecDeque<Pending<R>>,
+}
+
+impl<T: Transport, R> ReadySink for Sink<'_, T, R> {
+    fn send(&mut self, messages: Vec<Message>) {
+        self.transport.send(messages);
+    }
+
+    fn apply(&mut self, committed: Vec<Committed>) {
+        queue_apply(self.jobs, self.proposals, committed);
+    }
+}
+
+/// Queues `committed` for the apply task, with the answer channel of each pending
+/// proposal whose entry it is. A pending proposal at an index taken by another entry
+/// (another term's, or a membership change) was dropped, and is told so now.
+fn queue_apply<R>(
+    jobs: &mpsc::UnboundedSender<Job<R>>,
+    proposals: &mut VecDeque<Pending<R>>,
+    committed: Vec<Committed>,
+) {
+    if committed.is_empty() {
+        return;
+    }
+    let mut replies = VecDeque::new();
+    for entry in &committed {
+        drop_through(proposals, entry.index.saturating_sub(1));
+        if proposals.front().is_some_and(|p| p.at.index == entry.index) {
+            if let Some(p) = proposals.pop_front() {
+                let ours =
+                    p.at.term == entry.term && matches!(entry.kind, CommittedKind::Normal { .. });
+                if ours {
+                    replies.push_back((entry.index, p.reply));
+                } else {
+                    let _ = p.reply.send(Err(ProposeError::Dropped));
+                }
+            }
+        }
+    }
+    let _ = jobs.send(Job::Apply { committed, replies });
 }
 
 /// Answers the proposal at `index` if the applied entry is the one it proposed.

@@ -56,7 +56,8 @@ pub use driver::{start, DriverConfig, NodeHandle, NodeStatus, Role};
 pub use error::{Error, ProposeError};
 pub use read::ReadContexts;
 pub use replica::{
-    Committed, CommittedKind, LogPosition, ReadyOutput, Replica, ReplicaConfig, RoleChange,
+    Committed, CommittedKind, LogPosition, ReadyOutput, ReadySink, Replica, ReplicaConfig,
+    RoleChange,
 };
 pub use state_machine::{SnapshotJob, StateMachine};
 pub use storage::{
