@@ -117,6 +117,7 @@ pub mod raft_peer_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// One batch per call. Kept for senders that do not stream.
         pub async fn send(
             &mut self,
             request: impl tonic::IntoRequest<super::RaftBatch>,
@@ -130,6 +131,23 @@ pub mod raft_peer_client {
             req.extensions_mut()
                 .insert(GrpcMethod::new("craft.peer.RaftPeer", "Send"));
             self.inner.unary(req, path, codec).await
+        }
+        /// Batches, in order, on one long-lived stream per sender and receiver: each costs a
+        /// DATA frame, not a request and its answer. The receiver refuses the stream (ends it
+        /// with an error) at the first batch it refuses; the sender opens another.
+        pub async fn batches(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::RaftBatch>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/craft.peer.RaftPeer/Batches");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("craft.peer.RaftPeer", "Batches"));
+            self.inner.client_streaming(req, path, codec).await
         }
         /// Sends one snapshot message in chunks. Answered once the receiver has the whole
         /// message, has checked it and has handed it to raft; an error means it did not.
@@ -162,9 +180,17 @@ pub mod raft_peer_server {
     /// Generated trait containing gRPC methods that should be implemented for use with RaftPeerServer.
     #[async_trait]
     pub trait RaftPeer: std::marker::Send + std::marker::Sync + 'static {
+        /// One batch per call. Kept for senders that do not stream.
         async fn send(
             &self,
             request: tonic::Request<super::RaftBatch>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
+        /// Batches, in order, on one long-lived stream per sender and receiver: each costs a
+        /// DATA frame, not a request and its answer. The receiver refuses the stream (ends it
+        /// with an error) at the first batch it refuses; the sender opens another.
+        async fn batches(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::RaftBatch>>,
         ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
         /// Sends one snapshot message in chunks. Answered once the receiver has the whole
         /// message, has checked it and has handed it to raft; an error means it did not.
@@ -279,6 +305,44 @@ pub mod raft_peer_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/craft.peer.RaftPeer/Batches" => {
+                    #[allow(non_camel_case_types)]
+                    struct BatchesSvc<T: RaftPeer>(pub Arc<T>);
+                    impl<T: RaftPeer> tonic::server::ClientStreamingService<super::RaftBatch> for BatchesSvc<T> {
+                        type Response = super::Ack;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::RaftBatch>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as RaftPeer>::batches(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BatchesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
