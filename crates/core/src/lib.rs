@@ -13,7 +13,9 @@
 //!   rest.
 //! - [`start`]: an async driver on tokio that ticks on a timer, batches everything that
 //!   arrives together into one Ready (one fsync), applies committed entries to a
-//!   [`StateMachine`] and answers each proposer through a [`NodeHandle`]. State-machine
+//!   [`StateMachine`] on a task of its own (handed over before the Ready's write:
+//!   [`ReadySink`]) and answers each proposer through a [`NodeHandle`] from that task,
+//!   so no answer waits for the raft task's fsync. State-machine
 //!   snapshots are captured between two entries and serialised on a blocking thread
 //!   ([`SnapshotJob`]), so neither raft nor the apply loop waits for a large state.
 //!   Linearizable reads ([`NodeHandle::read_barrier`]) carry contexts unique across
