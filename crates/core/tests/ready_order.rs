@@ -1,6 +1,8 @@
 //! The order in which a `Replica` hands over what one Ready holds: what may go before
 //! the Ready's write is durable goes to the `ReadySink` first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use std::collections::VecDeque;
 
 use craft_core::raft::eraftpb::Message;

@@ -89,6 +89,13 @@ pub struct NodeConfig {
 /// (`--snapshot-count` 100,000 in 3.4).
 pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 100_000;
 
+/// RocksDB memtable of a key-value node's raft log. The store's default (1 MiB) suits
+/// the consensus service's few hundred blocks a second; at thousands of writes a second
+/// it filled twice a second, and each flush (an SST written and synced, a new WAL file)
+/// held up the synced appends behind it: a write p99 of 8–31 ms at 16 connections
+/// against 6–7 ms with 8 MiB.
+pub const LOG_WRITE_BUFFER_BYTES: usize = 8 << 20;
+
 impl NodeConfig {
     /// A configuration with the default timings.
     pub fn new(id: u64, data_dir: impl Into<PathBuf>) -> Self {
@@ -219,7 +226,10 @@ impl KvNode {
         let client = ApiClient::new(tls.as_ref().map(|t| t.http_client.clone()), PASS_ON_TIMEOUT);
         let std_http = http_listener.into_std()?;
 
-        let store = RocksLogStore::open(config.data_dir.join("raft"), StoreOptions::default())?;
+        let store = RocksLogStore::open(
+            config.data_dir.join("raft"),
+            StoreOptions::default().with_write_buffer_bytes(LOG_WRITE_BUFFER_BYTES),
+        )?;
         let empty = store.is_empty().map_err(NodeError::Bootstrap)?;
         let recorded = crate::setup::recorded(&config.data_dir).map_err(NodeError::Setup)?;
         // Voters and state of the snapshot to bootstrap from, and whether to campaign.
