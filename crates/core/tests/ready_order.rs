@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use craft_core::raft::eraftpb::Message;
 use craft_core::raft::Storage;
 use craft_core::{
-    make_snapshot, voters, Committed, CommittedKind, LogStore, MemLogStore, ReadySink, Replica,
-    ReplicaConfig,
+    make_snapshot, voters, Committed, CommittedKind, LogPosition, LogStore, MemLogStore, ReadySink,
+    Replica, ReplicaConfig,
 };
 
 /// Records what it is handed and, for each committed entry, the store's last index at
@@ -68,29 +68,49 @@ fn settle(a: &mut Replica<MemLogStore>, b: &mut Replica<MemLogStore>) {
     }
 }
 
-#[test]
-fn entries_committed_by_an_ack_are_handed_over_before_the_next_entries_are_written() {
+/// A leader of two whose next Ready holds both A's commit (the follower's ack for A has
+/// just been stepped) and B, proposed before the ack arrived and not yet written.
+struct AckAndProposal {
+    leader: Replica<MemLogStore>,
+    leader_store: MemLogStore,
+    a: LogPosition,
+    b: LogPosition,
+}
+
+fn ack_and_proposal() -> AckAndProposal {
     let (mut leader, leader_store) = open(1);
     let (mut follower, _) = open(2);
     leader.campaign().unwrap();
     settle(&mut leader, &mut follower);
     assert!(leader.is_leader());
-
     // A goes to the follower, which acknowledges it.
     let a = leader.propose(Vec::new(), b"a".to_vec()).unwrap();
-    let to_follower = drain(&mut leader);
-    for m in to_follower {
+    for m in drain(&mut leader) {
         follower.step(m).unwrap();
     }
     let acks = drain(&mut follower);
     assert!(!acks.is_empty());
-    // B is proposed before the leader hears the ack: one Ready then holds A's commit
-    // and B's write.
     let b = leader.propose(Vec::new(), b"b".to_vec()).unwrap();
     for m in acks {
         leader.step(m).unwrap();
     }
     assert!(leader.has_ready());
+    AckAndProposal {
+        leader,
+        leader_store,
+        a,
+        b,
+    }
+}
+
+#[test]
+fn entries_committed_by_an_ack_are_handed_over_before_the_next_entries_are_written() {
+    let AckAndProposal {
+        mut leader,
+        leader_store,
+        a,
+        b,
+    } = ack_and_proposal();
     let mut sink = Recorder {
         store: Some(leader_store.clone()),
         ..Default::default()
@@ -112,19 +132,7 @@ fn entries_committed_by_an_ack_are_handed_over_before_the_next_entries_are_writt
 
 #[test]
 fn handle_ready_gives_the_early_entries_first_in_its_output() {
-    let (mut leader, _) = open(1);
-    let (mut follower, _) = open(2);
-    leader.campaign().unwrap();
-    settle(&mut leader, &mut follower);
-    let a = leader.propose(Vec::new(), b"a".to_vec()).unwrap();
-    for m in drain(&mut leader) {
-        follower.step(m).unwrap();
-    }
-    let acks = drain(&mut follower);
-    leader.propose(Vec::new(), b"b".to_vec()).unwrap();
-    for m in acks {
-        leader.step(m).unwrap();
-    }
+    let AckAndProposal { mut leader, a, .. } = ack_and_proposal();
     let out = leader.handle_ready(&mut |_| {}).unwrap();
     let first = out.committed.first().expect("A is committed");
     assert_eq!(first.index, a.index);

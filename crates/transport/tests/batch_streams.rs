@@ -20,19 +20,24 @@ use tokio::task::JoinHandle;
 
 type Received = Arc<Mutex<Vec<Message>>>;
 
+type Server = JoinHandle<Result<(), tonic::transport::Error>>;
+
 /// Serves a [`PeerService`] on a loopback port; the handle ends when the server does.
-async fn receiver() -> (
-    SocketAddr,
-    Received,
-    oneshot::Sender<()>,
-    JoinHandle<Result<(), tonic::transport::Error>>,
-) {
+async fn receiver() -> (SocketAddr, Received, oneshot::Sender<()>, Server) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received: Received = Arc::default();
-    let sink = received.clone();
+    let (stop, server) = serve_into(listener, received.clone());
+    (addr, received, stop, server)
+}
+
+/// Serves on `listener`, handing what arrives to `received`, until told to stop.
+fn serve_into(
+    listener: tokio::net::TcpListener,
+    received: Received,
+) -> (oneshot::Sender<()>, Server) {
     let inbound: craft_transport::Inbound = Arc::new(move |m| {
-        sink.lock().unwrap().push(m);
+        received.lock().unwrap().push(m);
         true
     });
     let (stop, stopped) = oneshot::channel::<()>();
@@ -45,7 +50,7 @@ async fn receiver() -> (
             let _ = stopped.await;
         },
     ));
-    (addr, received, stop, server)
+    (stop, server)
 }
 
 /// An append from 1 to 2 at `index`.
@@ -146,21 +151,7 @@ async fn a_stream_ended_by_the_peer_is_opened_again_with_the_next_batch() {
 
     // Started again on the same port, it hears the sender's next batches.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let sink = received.clone();
-    let inbound: craft_transport::Inbound = Arc::new(move |m| {
-        sink.lock().unwrap().push(m);
-        true
-    });
-    let (_stop2, stopped2) = oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        PeerService::new(inbound),
-        None,
-        ConnectionLimit::new(16),
-        async {
-            let _ = stopped2.await;
-        },
-    ));
+    let (_stop2, _server2) = serve_into(listener, received.clone());
     let mut next = 2;
     until("a message after the restart", || {
         // Raft sends again until heard; so does this test.
