@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -237,18 +237,16 @@ impl PeerTransport {
     }
 
     /// `(peer, sent, dropped)` batches per peer, sorted by peer: sent were taken by the
-    /// HTTP/2 layer onto the peer's stream; dropped found the queue full, or were still
-    /// queued when their stream ended.
+    /// HTTP/2 layer onto a stream the peer accepted; dropped found the queue full, were
+    /// still queued when their stream ended, or went onto a stream the peer never
+    /// accepted (a refused handshake).
     pub fn peer_stats(&self) -> Vec<(u64, u64, u64)> {
         let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = streams
             .iter()
             .map(|(id, s)| {
-                (
-                    *id,
-                    s.stats.sent.load(Ordering::Relaxed),
-                    s.stats.dropped.load(Ordering::Relaxed),
-                )
+                let (sent, dropped) = s.counts();
+                (*id, sent, dropped)
             })
             .collect();
         out.sort_unstable();
@@ -301,9 +299,23 @@ impl craft_core::Transport for PeerTransport {
 /// with the first batch after it ended.
 struct BatchStream {
     client: RaftPeerClient<Channel>,
-    /// The open stream's queue, and how many batches went into it.
-    live: Option<(mpsc::Sender<RaftBatch>, Arc<AtomicU64>)>,
+    /// The open stream's queue and counts.
+    live: Option<(mpsc::Sender<RaftBatch>, Arc<Mutex<StreamCounts>>)>,
+    /// Totals of the streams that ended, plus batches dropped on a full queue.
     stats: Arc<PeerStats>,
+}
+
+/// What happened to the batches of one stream so far.
+#[derive(Default)]
+struct StreamCounts {
+    /// Put in its queue.
+    queued: u64,
+    /// Taken from the queue by the HTTP/2 layer.
+    taken: u64,
+    /// The peer answered with its response headers: it took the stream.
+    accepted: bool,
+    /// The stream ended and its counts went into the totals.
+    ended: bool,
 }
 
 impl BatchStream {
@@ -315,14 +327,28 @@ impl BatchStream {
         }
     }
 
+    /// `(sent, dropped)`: batches taken onto streams the peer accepted, and batches
+    /// dropped (the queue was full, or their stream ended before they were taken or
+    /// was never accepted).
+    fn counts(&self) -> (u64, u64) {
+        let mut sent = self.stats.sent.load(Ordering::Relaxed);
+        if let Some((_, counts)) = &self.live {
+            let c = counts.lock().unwrap_or_else(|e| e.into_inner());
+            if c.accepted && !c.ended {
+                sent += c.taken;
+            }
+        }
+        (sent, self.stats.dropped.load(Ordering::Relaxed))
+    }
+
     /// Queues `batch` on the open stream, opening one if it has ended. Never waits: a
     /// batch that finds the queue full is dropped and counted.
     fn push(&mut self, to: u64, batch: RaftBatch) {
         let mut batch = batch;
-        if let Some((tx, queued)) = &self.live {
+        if let Some((tx, counts)) = &self.live {
             match tx.try_send(batch) {
                 Ok(()) => {
-                    queued.fetch_add(1, Ordering::Relaxed);
+                    counts.lock().unwrap_or_else(|e| e.into_inner()).queued += 1;
                     return;
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -332,42 +358,57 @@ impl BatchStream {
                 Err(mpsc::error::TrySendError::Closed(b)) => batch = b,
             }
         }
-        let (tx, queued) = self.open(to);
+        let (tx, counts) = self.open(to);
         match tx.try_send(batch) {
-            Ok(()) => {
-                queued.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => counts.lock().unwrap_or_else(|e| e.into_inner()).queued += 1,
             Err(_) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.live = Some((tx, queued));
+        self.live = Some((tx, counts));
     }
 
     /// Starts a stream on a task of its own; it runs until the peer ends it (an error,
     /// or the peer shutting down) or its sender is dropped.
-    fn open(&self, to: u64) -> (mpsc::Sender<RaftBatch>, Arc<AtomicU64>) {
+    fn open(&self, to: u64) -> (mpsc::Sender<RaftBatch>, Arc<Mutex<StreamCounts>>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let queued = Arc::new(AtomicU64::new(0));
-        let taken = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Mutex::new(StreamCounts::default()));
         let mut client = self.client.clone();
         let stats = self.stats.clone();
-        let (queued_at_end, taken_by_stream) = (queued.clone(), taken.clone());
+        let task_counts = counts.clone();
         tokio::spawn(async move {
-            let counted = stats.clone();
+            let taking = task_counts.clone();
             let batches = ReceiverStream::new(rx).inspect(move |_| {
-                taken_by_stream.fetch_add(1, Ordering::Relaxed);
-                counted.sent.fetch_add(1, Ordering::Relaxed);
+                taking.lock().unwrap_or_else(|e| e.into_inner()).taken += 1;
             });
-            let result = client.batches(batches).await;
-            // What was queued but never taken is lost with the stream.
-            let lost = queued_at_end
-                .load(Ordering::Relaxed)
-                .saturating_sub(taken.load(Ordering::Relaxed));
+            let ended = match client.batches(batches).await {
+                Ok(response) => {
+                    task_counts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .accepted = true;
+                    let mut acks = response.into_inner();
+                    loop {
+                        match acks.message().await {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break None,
+                            Err(status) => break Some(status),
+                        }
+                    }
+                }
+                Err(status) => Some(status),
+            };
+            let mut c = task_counts.lock().unwrap_or_else(|e| e.into_inner());
+            c.ended = true;
+            // Taken onto an accepted stream counts as sent; anything else is lost.
+            let sent = if c.accepted { c.taken } else { 0 };
+            let lost = c.queued.saturating_sub(sent);
+            stats.sent.fetch_add(sent, Ordering::Relaxed);
             stats.dropped.fetch_add(lost, Ordering::Relaxed);
-            match result {
-                Ok(_) => tracing::debug!(to, lost, "batch stream ended by the peer"),
-                Err(status) => tracing::debug!(
+            drop(c);
+            match ended {
+                None => tracing::debug!(to, lost, "batch stream ended by the peer"),
+                Some(status) => tracing::debug!(
                     to,
                     lost,
                     code = ?status.code(),
@@ -376,7 +417,7 @@ impl BatchStream {
                 ),
             }
         });
-        (tx, queued)
+        (tx, counts)
     }
 }
 
@@ -561,20 +602,42 @@ impl RaftPeer for PeerService {
         Ok(Response::new(Ack {}))
     }
 
-    async fn batches(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<Ack>, Status> {
+    type BatchesStream = ReceiverStream<Result<Ack, Status>>;
+
+    /// Answers at once (the response headers tell the sender the stream is taken) and
+    /// delivers its batches on a task of its own, until the sender ends the stream, a
+    /// batch is refused, or the server shuts down.
+    async fn batches(
+        &self,
+        req: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<Self::BatchesStream>, Status> {
         let mut stream = req.into_inner();
+        let (end_tx, end_rx) = mpsc::channel(1);
+        let service = self.clone();
         let mut stopping = self.stopping.clone();
-        loop {
-            tokio::select! {
-                batch = stream.message() => match batch? {
-                    Some(batch) => self.deliver(batch)?,
-                    None => return Ok(Response::new(Ack {})),
-                },
-                _ = stopping.wait_for(|stop| *stop) => {
-                    return Err(Status::unavailable("shutting down"));
+        tokio::spawn(async move {
+            let end = loop {
+                tokio::select! {
+                    batch = stream.message() => match batch {
+                        Ok(Some(batch)) => {
+                            if let Err(status) = service.deliver(batch) {
+                                break Some(status);
+                            }
+                        }
+                        Ok(None) => break None,
+                        Err(status) => break Some(status),
+                    },
+                    _ = stopping.wait_for(|stop| *stop) => {
+                        break Some(Status::unavailable("shutting down"));
+                    }
                 }
+            };
+            if let Some(status) = end {
+                let _ = end_tx.send(Err(status)).await;
             }
-        }
+            // Dropping the sender ends the answer stream, and with it the call.
+        });
+        Ok(Response::new(ReceiverStream::new(end_rx)))
     }
 
     async fn send_snapshot(

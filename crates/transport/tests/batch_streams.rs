@@ -112,8 +112,13 @@ async fn a_refused_batch_ends_its_stream_and_the_next_batch_opens_another() {
         },
         batch(&append(3)),
     ];
-    let status = client
+    let mut answers = client
         .batches(futures::stream::iter(items))
+        .await
+        .expect("the stream is taken")
+        .into_inner();
+    let status = answers
+        .message()
         .await
         .expect_err("a stream with a damaged batch is refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);

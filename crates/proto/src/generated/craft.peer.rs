@@ -133,12 +133,15 @@ pub mod raft_peer_client {
             self.inner.unary(req, path, codec).await
         }
         /// Batches, in order, on one long-lived stream per sender and receiver: each costs a
-        /// DATA frame, not a request and its answer. The receiver refuses the stream (ends it
-        /// with an error) at the first batch it refuses; the sender opens another.
+        /// DATA frame, not a request and its answer. The receiver answers at once with the
+        /// response headers (so the sender knows the stream was accepted) and sends no Ack
+        /// until the end; it ends the stream with an error at the first batch it refuses, and
+        /// the sender opens another.
         pub async fn batches(
             &mut self,
             request: impl tonic::IntoStreamingRequest<Message = super::RaftBatch>,
-        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status> {
+        ) -> std::result::Result<tonic::Response<tonic::codec::Streaming<super::Ack>>, tonic::Status>
+        {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
@@ -147,7 +150,7 @@ pub mod raft_peer_client {
             let mut req = request.into_streaming_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("craft.peer.RaftPeer", "Batches"));
-            self.inner.client_streaming(req, path, codec).await
+            self.inner.streaming(req, path, codec).await
         }
         /// Sends one snapshot message in chunks. Answered once the receiver has the whole
         /// message, has checked it and has handed it to raft; an error means it did not.
@@ -185,13 +188,20 @@ pub mod raft_peer_server {
             &self,
             request: tonic::Request<super::RaftBatch>,
         ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
+        /// Server streaming response type for the Batches method.
+        type BatchesStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::Ack, tonic::Status>,
+            > + std::marker::Send
+            + 'static;
         /// Batches, in order, on one long-lived stream per sender and receiver: each costs a
-        /// DATA frame, not a request and its answer. The receiver refuses the stream (ends it
-        /// with an error) at the first batch it refuses; the sender opens another.
+        /// DATA frame, not a request and its answer. The receiver answers at once with the
+        /// response headers (so the sender knows the stream was accepted) and sends no Ack
+        /// until the end; it ends the stream with an error at the first batch it refuses, and
+        /// the sender opens another.
         async fn batches(
             &self,
             request: tonic::Request<tonic::Streaming<super::RaftBatch>>,
-        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
+        ) -> std::result::Result<tonic::Response<Self::BatchesStream>, tonic::Status>;
         /// Sends one snapshot message in chunks. Answered once the receiver has the whole
         /// message, has checked it and has handed it to raft; an error means it did not.
         async fn send_snapshot(
@@ -312,9 +322,11 @@ pub mod raft_peer_server {
                 "/craft.peer.RaftPeer/Batches" => {
                     #[allow(non_camel_case_types)]
                     struct BatchesSvc<T: RaftPeer>(pub Arc<T>);
-                    impl<T: RaftPeer> tonic::server::ClientStreamingService<super::RaftBatch> for BatchesSvc<T> {
+                    impl<T: RaftPeer> tonic::server::StreamingService<super::RaftBatch> for BatchesSvc<T> {
                         type Response = super::Ack;
-                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        type ResponseStream = T::BatchesStream;
+                        type Future =
+                            BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<tonic::Streaming<super::RaftBatch>>,
@@ -342,7 +354,7 @@ pub mod raft_peer_server {
                                 max_decoding_message_size,
                                 max_encoding_message_size,
                             );
-                        let res = grpc.client_streaming(method, req).await;
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
