@@ -127,6 +127,8 @@ pub struct KvCase {
     /// The figures (medians over the rounds).
     #[serde(flatten)]
     pub figures: Figures,
+    /// Operations per second of each round, in the order they ran.
+    pub rounds_ops_per_sec: Vec<f64>,
 }
 
 /// One measured case of the TLS comparison.
@@ -692,6 +694,56 @@ fn print_kv_row(workload: Workload, connections: usize, ours: &Figures, theirs: 
     );
 }
 
+/// Each case's ops/s round by round, and each round's ratio to etcd's in the same
+/// round (rounds alternate the systems, so a round's pair ran minutes apart at most):
+/// the spread behind the medians, and the worst round's ratio.
+fn print_rounds(results: &[KvCase]) {
+    println!("ops/s per round (craft-kv; etcd; ratio of each round's pair, lowest first):");
+    for line in round_lines(results) {
+        println!("{line}");
+    }
+}
+
+fn round_lines(results: &[KvCase]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for ours in results.iter().filter(|r| r.system == System::CraftKv) {
+        let theirs = results.iter().find(|r| {
+            r.system == System::Etcd
+                && r.workload == ours.workload
+                && r.connections == ours.connections
+        });
+        let list = |xs: &[f64]| {
+            xs.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut line = format!(
+            "  {} {:>3}: {}",
+            ours.workload.label(),
+            ours.connections,
+            list(&ours.rounds_ops_per_sec)
+        );
+        if let Some(theirs) = theirs {
+            let mut paired: Vec<f64> = ours
+                .rounds_ops_per_sec
+                .iter()
+                .zip(&theirs.rounds_ops_per_sec)
+                .map(|(a, b)| ratio(*a, *b))
+                .collect();
+            paired.sort_by(f64::total_cmp);
+            let paired: Vec<String> = paired.iter().map(|r| format!("{r:.2}x")).collect();
+            line.push_str(&format!(
+                "; {}; {}",
+                list(&theirs.rounds_ops_per_sec),
+                paired.join(", ")
+            ));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 fn run_vs_etcd(root: &Path, out: &Path, opts: &Options<'_>) -> anyhow::Result<()> {
     let etcd_bin = etcd::find(opts.etcd);
     let etcd_version = etcd_bin.as_deref().and_then(etcd::version);
@@ -771,12 +823,13 @@ fn run_vs_etcd(root: &Path, out: &Path, opts: &Options<'_>) -> anyhow::Result<()
             }
         }
         let medians: Vec<Figures> = all.iter().map(|f| median_figures(f)).collect();
-        for (&system, figures) in systems.iter().zip(&medians) {
+        for ((&system, figures), rounds) in systems.iter().zip(&medians).zip(&all) {
             results.push(KvCase {
                 system,
                 workload,
                 connections,
                 figures: *figures,
+                rounds_ops_per_sec: rounds.iter().map(|f| f.ops_per_sec).collect(),
             });
         }
         print_kv_row(workload, connections, &medians[0], medians.get(1));
@@ -789,6 +842,9 @@ fn run_vs_etcd(root: &Path, out: &Path, opts: &Options<'_>) -> anyhow::Result<()
                 "p99": ratio(ours.p99_ms, theirs.p99_ms),
             }));
         }
+    }
+    if rounds > 1 {
+        print_rounds(&results);
     }
     let failed: Vec<&KvCase> = results.iter().filter(|r| r.figures.errors > 0).collect();
     if !failed.is_empty() {
@@ -937,6 +993,28 @@ mod tests {
         assert_eq!(m.p99_ms, 5.0);
         assert_eq!(m.errors, 3);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn rounds_are_paired_with_etcd_and_the_lowest_ratio_comes_first() {
+        let case = |system, rounds: &[f64]| KvCase {
+            system,
+            workload: Workload::Write,
+            connections: 16,
+            figures: Figures::default(),
+            rounds_ops_per_sec: rounds.to_vec(),
+        };
+        let lines = round_lines(&[
+            case(System::CraftKv, &[800.0, 900.0, 600.0]),
+            case(System::Etcd, &[400.0, 300.0, 400.0]),
+        ]);
+        assert_eq!(
+            lines,
+            ["  write  16: 800, 900, 600; 400, 300, 400; 1.50x, 2.00x, 3.00x"]
+        );
+        // Without etcd, only our rounds.
+        let lines = round_lines(&[case(System::CraftKv, &[800.0, 900.0])]);
+        assert_eq!(lines, ["  write  16: 800, 900"]);
     }
 
     /// What the etcd scripts compute in Lua, `write_key` and `mix_key`, done the same way

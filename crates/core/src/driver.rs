@@ -348,12 +348,10 @@ enum Outcome {
 /// The apply task's (and the snapshot task's) report of one job.
 enum Done {
     Restored(u64),
-    Applied {
-        results: Vec<(u64, u64, Outcome)>,
-        /// A snapshot that was ready at once ([`SnapshotJob::ready`]).
-        snapshot: Option<(u64, ConfState, Vec<u8>)>,
-    },
-    /// The snapshot task serialised the state captured after entry `index`.
+    /// These entries were applied: `(index, term, outcome)` each.
+    Applied(Vec<(u64, u64, Outcome)>),
+    /// The state captured after entry `index` is serialised: by the snapshot task, or
+    /// by the apply task when the capture was ready at once ([`SnapshotJob::ready`]).
     Snapshot {
         index: u64,
         conf_state: ConfState,
@@ -384,7 +382,6 @@ async fn apply_loop<M: StateMachine>(
     captures: mpsc::UnboundedSender<Capture>,
 ) {
     while let Some(job) = jobs.recv().await {
-        let mut capture = None;
         let report = match job {
             Job::AnswerReads(replies) => {
                 for reply in replies {
@@ -431,42 +428,36 @@ async fn apply_loop<M: StateMachine>(
                     results.push((entry.index, entry.term, outcome));
                     applied = entry.index;
                 }
-                Done::Applied {
-                    results,
-                    snapshot: None,
-                }
+                Done::Applied(results)
             }
             Job::Capture { index, conf_state } => {
                 let job = sm.snapshot();
-                let mut snapshot = None;
-                if job.is_ready() {
-                    match job.run() {
-                        Ok(data) => snapshot = Some((index, conf_state, data)),
-                        Err(e) => {
-                            tracing::warn!(index, error = %e, "state machine snapshot failed; log kept")
-                        }
-                    }
-                } else {
-                    capture = Some(Capture {
+                if !job.is_ready() {
+                    // Serialised by the snapshot task; the entries it follows were
+                    // reported applied with the jobs before this one.
+                    let _ = captures.send(Capture {
                         index,
                         conf_state,
                         job,
                     });
+                    continue;
                 }
-                Done::Applied {
-                    results: Vec::new(),
-                    snapshot,
+                match job.run() {
+                    Ok(data) => Done::Snapshot {
+                        index,
+                        conf_state,
+                        data: SnapshotData::Inline(data),
+                    },
+                    Err(e) => {
+                        tracing::warn!(index, error = %e, "state machine snapshot failed; log kept");
+                        continue;
+                    }
                 }
             }
         };
         let failed = matches!(report, Done::Failed(_));
         if done.send(report).is_err() || failed {
             return;
-        }
-        // Handed over after the report of the entries it follows, so the raft task
-        // knows them applied before the snapshot's bytes arrive.
-        if let Some(capture) = capture {
-            let _ = captures.send(capture);
         }
     }
 }
@@ -792,7 +783,7 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                 drop_through(&mut self.conf_changes, index);
                 self.sm_applied = self.sm_applied.max(index);
             }
-            Done::Applied { results, snapshot } => {
+            Done::Applied(results) => {
                 for (index, term, outcome) in results {
                     match outcome {
                         // Its proposer was answered by the apply task.
@@ -804,9 +795,6 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
                     self.sm_applied = self.sm_applied.max(index);
                 }
                 self.replica.advance_apply(self.sm_applied);
-                if let Some((index, cs, data)) = snapshot {
-                    self.replica.stage_snapshot(index, cs, data)?;
-                }
             }
             Done::Snapshot {
                 index,
