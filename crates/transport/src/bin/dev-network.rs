@@ -33,7 +33,7 @@ struct Args {
     /// continuously.
     #[arg(long)]
     faults_file: Option<PathBuf>,
-    /// Write message counters (JSON) to this file twice a second.
+    /// Write message counters (JSON) to this file at start and twice a second after.
     #[arg(long)]
     stats_file: Option<PathBuf>,
 }
@@ -72,8 +72,10 @@ async fn main() -> anyhow::Result<()> {
         let net = net.clone();
         tokio::spawn(async move {
             let tmp = path.with_extension("tmp");
+            // The first tick is at once: the file exists from the start.
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                every.tick().await;
                 let json = net.stats_json();
                 if let Err(e) =
                     std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path))
