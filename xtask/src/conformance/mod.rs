@@ -318,20 +318,11 @@ impl Group<'_> {
         Ok(())
     }
 
-    /// The development network's counters. Its first file may still be on its way
-    /// when a check comes early (it writes every 500 ms), so a missing file is waited
-    /// for, up to 5 s.
+    /// The development network's counters (it writes them at start and every 500 ms).
     fn network_stats(&self) -> anyhow::Result<serde_json::Value> {
         let path = self.cluster.dir.join("network-stats.json");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let text = loop {
-            match fs::read_to_string(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                read => break read.with_context(|| format!("reading {}", path.display()))?,
-            }
-        };
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
