@@ -101,6 +101,10 @@ impl StoreOptions {
 /// memtable is fragmented again by every read and iterator.
 const MAX_POINT_DELETES: u64 = 4096;
 
+/// Entries of at least this many bytes are kept in blob files rather than in the log's
+/// SSTs (see `descriptor`).
+const BLOB_MIN_BYTES: u64 = 64 << 10;
+
 /// What the store knows about the log's shape, always equal to what is on disk.
 #[derive(Debug, Clone, Default)]
 struct Meta {
@@ -248,6 +252,15 @@ fn descriptor(name: &str, options: &StoreOptions, cache: &Cache) -> ColumnFamily
     // Index blocks count against the (small) cache instead of growing on the side.
     table.set_cache_index_and_filter_blocks(true);
     opts.set_block_based_table_factory(&table);
+    if name == LOG_CF {
+        // Large entries (a block of a megabyte) go to blob files when the memtable is
+        // flushed, and the SSTs keep only a reference: compactions then move references,
+        // never rewrite the retained log's bytes, and a blob file goes as a whole once
+        // compaction behind the log has dropped every entry in it.
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(BLOB_MIN_BYTES);
+        opts.set_blob_compression_type(DBCompressionType::None);
+    }
     ColumnFamilyDescriptor::new(name, opts)
 }
 
