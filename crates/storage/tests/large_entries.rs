@@ -50,7 +50,10 @@ fn assert_log(store: &RocksLogStore, first: u64, last: u64) {
         .unwrap();
     assert_eq!(read.len() as u64, last - first + 1);
     for (entry, index) in read.iter().zip(first..) {
-        assert!(entry == &large_entry(index), "entry {index} read back changed");
+        assert!(
+            entry == &large_entry(index),
+            "entry {index} read back changed"
+        );
     }
 }
 
