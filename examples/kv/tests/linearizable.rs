@@ -355,11 +355,7 @@ async fn a_stale_read_from_a_cut_off_follower_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path()).await;
     let leader = cluster.leader().await;
-    let follower = (1..=NODES).find(|&n| n != leader).unwrap();
-    let (leader_http, follower_http) = (
-        cluster.nodes[leader - 1].http,
-        cluster.nodes[follower - 1].http,
-    );
+    let leader_http = cluster.nodes[leader - 1].http;
     let recorder = Recorder::new();
     let record = |client: u64, addr: SocketAddr, op: Op, stale: bool| {
         let recorder = &recorder;
@@ -385,11 +381,24 @@ async fn a_stale_read_from_a_cut_off_follower_is_caught() {
         })
     };
     write_until_acknowledged(vec![leader_http], "old").await;
-    eventually("the follower to apply the first write", || async {
-        let reply = http(follower_http, "GET", "/key/k?consistency=stale", None)
-            .await
-            .ok()?;
-        (reply.status == 200).then_some(())
+    // The follower to cut off: the first one seen to have applied that write (a
+    // follower may lag while the other one makes the quorum).
+    let (follower, follower_http) = eventually("a follower to apply the first write", || {
+        let followers: Vec<(usize, SocketAddr)> = (cluster.nodes.iter())
+            .filter(|n| n.id != leader)
+            .map(|n| (n.id, n.http))
+            .collect();
+        async move {
+            for (id, addr) in followers {
+                let Ok(reply) = http(addr, "GET", "/key/k?consistency=stale", None).await else {
+                    continue;
+                };
+                if reply.status == 200 {
+                    return Some((id, addr));
+                }
+            }
+            None
+        }
     })
     .await;
     cluster.isolate(follower, true);
