@@ -46,6 +46,54 @@ pub fn decode_configuration(bytes: &[u8]) -> Result<ConsensusConfiguration, pros
     ConsensusConfiguration::decode(bytes)
 }
 
+/// What our snapshots add to the configuration: the last block this node committed to
+/// its controller and the raft entry that carried it, so a restart can offer that block
+/// again to a controller that lost it. Its fields are numbered far above the
+/// configuration's (1-3), so the snapshot data stays a valid `ConsensusConfiguration`
+/// for any decoder (the existing service skips unknown fields, as protobuf requires),
+/// and a snapshot without them (the existing service's) reads as zeros.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct LastBlock {
+    /// Height of the block.
+    #[prost(uint64, tag = "1001")]
+    pub height: u64,
+    /// Raft index of the entry that committed it.
+    #[prost(uint64, tag = "1002")]
+    pub index: u64,
+}
+
+/// Encodes a snapshot's data: `config`, followed by `last` when known.
+pub fn encode_snapshot(config: &ConsensusConfiguration, last: Option<LastBlock>) -> Vec<u8> {
+    let mut data = config.encode_to_vec();
+    if let Some(last) = last {
+        // Protobuf messages concatenate: a decoder of either type skips the other's
+        // fields.
+        data.extend_from_slice(&last.encode_to_vec());
+    }
+    data
+}
+
+/// The [`LastBlock`] recorded in a snapshot's data, if any.
+pub fn snapshot_last_block(data: &[u8]) -> Option<LastBlock> {
+    LastBlock::decode(data)
+        .ok()
+        .filter(|last| last.height > 0 && last.index > 0)
+}
+
+/// Checks a snapshot's data before it is kept: a configuration naming at least one
+/// validator. A snapshot without validators would take this node out of the chain.
+pub fn check_snapshot_data(data: &[u8]) -> Result<(), String> {
+    let cfg =
+        decode_configuration(data).map_err(|e| format!("not a ConsensusConfiguration: {e}"))?;
+    if cfg.validators.is_empty() {
+        return Err("a configuration without validators".into());
+    }
+    if cfg.validators.iter().any(|v| v.is_empty()) {
+        return Err("a configuration with an empty validator address".into());
+    }
+    Ok(())
+}
+
 /// The chain state shared between the state machine, the block loop and the gRPC
 /// service: the latest configuration this node knows.
 pub type SharedConfig = watch::Sender<ConsensusConfiguration>;
@@ -114,6 +162,8 @@ pub struct BlockStateMachine<C> {
     metrics: Metrics,
     backoff: Backoff,
     prechecks: PreCheckSlot,
+    /// The last block this node committed to its controller, recorded in snapshots.
+    last_block: Option<LastBlock>,
 }
 
 impl<C: Controller> BlockStateMachine<C> {
@@ -131,6 +181,7 @@ impl<C: Controller> BlockStateMachine<C> {
             metrics,
             backoff: Backoff::default(),
             prechecks,
+            last_block: None,
         }
     }
 
@@ -205,6 +256,7 @@ impl<C: Controller> BlockStateMachine<C> {
                                 .last_commit_latency_us
                                 .set(started.elapsed().as_micros() as i64);
                             self.config.send_replace(new_config);
+                            self.last_block = Some(LastBlock { height: h, index });
                             return BlockOutcome::Committed(h);
                         }
                         Err(e) => format!("CommitBlock refused: {e}"),
@@ -269,7 +321,7 @@ impl<C: Controller> StateMachine for BlockStateMachine<C> {
 
     fn snapshot(&mut self) -> SnapshotJob {
         // The configuration is a few hundred bytes: serialised at once.
-        SnapshotJob::ready(self.config.borrow().encode_to_vec())
+        SnapshotJob::ready(encode_snapshot(&self.config.borrow(), self.last_block))
     }
 
     async fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {
@@ -289,7 +341,12 @@ impl<C: Controller> StateMachine for BlockStateMachine<C> {
             }
         });
         self.metrics.height.set(self.config.borrow().height as i64);
+        self.last_block = snapshot_last_block(&snapshot.data);
         Ok(())
+    }
+
+    fn check_snapshot(data: &[u8]) -> Result<(), String> {
+        check_snapshot_data(data)
     }
 }
 

@@ -13,5 +13,6 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod raft_id;
+pub mod reset;
 pub mod service;
 pub mod timed_store;

@@ -34,10 +34,28 @@ enum Command {
         #[arg(long)]
         stdout: bool,
     },
+    /// move the raft directory (raft_data_path) aside and start a new one that keeps
+    /// only the term and vote; the leader then sends this node a snapshot. For a
+    /// directory the service refuses to start from. Run it with the service stopped.
+    ResetRaft {
+        /// the consensus config
+        #[arg(short = 'c', long = "config", default_value = "config.toml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::ResetRaft { config }) = &cli.command {
+        let cfg = ConsensusConfig::load(config)?;
+        let aside = consensus::reset::reset_raft(std::path::Path::new(&cfg.raft_data_path))?;
+        println!(
+            "raft data at {} reset (term and vote kept); the old directory is at {}",
+            cfg.raft_data_path,
+            aside.display()
+        );
+        return Ok(());
+    }
     let Some(Command::Run {
         config,
         log_dir,

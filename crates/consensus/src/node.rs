@@ -38,7 +38,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::chain::{
-    decode_configuration, BlockOutcome, BlockStateMachine, PreCheckSlot, SharedConfig,
+    check_snapshot_data, decode_configuration, snapshot_last_block, BlockOutcome,
+    BlockStateMachine, PreCheckSlot, SharedConfig,
 };
 use crate::config::{read_node_address, ConsensusConfig};
 use crate::metrics::Metrics;
@@ -142,12 +143,20 @@ async fn run_node(
         .latest_snapshot()
         .context("reading the latest snapshot")?;
     let initial = if snapshot.get_metadata().index > 0 {
-        decode_configuration(&snapshot.data).with_context(|| {
-            format!(
-                "raft data at {}: snapshot is not a ConsensusConfiguration",
-                cfg.raft_data_path
-            )
-        })?
+        check_snapshot_data(&snapshot.data)
+            .and_then(|()| decode_configuration(&snapshot.data).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "raft data at {} (consensus_raft.raft_data_path): its snapshot at index {} \
+                     cannot be restored: {e}. This version never keeps such a snapshot; the \
+                     directory was written by another program or damaged. To recover, run \
+                     `consensus reset-raft -c <config>`: it keeps the term and vote and \
+                     drops the snapshot and log, and the leader sends this node a fresh \
+                     snapshot when it starts (see README, Recovering a raft directory)",
+                    cfg.raft_data_path,
+                    snapshot.get_metadata().index
+                )
+            })?
     } else {
         ConsensusConfiguration::default()
     };
@@ -372,28 +381,32 @@ impl Node {
         self.adopt(ctrl);
     }
 
-    /// The proposal this node committed at `height`, from the retained raft log.
+    /// The proposal this node committed at `height`, from the retained raft log: the
+    /// entry the latest snapshot names as the one that carried the last block
+    /// ([`crate::chain::LastBlock`]). Only that entry is certain: a later entry for the
+    /// same height (a new leader proposing it again before it applied the first) was
+    /// skipped when applied, and its block may differ from the one the others have.
     fn last_committed_proposal(&self, height: u64) -> Option<Proposal> {
-        let first = self.store.first_index().ok()?;
-        let last = self.store.last_index().ok()?;
-        let commit = self.store.initial_state().ok()?.hard_state.commit;
-        // A block at or below the latest snapshot's height was applied from entries
-        // that are gone: what is retained for that height can only be a later duplicate.
         let snapshot = self.store.latest_snapshot().ok()?;
-        if snapshot.get_metadata().index > 0
-            && decode_configuration(&snapshot.data).map_or(true, |c| c.height >= height)
-        {
+        let last = snapshot_last_block(&snapshot.data)?;
+        if last.height != height {
             return None;
         }
-        let end = last.min(commit);
-        if end < first {
+        let first = self.store.first_index().ok()?;
+        let commit = self.store.initial_state().ok()?.hard_state.commit;
+        if last.index < first || last.index > commit.max(snapshot.get_metadata().index) {
             return None;
         }
         let entries = self
             .store
-            .entries(first, end + 1, None, GetEntriesContext::empty(false))
+            .entries(
+                last.index,
+                last.index + 1,
+                None,
+                GetEntriesContext::empty(false),
+            )
             .ok()?;
-        committed_proposal_at(&entries, commit, height)
+        committed_proposal_at(&entries, last.index, height)
     }
 
     fn is_validator(&self) -> bool {

@@ -260,6 +260,7 @@ where
     let (reporter, snapshot_reports) = SnapshotReporter::channel();
     let reported = transport.report_snapshots(reporter.clone());
     replica.set_snapshots_reported(reported);
+    replica.set_snapshot_check(Box::new(|data| M::check_snapshot(data)));
     if let Some(snap) = &snapshot {
         state_machine.restore(snap).await.map_err(Error::Restore)?;
     }

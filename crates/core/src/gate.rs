@@ -62,6 +62,26 @@ pub enum Rejection {
     /// An append response about entries this leader does not have, or with a rejection
     /// hint past the rejected index.
     AckPastLog,
+    /// An append whose previous entry has term 0 at an index above 0, or a term above
+    /// the message's: raft-rs reads term 0 for any index past its log, so such an
+    /// append "matches" a log it is not part of and commits past the end of it.
+    BadPrevTerm,
+    /// A leader's message (append, heartbeat, snapshot) in the current term from
+    /// someone other than the leader this replica follows in that term: there is one
+    /// leader per term.
+    NotLeader,
+    /// A term more than [`MAX_TERM_STEP`] above this replica's.
+    TermJump,
+    /// A snapshot request (`request_snapshot`): ours never asks for one, and raft-rs
+    /// would give the sender a snapshot at any index it names.
+    SnapshotRequest,
+    /// A vote request whose last log term is above its own term, or a forced
+    /// (leadership transfer) campaign that is not for the term right after the one this
+    /// replica's leader leads.
+    BadVote,
+    /// A snapshot whose data the state machine cannot restore
+    /// ([`crate::StateMachine::check_snapshot`]); it is never persisted.
+    BadSnapshotData,
 }
 
 impl Rejection {
@@ -85,6 +105,12 @@ impl Rejection {
             Rejection::BadConfState => "bad_conf_state",
             Rejection::ForgedTimeoutNow => "forged_timeout_now",
             Rejection::AckPastLog => "ack_past_log",
+            Rejection::BadPrevTerm => "bad_prev_term",
+            Rejection::NotLeader => "not_leader",
+            Rejection::TermJump => "term_jump",
+            Rejection::SnapshotRequest => "snapshot_request",
+            Rejection::BadVote => "bad_vote",
+            Rejection::BadSnapshotData => "bad_snapshot_data",
         }
     }
 }
@@ -98,6 +124,13 @@ impl std::fmt::Display for Rejection {
 /// Terms and indexes from peers must stay below this: raft-rs computes `term + 1` and
 /// `index + 1` unchecked, and no log grows to 2^62 entries or elections.
 pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
+
+/// The largest step above its own term a replica takes from one message. An honest
+/// peer is ahead by the elections it saw and this replica did not; with pre-vote on, a
+/// node cut off does not raise its term at all. Without a bound, one message with a
+/// term just under [`MAX_TERM_OR_INDEX`] would move every replica there, and the next
+/// election would cross it: the cluster would refuse its own votes forever.
+pub const MAX_TERM_STEP: u64 = 1 << 32;
 
 fn in_range(msg: &Message) -> bool {
     let snap = msg.get_snapshot().get_metadata();
@@ -120,19 +153,32 @@ fn in_range(msg: &Message) -> bool {
 ///
 /// Beyond the type and sender checks, messages from a term older than `term` pass:
 /// raft answers or ignores them without looking at their contents.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct View {
     /// The receiver's raft id.
     pub id: u64,
     /// Its current term.
     pub term: u64,
-    /// The leader it follows (0 when none).
+    /// The leader it follows (0 when none; its own id when it leads).
     pub leader_id: u64,
     /// Last index of its log (stable and unstable).
     pub last_index: u64,
+    /// Its committed index.
+    pub committed: u64,
+    /// Last index of its log known durable.
+    pub persisted: u64,
+    /// Whether it is campaigning (a candidate, not a pre-candidate).
+    pub candidate: bool,
+    /// Whether it heard from its leader within an election timeout, with check-quorum
+    /// on (raft-rs's own lease test for vote requests). A leader counts as in its
+    /// lease too: with check-quorum it steps down once a quorum goes quiet.
+    pub in_lease: bool,
 }
 
 /// Checks a message from a peer before it is stepped into raft.
+///
+/// Every check is a predicate over the message and the receiver's [`View`]; the
+/// raft-rs 0.7 sites each one keeps unreachable are listed in the module docs.
 pub fn check(msg: &Message, view: &View) -> Result<(), Rejection> {
     use MessageType::*;
     if msg.to != view.id {
@@ -157,6 +203,9 @@ pub fn check(msg: &Message, view: &View) -> Result<(), Rejection> {
     if !in_range(msg) {
         return Err(Rejection::OutOfRange);
     }
+    if msg.request_snapshot != 0 {
+        return Err(Rejection::SnapshotRequest);
+    }
     match kind {
         // A follower's read request travels with term 0, as raft-rs sends it.
         MsgReadIndex => {
@@ -180,30 +229,84 @@ pub fn check(msg: &Message, view: &View) -> Result<(), Rejection> {
         // raft answers or ignores a message from an older term without reading it.
         return Ok(());
     }
+    if msg.term - view.term > MAX_TERM_STEP {
+        return Err(Rejection::TermJump);
+    }
+    // One leader per term: in its term, only the leader this replica follows sends
+    // appends, heartbeats and snapshots.
+    let leads = matches!(kind, MsgAppend | MsgHeartbeat | MsgSnapshot);
+    if leads && msg.term == view.term && view.leader_id != 0 && msg.from != view.leader_id {
+        return Err(Rejection::NotLeader);
+    }
     match kind {
         MsgReadIndexResp if msg.entries.len() != 1 => Err(Rejection::BadReadContext),
+        // Read answers come from the leader this replica follows, in its term.
+        MsgReadIndexResp if msg.term != view.term || msg.from != view.leader_id => {
+            Err(Rejection::NotLeader)
+        }
         MsgHeartbeat if msg.commit > view.last_index => Err(Rejection::CommitPastLog),
         MsgAppend => check_append(msg),
         // A follower only acknowledges, or rejects at, entries it was sent, and its
         // rejection hint is at most the index it rejected.
         MsgAppendResponse
-            if msg.index > view.last_index || (msg.reject && msg.reject_hint > msg.index) =>
+            if msg.index > view.last_index
+                || (msg.reject && (msg.reject_hint > msg.index || msg.log_term > msg.term)) =>
         {
             Err(Rejection::AckPastLog)
         }
         MsgSnapshot => check_snapshot(msg),
-        // Only the leader a replica follows may tell it to campaign at once; one that
-        // has lost its leader is electing anyway.
+        // Only the leader a replica follows may tell it to campaign at once, and only
+        // once its log is durable: raft-rs asserts that a new leader's log is.
         MsgTimeoutNow
-            if msg.term != view.term || (view.leader_id != 0 && msg.from != view.leader_id) =>
+            if msg.term != view.term
+                || view.leader_id == 0
+                || msg.from != view.leader_id
+                || view.persisted < view.last_index =>
         {
             Err(Rejection::ForgedTimeoutNow)
         }
+        // A vote that would make this replica leader while its log is not all durable
+        // reaches raft-rs's assertion in `become_leader`. An honest candidate's log is
+        // durable before it asks for votes, so only a forged sequence gets here.
+        MsgRequestVoteResponse if view.candidate && view.persisted < view.last_index => {
+            Err(Rejection::BadVote)
+        }
+        MsgRequestVote | MsgRequestPreVote => check_vote(msg, kind, view),
         _ => Ok(()),
     }
 }
 
+/// A candidate's last log term is never above its term. A forced campaign (the
+/// leadership-transfer context, which raft-rs lets past its lease) comes from the
+/// transferee at its leader's term plus one, never as a pre-vote (a transferee skips
+/// pre-vote), so a replica following a live leader takes it only at `term + 1`.
+fn check_vote(msg: &Message, kind: MessageType, view: &View) -> Result<(), Rejection> {
+    if msg.log_term > msg.term {
+        return Err(Rejection::BadVote);
+    }
+    // Nobody here sets priorities; a negative one makes raft-rs refuse a pre-vote, and a
+    // replica still at term 0 (a new member) then answers with term 0, which raft-rs
+    // treats as fatal. A new member's vote helps no one, so it gives none.
+    if msg.priority != 0 || msg.deprecated_priority != 0 || view.term == 0 {
+        return Err(Rejection::BadVote);
+    }
+    if msg.context.as_slice() == raft::CAMPAIGN_TRANSFER {
+        let forced_ok =
+            kind == MessageType::MsgRequestVote && (!view.in_lease || msg.term == view.term + 1);
+        if !forced_ok {
+            return Err(Rejection::BadVote);
+        }
+    }
+    Ok(())
+}
+
 fn check_append(msg: &Message) -> Result<(), Rejection> {
+    // raft-rs's `term(i)` is 0 for every index past its log: a previous entry of term 0
+    // at an index above 0 "matches" there, and the append then commits past the end.
+    // Only the index-0 dummy entry has term 0, and no entry is newer than its leader.
+    if (msg.index > 0 && msg.log_term == 0) || msg.log_term > msg.term {
+        return Err(Rejection::BadPrevTerm);
+    }
     let mut prev_term = msg.log_term;
     for (i, entry) in msg.entries.iter().enumerate() {
         let want = (i as u64)
@@ -212,7 +315,7 @@ fn check_append(msg: &Message) -> Result<(), Rejection> {
         if want != Some(entry.index) {
             return Err(Rejection::NotContiguous);
         }
-        if entry.term < prev_term || entry.term > msg.term {
+        if entry.term == 0 || entry.term < prev_term || entry.term > msg.term {
             return Err(Rejection::BadEntryTerm);
         }
         prev_term = entry.term;
@@ -291,6 +394,10 @@ mod tests {
             term: 5,
             leader_id: 2,
             last_index: 10,
+            committed: 8,
+            persisted: 10,
+            candidate: false,
+            in_lease: false,
         }
     }
 
@@ -368,6 +475,7 @@ mod tests {
         assert_eq!(check(&hb, &v), Err(Rejection::CommitPastLog));
         let mut gap = msg(MessageType::MsgAppend);
         gap.index = 10;
+        gap.log_term = 5;
         gap.entries = vec![entry(12, 5)];
         assert_eq!(check(&gap, &v), Err(Rejection::NotContiguous));
         let mut overflow = msg(MessageType::MsgAppend);
@@ -376,10 +484,12 @@ mod tests {
         assert_eq!(check(&overflow, &v), Err(Rejection::OutOfRange));
         let mut future = msg(MessageType::MsgAppend);
         future.index = 10;
+        future.log_term = 5;
         future.entries = vec![entry(11, 6)];
         assert_eq!(check(&future, &v), Err(Rejection::BadEntryTerm));
         let mut cc = msg(MessageType::MsgAppend);
         cc.index = 10;
+        cc.log_term = 5;
         let mut bad = entry(11, 5);
         bad.set_entry_type(EntryType::EntryConfChangeV2);
         bad.data = vec![0xff, 0xff, 0xff];
@@ -416,6 +526,147 @@ mod tests {
         hint.index = 9;
         hint.reject_hint = 10;
         assert_eq!(check(&hint, &v), Err(Rejection::AckPastLog));
+    }
+
+    #[test]
+    fn what_only_the_receivers_state_shows_wrong_is_refused() {
+        let v = view();
+        // A previous entry of term 0 past the log "matches" in raft-rs and commits past
+        // its end; so do entries of term 0.
+        let mut phantom = msg(MessageType::MsgAppend);
+        phantom.index = 50;
+        phantom.commit = 50;
+        assert_eq!(check(&phantom, &v), Err(Rejection::BadPrevTerm));
+        let mut zero = msg(MessageType::MsgAppend);
+        zero.index = 10;
+        zero.log_term = 4;
+        zero.entries = vec![entry(11, 0)];
+        assert_eq!(check(&zero, &v), Err(Rejection::BadEntryTerm));
+        let mut ahead = msg(MessageType::MsgAppend);
+        ahead.index = 10;
+        ahead.log_term = 6;
+        assert_eq!(check(&ahead, &v), Err(Rejection::BadPrevTerm));
+        // The start of the log: index 0, term 0, is the one honest term-0 previous entry.
+        let mut first = msg(MessageType::MsgAppend);
+        first.entries = vec![entry(1, 5)];
+        assert_eq!(check(&first, &v), Ok(()));
+
+        // One leader per term.
+        for kind in [
+            MessageType::MsgAppend,
+            MessageType::MsgHeartbeat,
+            MessageType::MsgSnapshot,
+        ] {
+            let mut other = msg(kind);
+            other.from = 3;
+            assert_eq!(check(&other, &v), Err(Rejection::NotLeader), "{kind:?}");
+        }
+        let mut answer = msg(MessageType::MsgReadIndexResp);
+        answer.from = 3;
+        answer.entries = vec![Entry::default()];
+        assert_eq!(check(&answer, &v), Err(Rejection::NotLeader));
+
+        // A leader of a newer term is followed, as raft requires (a replica that missed
+        // the election learns of it this way).
+        let mut newer = msg(MessageType::MsgHeartbeat);
+        newer.from = 3;
+        newer.term = 6;
+        assert_eq!(check(&newer, &v), Ok(()));
+
+        let mut jump = msg(MessageType::MsgHeartbeatResponse);
+        jump.term = v.term + MAX_TERM_STEP + 1;
+        assert_eq!(check(&jump, &v), Err(Rejection::TermJump));
+        jump.term = v.term + MAX_TERM_STEP;
+        assert_eq!(check(&jump, &v), Ok(()));
+
+        let mut request = msg(MessageType::MsgAppendResponse);
+        request.reject = true;
+        request.index = 5;
+        request.request_snapshot = 5;
+        assert_eq!(check(&request, &v), Err(Rejection::SnapshotRequest));
+        let mut hint_term = msg(MessageType::MsgAppendResponse);
+        hint_term.reject = true;
+        hint_term.index = 9;
+        hint_term.reject_hint = 9;
+        hint_term.log_term = 6;
+        assert_eq!(check(&hint_term, &v), Err(Rejection::AckPastLog));
+
+        // TimeoutNow and a winning vote wait until the log is durable.
+        let unsynced = View { persisted: 9, ..v };
+        assert_eq!(
+            check(&msg(MessageType::MsgTimeoutNow), &unsynced),
+            Err(Rejection::ForgedTimeoutNow)
+        );
+        let campaigning = View {
+            candidate: true,
+            ..unsynced
+        };
+        assert_eq!(
+            check(&msg(MessageType::MsgRequestVoteResponse), &campaigning),
+            Err(Rejection::BadVote)
+        );
+        // A follower ignores a late answer to an election it gave up: nothing to refuse.
+        assert_eq!(
+            check(&msg(MessageType::MsgRequestVoteResponse), &unsynced),
+            Ok(())
+        );
+        assert_eq!(check(&msg(MessageType::MsgRequestVoteResponse), &v), Ok(()));
+        let leaderless = View { leader_id: 0, ..v };
+        assert_eq!(
+            check(&msg(MessageType::MsgTimeoutNow), &leaderless),
+            Err(Rejection::ForgedTimeoutNow)
+        );
+    }
+
+    #[test]
+    fn votes_that_claim_too_much_are_refused() {
+        let v = view();
+        let vote = |kind, term, log_term| {
+            let mut m = msg(kind);
+            m.from = 3;
+            m.term = term;
+            m.log_term = log_term;
+            m.index = 10;
+            m
+        };
+        assert_eq!(check(&vote(MessageType::MsgRequestVote, 6, 5), &v), Ok(()));
+        assert_eq!(
+            check(&vote(MessageType::MsgRequestVote, 6, 7), &v),
+            Err(Rejection::BadVote)
+        );
+        let mut negative = vote(MessageType::MsgRequestPreVote, 6, 5);
+        negative.priority = -1;
+        assert_eq!(check(&negative, &v), Err(Rejection::BadVote));
+        let fresh = View { term: 0, ..v };
+        assert_eq!(
+            check(&vote(MessageType::MsgRequestPreVote, 6, 5), &fresh),
+            Err(Rejection::BadVote)
+        );
+
+        // A forced (transfer) campaign is for the term after the leader's, and never a
+        // pre-vote.
+        let leased = View {
+            in_lease: true,
+            ..v
+        };
+        let forced = |kind, term| {
+            let mut m = vote(kind, term, 5);
+            m.context = raft::CAMPAIGN_TRANSFER.to_vec();
+            m
+        };
+        assert_eq!(
+            check(&forced(MessageType::MsgRequestVote, 6), &leased),
+            Ok(())
+        );
+        assert_eq!(
+            check(&forced(MessageType::MsgRequestVote, 9), &leased),
+            Err(Rejection::BadVote)
+        );
+        assert_eq!(
+            check(&forced(MessageType::MsgRequestPreVote, 6), &leased),
+            Err(Rejection::BadVote)
+        );
+        assert_eq!(check(&forced(MessageType::MsgRequestVote, 9), &v), Ok(()));
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub use error::{Error, ProposeError};
 pub use read::ReadContexts;
 pub use replica::{
     Committed, CommittedKind, LogPosition, ReadyOutput, ReadySink, Replica, ReplicaConfig,
-    RoleChange,
+    RoleChange, SnapshotCheck,
 };
 pub use state_machine::{SnapshotJob, StateMachine};
 pub use storage::{

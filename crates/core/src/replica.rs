@@ -202,8 +202,14 @@ pub struct Replica<S: LogStore> {
     /// Whether the caller reports how each snapshot sent went
     /// ([`Replica::report_snapshot`]); otherwise each is reported finished when sent.
     snapshots_reported: bool,
+    /// Validates a leader's snapshot data before raft may persist it.
+    snapshot_check: Option<SnapshotCheck>,
     last_role: RoleChange,
 }
+
+/// Checks a snapshot's data: `Err` with the reason when the state machine could not
+/// restore from it.
+pub type SnapshotCheck = Box<dyn Fn(&[u8]) -> Result<(), String> + Send>;
 
 impl<S: LogStore> std::fmt::Debug for Replica<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -251,6 +257,7 @@ impl<S: LogStore> Replica<S> {
             flush_due: false,
             refused: 0,
             snapshots_reported: false,
+            snapshot_check: None,
             last_role,
         };
         Ok((replica, (applied > 0).then_some(snapshot)))
@@ -368,14 +375,36 @@ impl<S: LogStore> Replica<S> {
     /// message for another replica, of a local-only or unexpected type, or one that
     /// would trip an assertion inside raft-rs is refused ([`Error::Refused`]) and never
     /// reaches raft.
-    pub fn step(&mut self, msg: Message) -> Result<(), Error> {
-        let view = crate::gate::View {
-            id: self.cfg.id,
-            term: self.raw.raft.term,
-            leader_id: self.raw.raft.leader_id,
-            last_index: self.raw.raft.raft_log.last_index(),
-        };
-        if let Err(reason) = crate::gate::check(&msg, &view) {
+    pub fn step(&mut self, mut msg: Message) -> Result<(), Error> {
+        let view = self.gate_view();
+        if matches!(
+            msg.get_msg_type(),
+            MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
+                | MessageType::MsgRequestVoteResponse
+                | MessageType::MsgRequestPreVoteResponse
+        ) {
+            // raft-rs commits up to a commit index named in a vote message if the term
+            // there matches: a shortcut that would let any voter commit this log's
+            // uncommitted entries. The next append says the same, from the leader.
+            msg.commit = 0;
+            msg.commit_term = 0;
+        }
+        let mut verdict = crate::gate::check(&msg, &view);
+        if verdict.is_ok()
+            && msg.get_msg_type() == MessageType::MsgSnapshot
+            && msg.term >= view.term
+        {
+            // The state machine looks at a leader's snapshot before raft may persist it:
+            // one it could not restore would stop this node now and at every restart.
+            if let Some(check) = &self.snapshot_check {
+                if let Err(e) = check(&msg.get_snapshot().data) {
+                    tracing::warn!(raft_id = self.cfg.id, from = msg.from, error = %e, "snapshot refused before it was kept");
+                    verdict = Err(crate::gate::Rejection::BadSnapshotData);
+                }
+            }
+        }
+        if let Err(reason) = verdict {
             self.refused += 1;
             return Err(Error::Refused {
                 from: msg.from,
@@ -388,6 +417,30 @@ impl<S: LogStore> Replica<S> {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// What [`crate::gate`] checks a peer's message against: this replica's term,
+    /// leader, log and lease, as raft-rs holds them now.
+    pub fn gate_view(&self) -> crate::gate::View {
+        let r = &self.raw.raft;
+        crate::gate::View {
+            id: self.cfg.id,
+            term: r.term,
+            leader_id: r.leader_id,
+            last_index: r.raft_log.last_index(),
+            committed: r.raft_log.committed,
+            persisted: r.raft_log.persisted,
+            candidate: r.state == StateRole::Candidate,
+            in_lease: r.check_quorum
+                && r.leader_id != raft::INVALID_ID
+                && r.election_elapsed < r.election_timeout(),
+        }
+    }
+
+    /// Sets the check a leader's snapshot data must pass before raft sees the snapshot
+    /// (see [`crate::StateMachine::check_snapshot`]). Without one, any data passes.
+    pub fn set_snapshot_check(&mut self, check: SnapshotCheck) {
+        self.snapshot_check = Some(check);
     }
 
     /// How many peer messages [`Replica::step`] refused since open.

@@ -48,6 +48,17 @@ pub trait StateMachine: Send + 'static {
     /// leader when this replica fell behind its log). `snapshot.data` is what a
     /// [`SnapshotJob`] of some replica produced.
     fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Checks a snapshot's data, received from a peer, before raft may persist it: `Err`
+    /// with the reason when [`StateMachine::restore`] could not restore from it. Runs on
+    /// the raft task, so it must be quick and must not block (decode, check limits,
+    /// drop the result); it needs no state, as snapshots of every replica share one
+    /// format. A snapshot refused here is dropped like any message the gate refuses
+    /// ([`crate::gate::Rejection::BadSnapshotData`]): the replica goes on with what it
+    /// had, and never stores a snapshot it could not open again.
+    fn check_snapshot(data: &[u8]) -> Result<(), String>
+    where
+        Self: Sized;
 }
 
 /// Serialises a state captured by [`StateMachine::snapshot`], off the raft and apply

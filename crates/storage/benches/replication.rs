@@ -35,6 +35,12 @@ impl StateMachine for Counter {
         self.0 = u64::from_be_bytes(b);
         Ok(())
     }
+
+    fn check_snapshot(data: &[u8]) -> Result<(), String> {
+        (data.is_empty() || data.len() == 8)
+            .then_some(())
+            .ok_or_else(|| format!("{} bytes, not a counter", data.len()))
+    }
 }
 
 type Handles = Arc<RwLock<HashMap<u64, NodeHandle<u64>>>>;

@@ -291,6 +291,12 @@ impl StateMachine for KvStateMachine {
             });
         std::future::ready(result)
     }
+
+    fn check_snapshot(data: &[u8]) -> Result<(), String> {
+        KvState::decode(data)
+            .map(drop)
+            .map_err(|e| format!("not a key-value state: {e}"))
+    }
 }
 
 /// A cheap, cloneable read handle on the state machine's state. Reads are local: call

@@ -66,13 +66,20 @@ impl StateMachine for JsonMap {
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {
-        let result = if snapshot.data.is_empty() {
-            Ok(HashMap::new())
-        } else {
-            serde_json::from_slice(&snapshot.data).map_err(|e| e.to_string())
-        };
-        std::future::ready(result.map(|restored| {
+        std::future::ready(decode(&snapshot.data).map(|restored| {
             *self.map.lock().unwrap_or_else(|e| e.into_inner()) = restored;
         }))
     }
+
+    fn check_snapshot(data: &[u8]) -> Result<(), String> {
+        decode(data).map(drop)
+    }
+}
+
+/// A snapshot's data as the map (empty: the initial, empty map).
+fn decode(data: &[u8]) -> Result<HashMap<String, Value>, String> {
+    if data.is_empty() {
+        return Ok(HashMap::new());
+    }
+    serde_json::from_slice(data).map_err(|e| e.to_string())
 }

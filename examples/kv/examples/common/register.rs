@@ -37,13 +37,20 @@ impl StateMachine for Register {
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {
-        let result = if snapshot.data.is_empty() {
-            Ok((0, None))
-        } else {
-            serde_json::from_slice(&snapshot.data).map_err(|e| e.to_string())
-        };
-        std::future::ready(result.map(|restored| {
+        std::future::ready(decode(&snapshot.data).map(|restored| {
             *self.cell.lock().unwrap_or_else(|e| e.into_inner()) = restored;
         }))
     }
+
+    fn check_snapshot(data: &[u8]) -> Result<(), String> {
+        decode(data).map(drop)
+    }
+}
+
+/// A snapshot's data as the register's state (empty: the initial state).
+fn decode(data: &[u8]) -> Result<(u64, Option<String>), String> {
+    if data.is_empty() {
+        return Ok((0, None));
+    }
+    serde_json::from_slice(data).map_err(|e| e.to_string())
 }
