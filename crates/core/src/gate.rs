@@ -1,16 +1,57 @@
-//! The gate in front of raft: checks a peer's message against what raft-rs asserts.
+//! The gate in front of raft: checks a peer's message against what raft-rs asserts and
+//! against what the receiving replica holds.
 //!
 //! raft-rs trusts its peers. A message that is well-formed protobuf but breaks one of its
-//! invariants reaches an `assert!`, an index out of bounds or a `fatal!` and takes the
-//! whole process down: a `MsgReadIndex` with no entries, a heartbeat committing past the
-//! log, an append that is not contiguous, a snapshot whose membership cannot be
-//! restored. [`check`] refuses such messages before [`raft::RawNode::step`] sees them, so
-//! a faulty or hostile peer costs a dropped message, never a node.
+//! invariants reaches an `assert!`, an index out of bounds, an overflow or a `fatal!`
+//! and takes the whole process down. Some of those messages are wrong on their own (a
+//! read request without its context); others only disagree with the receiver's log (a
+//! commit index past its end). [`check`] refuses both kinds before
+//! [`raft::RawNode::step`] sees them, so a faulty or hostile peer costs a dropped message,
+//! never a node.
 //!
-//! What passes still relies on raft's own rules (terms, log matching) for safety; the gate
-//! only removes the inputs raft-rs cannot survive, plus the kinds a peer of ours never
-//! sends (a forwarded proposal or leadership transfer), which would otherwise let any peer
-//! force elections or inject entries.
+//! # What raft-rs 0.7 cannot survive, and the check that keeps it away
+//!
+//! Sites reachable from `step` with a peer's message (R is the receiver: its term T,
+//! last index L, committed C, durable index P). `tests/gate_raft.rs` steps each forgery
+//! marked † into a bare `RawNode` (which panics) and into a [`crate::Replica`] (which
+//! refuses it and goes on).
+//!
+//! | raft-rs site | what reaches it | refused as |
+//! |---|---|---|
+//! | `raft_log.rs` `commit_to` "to_commit out of range" † | a heartbeat with commit > L | [`Rejection::CommitPastLog`] |
+//! | the same, through `maybe_append` † | an append whose previous entry is past L with term 0 (raft-rs reads term 0 there, so it "matches"), or entries of term 0 past L | [`Rejection::BadPrevTerm`], [`Rejection::BadEntryTerm`] |
+//! | `maybe_append` slice, `raft_log.append` "after out of range", "conflict with committed entry", `log_unstable` out of bounds † | entries not numbered `index + 1, index + 2, ...` | [`Rejection::NotContiguous`] |
+//! | `restore` fast-forward `commit_to` † | a snapshot of term 0 past L | [`Rejection::BadSnapshot`] |
+//! | `restore` "unable to restore config" / "invalid restore" † | a snapshot whose membership raft-rs cannot rebuild | [`Rejection::BadConfState`] |
+//! | `Progress::next_idx - 1`, `log_unstable` `index + 1` | a snapshot at index 0 or near `u64::MAX` | [`Rejection::BadSnapshot`], [`Rejection::OutOfRange`] |
+//! | `send` "term should not be set" † | a forwarded `MsgTransferLeader` / `MsgPropose` / `MsgReadIndex` carrying a term | [`Rejection::UnexpectedType`], [`Rejection::ReadWithTerm`] |
+//! | `send` "term should be set" † | a vote request answered with term 0: a message of term 0, or a pre-vote refused by a replica still at term 0 (a negative priority) | [`Rejection::NoTerm`], [`Rejection::BadVote`] |
+//! | `term + 1` overflow at the next election † | a term near `u64::MAX` | [`Rejection::OutOfRange`], [`Rejection::TermJump`] |
+//! | `become_leader` "last index == persisted" † | a winning vote while a candidate's entries are not yet durable (after a `MsgTimeoutNow`, in one batch) | [`Rejection::BadVote`] |
+//! | `m.entries[0]` (read index), "stepped empty MsgProp" | a read request without one entry; a proposal | [`Rejection::BadReadContext`], [`Rejection::UnexpectedType`] |
+//! | `Progress::maybe_update` `n + 1` overflow † | an acknowledgement at `u64::MAX` | [`Rejection::OutOfRange`], [`Rejection::AckPastLog`] |
+//! | `maybe_send_snapshot` "unexpected error" / "need non-empty snapshot" | a snapshot request (`request_snapshot`) | [`Rejection::SnapshotRequest`] |
+//! | a `debug_assert` on the term, and a term set back to 0 in release builds | an append, heartbeat or snapshot of term 0 | [`Rejection::NoTerm`] |
+//!
+//! Beyond crashes, the gate holds a peer to what raft expects of it: one leader per term
+//! ([`Rejection::NotLeader`]: appends, heartbeats, snapshots, read answers and
+//! `MsgTimeoutNow` come from the leader this replica follows), no newer leader while the
+//! current one is alive ([`Rejection::LeaderInLease`]), vote requests whose last log
+//! term is not above their term, no forced (leadership-transfer) pre-votes, and no
+//! commit index taken from a vote message
+//! ([`crate::Replica::step`] clears it: a voter could otherwise commit this log's
+//! uncommitted entries). A snapshot's data is checked by the state machine before raft
+//! may persist it ([`Rejection::BadSnapshotData`]).
+//!
+//! # What passes
+//!
+//! Raft tolerates crashes, not lies. A replica whose leader has gone quiet follows a
+//! member that claims a newer term, as raft requires of a replica that missed an
+//! election ([`Rejection::LeaderInLease`] holds off such claims while its leader is
+//! alive); a voter that lies about its log can win an election (a forced campaign
+//! passes the lease, as leadership transfer needs); and a leader, elected or forged, can
+//! replicate and commit whatever it likes. The gate keeps every such message from stopping the replica (no
+//! panic, no state it cannot open again), not from being believed.
 
 use raft::eraftpb::{
     ConfChange, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, EntryType, Message,
@@ -70,14 +111,22 @@ pub enum Rejection {
     /// someone other than the leader this replica follows in that term: there is one
     /// leader per term.
     NotLeader,
+    /// A leader's message from a newer term while this replica still hears from its own
+    /// leader (within an election timeout, check-quorum on), or while it leads. raft-rs
+    /// ignores vote requests in that lease; without the same rule for appends,
+    /// heartbeats and snapshots, one message claiming the next term would make any
+    /// member the leader of a replica that has a live one. The cost: a follower that
+    /// missed a real election (or leadership transfer) follows the new leader once its
+    /// old leader has been quiet for an election timeout.
+    LeaderInLease,
     /// A term more than [`MAX_TERM_STEP`] above this replica's.
     TermJump,
     /// A snapshot request (`request_snapshot`): ours never asks for one, and raft-rs
     /// would give the sender a snapshot at any index it names.
     SnapshotRequest,
-    /// A vote request whose last log term is above its own term, or a forced
-    /// (leadership transfer) campaign that is not for the term right after the one this
-    /// replica's leader leads.
+    /// A vote request whose last log term is above its own term or that carries a
+    /// priority, a forced (leadership transfer) pre-vote, or a winning vote for a
+    /// candidate whose log is not yet durable.
     BadVote,
     /// A snapshot whose data the state machine cannot restore
     /// ([`crate::StateMachine::check_snapshot`]); it is never persisted.
@@ -107,6 +156,7 @@ impl Rejection {
             Rejection::AckPastLog => "ack_past_log",
             Rejection::BadPrevTerm => "bad_prev_term",
             Rejection::NotLeader => "not_leader",
+            Rejection::LeaderInLease => "leader_in_lease",
             Rejection::TermJump => "term_jump",
             Rejection::SnapshotRequest => "snapshot_request",
             Rejection::BadVote => "bad_vote",
@@ -238,6 +288,10 @@ pub fn check(msg: &Message, view: &View) -> Result<(), Rejection> {
     if leads && msg.term == view.term && view.leader_id != 0 && msg.from != view.leader_id {
         return Err(Rejection::NotLeader);
     }
+    // A leader of a newer term is heard only once the current one has gone quiet.
+    if leads && msg.term > view.term && view.in_lease {
+        return Err(Rejection::LeaderInLease);
+    }
     match kind {
         MsgReadIndexResp if msg.entries.len() != 1 => Err(Rejection::BadReadContext),
         // Read answers come from the leader this replica follows, in its term.
@@ -255,13 +309,10 @@ pub fn check(msg: &Message, view: &View) -> Result<(), Rejection> {
             Err(Rejection::AckPastLog)
         }
         MsgSnapshot => check_snapshot(msg),
-        // Only the leader a replica follows may tell it to campaign at once, and only
-        // once its log is durable: raft-rs asserts that a new leader's log is.
+        // Only the leader a replica follows may tell it to campaign at once; one that
+        // knows no leader (restarted since it was asked, say) is electing anyway.
         MsgTimeoutNow
-            if msg.term != view.term
-                || view.leader_id == 0
-                || msg.from != view.leader_id
-                || view.persisted < view.last_index =>
+            if msg.term != view.term || (view.leader_id != 0 && msg.from != view.leader_id) =>
         {
             Err(Rejection::ForgedTimeoutNow)
         }
@@ -271,31 +322,28 @@ pub fn check(msg: &Message, view: &View) -> Result<(), Rejection> {
         MsgRequestVoteResponse if view.candidate && view.persisted < view.last_index => {
             Err(Rejection::BadVote)
         }
-        MsgRequestVote | MsgRequestPreVote => check_vote(msg, kind, view),
+        MsgRequestVote | MsgRequestPreVote => check_vote(msg, kind),
         _ => Ok(()),
     }
 }
 
 /// A candidate's last log term is never above its term. A forced campaign (the
-/// leadership-transfer context, which raft-rs lets past its lease) comes from the
-/// transferee at its leader's term plus one, never as a pre-vote (a transferee skips
-/// pre-vote), so a replica following a live leader takes it only at `term + 1`.
-fn check_vote(msg: &Message, kind: MessageType, view: &View) -> Result<(), Rejection> {
+/// leadership-transfer context, which raft-rs lets past its lease) is never a pre-vote:
+/// a transferee skips pre-vote. (Its term is not tied to the receiver's: a follower that
+/// lagged in terms, still hearing an old leader, is asked all the same.)
+fn check_vote(msg: &Message, kind: MessageType) -> Result<(), Rejection> {
     if msg.log_term > msg.term {
         return Err(Rejection::BadVote);
     }
-    // Nobody here sets priorities; a negative one makes raft-rs refuse a pre-vote, and a
+    // Nobody here sets priorities. A negative one makes raft-rs refuse a pre-vote, and a
     // replica still at term 0 (a new member) then answers with term 0, which raft-rs
-    // treats as fatal. A new member's vote helps no one, so it gives none.
-    if msg.priority != 0 || msg.deprecated_priority != 0 || view.term == 0 {
+    // treats as fatal; with priority 0, a replica whose log is empty grants every
+    // pre-vote and never answers so.
+    if msg.priority != 0 || msg.deprecated_priority != 0 {
         return Err(Rejection::BadVote);
     }
-    if msg.context.as_slice() == raft::CAMPAIGN_TRANSFER {
-        let forced_ok =
-            kind == MessageType::MsgRequestVote && (!view.in_lease || msg.term == view.term + 1);
-        if !forced_ok {
-            return Err(Rejection::BadVote);
-        }
+    if msg.context.as_slice() == raft::CAMPAIGN_TRANSFER && kind != MessageType::MsgRequestVote {
+        return Err(Rejection::BadVote);
     }
     Ok(())
 }
@@ -566,12 +614,20 @@ mod tests {
         answer.entries = vec![Entry::default()];
         assert_eq!(check(&answer, &v), Err(Rejection::NotLeader));
 
-        // A leader of a newer term is followed, as raft requires (a replica that missed
-        // the election learns of it this way).
+        // A leader of a newer term is followed once the current one has gone quiet.
+        let leased = View {
+            in_lease: true,
+            ..v
+        };
         let mut newer = msg(MessageType::MsgHeartbeat);
         newer.from = 3;
         newer.term = 6;
+        assert_eq!(check(&newer, &leased), Err(Rejection::LeaderInLease));
         assert_eq!(check(&newer, &v), Ok(()));
+        // Answers from a newer term still pass: a leader cut off learns of it from them.
+        let mut newer_ack = msg(MessageType::MsgHeartbeatResponse);
+        newer_ack.term = 6;
+        assert_eq!(check(&newer_ack, &leased), Ok(()));
 
         let mut jump = msg(MessageType::MsgHeartbeatResponse);
         jump.term = v.term + MAX_TERM_STEP + 1;
@@ -593,10 +649,6 @@ mod tests {
 
         // TimeoutNow and a winning vote wait until the log is durable.
         let unsynced = View { persisted: 9, ..v };
-        assert_eq!(
-            check(&msg(MessageType::MsgTimeoutNow), &unsynced),
-            Err(Rejection::ForgedTimeoutNow)
-        );
         let campaigning = View {
             candidate: true,
             ..unsynced
@@ -611,11 +663,6 @@ mod tests {
             Ok(())
         );
         assert_eq!(check(&msg(MessageType::MsgRequestVoteResponse), &v), Ok(()));
-        let leaderless = View { leader_id: 0, ..v };
-        assert_eq!(
-            check(&msg(MessageType::MsgTimeoutNow), &leaderless),
-            Err(Rejection::ForgedTimeoutNow)
-        );
     }
 
     #[test]
@@ -640,10 +687,10 @@ mod tests {
         let fresh = View { term: 0, ..v };
         assert_eq!(
             check(&vote(MessageType::MsgRequestPreVote, 6, 5), &fresh),
-            Err(Rejection::BadVote)
+            Ok(())
         );
 
-        // A forced (transfer) campaign is for the term after the leader's, and never a
+        // A forced (transfer) campaign passes the lease in raft-rs; it is never a
         // pre-vote.
         let leased = View {
             in_lease: true,
@@ -660,13 +707,12 @@ mod tests {
         );
         assert_eq!(
             check(&forced(MessageType::MsgRequestVote, 9), &leased),
-            Err(Rejection::BadVote)
+            Ok(())
         );
         assert_eq!(
             check(&forced(MessageType::MsgRequestPreVote, 6), &leased),
             Err(Rejection::BadVote)
         );
-        assert_eq!(check(&forced(MessageType::MsgRequestVote, 9), &v), Ok(()));
     }
 
     #[test]

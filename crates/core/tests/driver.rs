@@ -692,11 +692,21 @@ async fn a_leader_asked_to_stop_hands_leadership_to_a_follower_first() {
     c.stop(1).await;
     c.net.clear_filter();
     // Within 50 ticks, a twentieth of the election timeout: no election could do it.
-    eventually("a new leader both running nodes follow", 50, || {
-        new_leader(&c) == Some(2)
+    eventually("node 2 to lead", 50, || {
+        c.handle(2).status().role == Role::Leader
     })
     .await;
-    let next = c.handle(2).propose(b"after".to_vec()).await.unwrap();
+    // Node 3 missed the hand-off (its vote request never arrived): it refuses the new
+    // leader while its lease on the old one lasts (the gate's `LeaderInLease`, an
+    // election timeout). Node 2, without a quorum meanwhile, may step down, and an
+    // election follows: within two election timeouts both follow one leader again,
+    // as they would have without a hand-off.
+    eventually("node 3 to follow the new leader", 3000, || {
+        new_leader(&c).is_some()
+    })
+    .await;
+    let leader = new_leader(&c).unwrap();
+    let next = c.handle(leader).propose(b"after".to_vec()).await.unwrap();
     assert!(next > last, "entry {next} follows {last}");
     eventually("node 3 applies the new leader's entry", 50, || {
         c.handle(3).status().applied >= next
