@@ -38,6 +38,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const HONEST: [u64; 3] = [1, 2, 3];
+/// A node's committed entries still in its log: index to (term, data).
+type CommittedLog = BTreeMap<u64, (u64, Vec<u8>)>;
 const ADVERSARY: u64 = 4;
 const ELECTION_TICK: usize = 10;
 /// Ticks the honest replicas get, once the adversary is quiet, to commit again.
@@ -491,7 +493,7 @@ impl World {
 
     /// The committed entries the honest nodes both still hold agree.
     fn committed_logs_agree(&self) -> Result<(), String> {
-        let logs: Vec<(u64, BTreeMap<u64, (u64, Vec<u8>)>)> = self
+        let logs: Vec<(u64, CommittedLog)> = self
             .nodes
             .iter()
             .map(|(id, n)| {
