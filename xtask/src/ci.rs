@@ -1,10 +1,18 @@
 //! `cargo xtask ci`: everything CI checks, in the order that fails fastest.
+//!
+//! Nothing is skipped silently. A test or step that cannot run here (no FUSE, no Docker
+//! engine, a tool missing) says `skipped` and why, and appends a line to the file
+//! `CRAFT_SKIP_LOG` names, which `ci` sets; the summary counts the lines. In CI
+//! (`CI=true`) such a test fails at once, and `ci` fails when anything was skipped.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use craft_faultfs::temp::{in_ci, SKIP_LOG_ENV};
 
 /// `cargo xtask ci`
 #[derive(Debug, clap::Args)]
@@ -35,6 +43,42 @@ pub fn cargo(root: &Path, args: &[&str], envs: &[(&str, String)]) -> anyhow::Res
     Ok(())
 }
 
+/// The skip log of this `ci` run, for the steps that run in this process.
+static SKIP_LOG: OnceLock<PathBuf> = OnceLock::new();
+
+/// Records that `what` did not run, and why: an error in CI (`CI=true`); elsewhere it
+/// prints `WHAT: skipped: REASON` and appends that line to the skip log (this run's, or
+/// the file `CRAFT_SKIP_LOG` names), as the tests do (`craft_faultfs::temp::skip`).
+pub fn skipped(what: &str, reason: &str) -> anyhow::Result<()> {
+    if in_ci() {
+        bail!("{what} cannot run in CI (CI=true): {reason}");
+    }
+    let line = format!("{what}: skipped: {reason}");
+    println!("{line}");
+    let log = SKIP_LOG
+        .get()
+        .cloned()
+        .or_else(|| std::env::var_os(SKIP_LOG_ENV).map(PathBuf::from));
+    if let Some(log) = log {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+            .with_context(|| format!("recording a skip in {}", log.display()))?;
+    }
+    Ok(())
+}
+
+/// The lines of the skip log: one per test or step skipped.
+fn skips(log: &Path) -> anyhow::Result<Vec<String>> {
+    match std::fs::read_to_string(log) {
+        Ok(text) => Ok(text.lines().map(str::to_string).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", log.display())),
+    }
+}
+
 /// Where the RustSec advisory database is read from: `CRAFT_ADVISORY_DB`, else the
 /// snapshot in `../shared/advisory-db` beside the clone.
 fn advisory_db(root: &Path) -> std::path::PathBuf {
@@ -54,15 +98,14 @@ fn audit(root: &Path) -> anyhow::Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have_tool || !db.join("crates").is_dir() {
-        println!(
-            "==> skipping cargo audit: {}",
-            if have_tool {
+        return skipped(
+            "cargo audit",
+            &if have_tool {
                 format!("no advisory database at {}", db.display())
             } else {
                 "cargo-audit is not installed (cargo install cargo-audit --locked)".to_string()
-            }
+            },
         );
-        return Ok(());
     }
     let db = db.to_string_lossy().into_owned();
     cargo(
@@ -83,8 +126,8 @@ fn audit(root: &Path) -> anyhow::Result<()> {
 /// Runs the checks.
 /// The Kubernetes manifests of `deploy/k8s`, validated offline against the Kubernetes
 /// schemas (strict: an unknown field fails) with `kubernetes-validate` from PyPI, which
-/// ships the schemas. `.ci/run` installs it; elsewhere a missing tool is reported and
-/// skipped.
+/// ships the schemas. `.ci/run` installs it; elsewhere a missing tool is a counted
+/// skip.
 fn kubernetes_manifests(root: &Path) -> anyhow::Result<()> {
     let dir = root.join("deploy/k8s");
     let mut manifests: Vec<_> = std::fs::read_dir(&dir)
@@ -103,10 +146,10 @@ fn kubernetes_manifests(root: &Path) -> anyhow::Result<()> {
     {
         Ok(status) => status,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!(
-                "kubernetes-validate not installed (pip install kubernetes-validate): skipped"
+            return skipped(
+                "kubernetes-validate",
+                "not installed (pip install kubernetes-validate)",
             );
-            return Ok(());
         }
         Err(e) => return Err(e).context("running kubernetes-validate"),
     };
@@ -117,6 +160,30 @@ fn kubernetes_manifests(root: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
+    let log = root.join("target").join("ci-skipped.log");
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&log, "").with_context(|| format!("emptying {}", log.display()))?;
+    let log = SKIP_LOG.get_or_init(|| log).clone();
+    let log_env = (SKIP_LOG_ENV, log.to_string_lossy().into_owned());
+    checks(root, args, &log_env)?;
+    let skipped = skips(&log)?;
+    for line in &skipped {
+        println!("  {line}");
+    }
+    println!("ci: every step passed, {} skipped", skipped.len());
+    if in_ci() && !skipped.is_empty() {
+        bail!(
+            "{} skipped in CI (CI=true), where everything must run",
+            skipped.len()
+        );
+    }
+    Ok(())
+}
+
+/// Every step, skipped tests recorded in `log_env`'s file.
+fn checks(root: &Path, args: &Args, log_env: &(&str, String)) -> anyhow::Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"], &[])?;
     audit(root)?;
     kubernetes_manifests(root)?;
@@ -137,7 +204,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     cargo(
         root,
         &["test", "--workspace"],
-        &[("CRAFT_SIM_SEEDS", args.sim_seeds.to_string())],
+        &[
+            ("CRAFT_SIM_SEEDS", args.sim_seeds.to_string()),
+            log_env.clone(),
+        ],
     )?;
     if !args.skip_cluster {
         crate::test_cluster::run(
@@ -186,18 +256,24 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 keep: false,
             },
         )?;
-        // The compose deployment, when a Docker engine is there (the script skips
-        // otherwise).
+        // The compose deployment, when a Docker engine is there (the script records a
+        // skip otherwise, and fails in CI).
         println!("==> deploy/test-compose.sh");
         let status = Command::new("bash")
             .current_dir(root)
             .arg("deploy/test-compose.sh")
             .arg(&bin_dir)
+            .env(log_env.0, &log_env.1)
             .status()
             .context("running deploy/test-compose.sh")?;
         if !status.success() {
             bail!("deploy/test-compose.sh failed");
         }
+    } else {
+        skipped(
+            "the multi-process scenarios (test-cluster, chaos, conformance, interop, compose)",
+            "--skip-cluster",
+        )?;
     }
     Ok(())
 }

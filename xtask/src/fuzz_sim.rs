@@ -1,4 +1,6 @@
-//! `cargo xtask fuzz-sim`: the deterministic simulation of craft-core over many seeds.
+//! `cargo xtask fuzz-sim`: the deterministic simulation of craft-core over many seeds,
+//! then the hostile member (a voter that forges around the cluster's state) for at
+//! least a million adversarial messages.
 
 use std::path::Path;
 
@@ -19,6 +21,12 @@ pub struct Args {
     /// checkers must catch them.
     #[arg(long)]
     pub flaw: Option<String>,
+    /// Adversarial messages the hostile member sends in all (over seeds of 4,000).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub hostile_messages: u64,
+    /// Skip the hostile member.
+    #[arg(long)]
+    pub no_hostile: bool,
 }
 
 /// Runs the simulation fuzzer.
@@ -46,5 +54,26 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             "--nocapture",
         ],
         &envs,
+    )?;
+    if args.no_hostile || args.seed.is_some() || args.flaw.is_some() {
+        return Ok(());
+    }
+    let per_seed = 4000u64;
+    let seeds = args.hostile_messages.div_ceil(per_seed).max(1);
+    crate::ci::cargo(
+        root,
+        &[
+            "test",
+            "-p",
+            "craft-core",
+            "--test",
+            "hostile_sim",
+            "--",
+            "--nocapture",
+        ],
+        &[
+            ("CRAFT_HOSTILE_SEEDS", seeds.to_string()),
+            ("CRAFT_HOSTILE_MESSAGES", per_seed.to_string()),
+        ],
     )
 }

@@ -27,6 +27,9 @@ pub struct Args {
 /// Liveness bound: this many election timeouts.
 const BOUND_ELECTIONS: u32 = 40;
 
+/// Blocks the others commit while a node out of raft must show no raft activity.
+const QUIET_BLOCKS: u64 = 10;
+
 fn spec(nodes: usize) -> Spec {
     Spec {
         tick_ms: 50,
@@ -221,7 +224,38 @@ fn validator_removal_readd(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.wait("height 50 with node 3 removed", |v| {
         max_height(v, true) >= 50
     })?;
-    r.wait("node 3 stops raft", |_| true)?;
+    // A member's raft writes its log and answers the leader for every block; node 3
+    // out of raft does neither. Alive, with both counters still while the others commit
+    // QUIET_BLOCKS blocks, it has stopped raft.
+    let port = r.cluster.state.nodes[2].metrics_port;
+    let mut still: Option<(f64, u64)> = None;
+    r.wait(
+        &format!(
+            "node 3 stops raft: alive, no raft log write and no raft message sent while the others commit {QUIET_BLOCKS} blocks"
+        ),
+        |v| {
+            let others = v[..2].iter().map(|n| n.chain_height).max().unwrap_or(0);
+            let Some(activity) = crate::cluster::scrape(port).filter(|_| v[2].alive).map(|m| {
+                m.iter()
+                    .filter(|(k, _)| {
+                        k.starts_with("consensus_messages_sent_total")
+                            || k.as_str() == "consensus_store_writes_total"
+                    })
+                    .map(|(_, v)| v)
+                    .sum::<f64>()
+            }) else {
+                still = None;
+                return false;
+            };
+            match still {
+                Some((seen, from)) if seen == activity => others >= from + QUIET_BLOCKS,
+                _ => {
+                    still = Some((activity, others));
+                    false
+                }
+            }
+        },
+    )?;
     let stopped = Instant::now();
     while !r.log_contains(3, "removed from the validators") {
         if stopped.elapsed() > r.bound() {

@@ -12,7 +12,11 @@
 //!   configuration; the `u64::MAX` ping commits nothing. Committing a different block
 //!   at a height the chain already has is refused (that would be a fork).
 //! - A real controller syncs blocks it missed from peers; this one records a block above
-//!   a gap as is, leaving the skipped heights unknown.
+//!   a gap as is, leaving the skipped heights unknown. When it jumps ahead to a peer's
+//!   height ([`DevChain::follow_peers`]) it writes `HEIGHT sync` to `chain.log` and, to
+//!   `sync.log`, which peer the heights came from (`FROM TO PEER`: heights `FROM + 1 ..=
+//!   TO` are that peer's), so that a checker can hold every chain, synced parts included,
+//!   against the others.
 //! - The validator list can change at given heights (the same schedule on every node,
 //!   as a chain's system contract would do it).
 //! - [`DevStats`] counts the calls and measures each block's latency as this controller
@@ -451,19 +455,27 @@ impl DevChain {
     /// how a node removed from the validators learns it was added back.
     pub async fn follow_peers(&self, peers: Vec<String>, consensus: String, lag: u64) {
         use crate::{Controller, GrpcController};
-        let clients: Vec<GrpcController> = peers
+        let clients: Vec<(&str, GrpcController)> = peers
             .iter()
-            .filter_map(|p| GrpcController::new(p, Duration::from_secs(2)).ok())
+            .filter_map(|p| {
+                Some((
+                    p.as_str(),
+                    GrpcController::new(p, Duration::from_secs(2)).ok()?,
+                ))
+            })
             .collect();
         let mut behind_rounds = 0;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let mut best = 0;
-            for c in &clients {
+            let mut best = (0, "");
+            for (peer, c) in &clients {
                 if let Ok(cfg) = c.ping().await {
-                    best = best.max(cfg.height);
+                    if cfg.height > best.0 {
+                        best = (cfg.height, *peer);
+                    }
                 }
             }
+            let (best, peer) = best;
             let mine = self.height();
             if best >= mine + lag.max(1) {
                 behind_rounds += 1;
@@ -472,20 +484,30 @@ impl DevChain {
             }
             if behind_rounds >= 3 {
                 behind_rounds = 0;
-                if let Err(e) = self.jump_to(best) {
+                if let Err(e) = self.jump_to(best, peer) {
                     tracing::error!(error = %e, "recording sync failed");
                     continue;
                 }
-                tracing::info!(from = mine, to = best, "synced height from peers");
+                tracing::info!(from = mine, to = best, peer, "synced height from peers");
                 self.reconfigure_until_accepted(consensus.clone()).await;
             }
         }
     }
 
-    fn jump_to(&self, height: u64) -> std::io::Result<()> {
+    /// Jumps to `height`, a height `peer` has: the blocks in between are that peer's.
+    fn jump_to(&self, height: u64, peer: &str) -> std::io::Result<()> {
         let mut st = self.lock();
         if height <= st.height {
             return Ok(());
+        }
+        if let Some(dir) = &self.cfg.data_dir {
+            // Which peer's chain fills the jump, before the jump itself is recorded.
+            let mut sync_log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("sync.log"))?;
+            sync_log.write_all(format!("{} {height} {peer}\n", st.height).as_bytes())?;
+            sync_log.sync_data()?;
         }
         if let Some(log) = st.log.as_mut() {
             log.write_all(format!("{height} sync\n").as_bytes())?;
@@ -811,8 +833,13 @@ mod tests {
         let p1 = c.proposal();
         c.commit(&p1).unwrap();
         c.commit(&c.proposal()).unwrap();
-        c.jump_to(7).unwrap();
+        c.jump_to(7, "http://peer").unwrap();
         assert_eq!(c.height(), 7);
+        // Heights 3..=7 came from that peer.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("sync.log")).unwrap(),
+            "2 7 http://peer\n"
+        );
         drop(c);
         let mut f = OpenOptions::new()
             .append(true)

@@ -204,6 +204,8 @@ pub struct Replica<S: LogStore> {
     snapshots_reported: bool,
     /// Validates a leader's snapshot data before raft may persist it.
     snapshot_check: Option<SnapshotCheck>,
+    /// Messages a removed leader had queued when it stepped down, sent with the Ready.
+    held_messages: Vec<Message>,
     last_role: RoleChange,
 }
 
@@ -258,6 +260,7 @@ impl<S: LogStore> Replica<S> {
             refused: 0,
             snapshots_reported: false,
             snapshot_check: None,
+            held_messages: Vec::new(),
             last_role,
         };
         Ok((replica, (applied > 0).then_some(snapshot)))
@@ -377,12 +380,16 @@ impl<S: LogStore> Replica<S> {
     /// reaches raft.
     pub fn step(&mut self, mut msg: Message) -> Result<(), Error> {
         let view = self.gate_view();
+        // `from_i32`, not `get_msg_type`: raft's accessor panics on a number it does not
+        // know, and the gate has not looked at this message yet.
         if matches!(
-            msg.get_msg_type(),
-            MessageType::MsgRequestVote
-                | MessageType::MsgRequestPreVote
-                | MessageType::MsgRequestVoteResponse
-                | MessageType::MsgRequestPreVoteResponse
+            MessageType::from_i32(msg.msg_type),
+            Some(
+                MessageType::MsgRequestVote
+                    | MessageType::MsgRequestPreVote
+                    | MessageType::MsgRequestVoteResponse
+                    | MessageType::MsgRequestPreVoteResponse
+            )
         ) {
             // raft-rs commits up to a commit index named in a vote message if the term
             // there matches: a shortcut that would let any voter commit this log's
@@ -712,6 +719,7 @@ impl<S: LogStore> Replica<S> {
         }
         out.messages.extend(light.take_messages());
         self.hand_out(light.take_committed_entries(), &mut out.committed)?;
+        out.messages.append(&mut self.held_messages);
 
         // Unless told how a snapshot went, raft waits for its answer and sends that
         // follower nothing else, forever if the snapshot was lost or refused (a new
@@ -780,6 +788,20 @@ impl<S: LogStore> Replica<S> {
         match self.raw.apply_conf_change(&change) {
             Ok(cs) => {
                 tracing::info!(raft_id = self.cfg.id, index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+                let id = self.cfg.id;
+                if self.is_leader() && !cs.voters.contains(&id) && !cs.voters_outgoing.contains(&id)
+                {
+                    // raft-rs 0.7 keeps leading after its own removal, with no progress
+                    // for itself, and panics at its next commit or write. Step down; the
+                    // voters left elect a leader within an election timeout.
+                    // What it queued as leader goes out with this Ready's messages: raft-rs
+                    // refuses a follower with messages queued between Ready and advance.
+                    tracing::warn!(raft_id = id, index, "removed while leading: stepping down");
+                    let queued = std::mem::take(&mut self.raw.raft.msgs);
+                    self.held_messages.extend(queued);
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
+                }
                 self.conf_state = cs.clone();
                 CommittedKind::ConfChange {
                     change,

@@ -442,3 +442,34 @@ fn a_snapshot_the_state_machine_cannot_restore_is_never_kept() {
         20
     );
 }
+
+#[test]
+fn a_leader_removed_by_a_committed_change_steps_down_instead_of_panicking() {
+    // raft-rs 0.7 keeps a removed leader leading with no progress for itself, and
+    // panics at its next write or commit (`prs.get_mut(self_id).unwrap()`). A committed
+    // change can come from any leader, so the replica must survive it.
+    let mut replica = leader();
+    let change = craft_core::raft::eraftpb::ConfChangeV2 {
+        changes: vec![craft_core::raft::eraftpb::ConfChangeSingle {
+            change_type: craft_core::raft::eraftpb::ConfChangeType::RemoveNode.into(),
+            node_id: ME,
+        }],
+        ..Default::default()
+    };
+    let at = replica.propose_conf_change(change).unwrap();
+    handle_ready(&mut replica);
+    let mut ack = msg(MessageType::MsgAppendResponse, 2, replica.role().term);
+    ack.index = at.index;
+    replica.step(ack).unwrap();
+    handle_ready(&mut replica);
+    assert!(!replica.is_leader(), "still leading after its own removal");
+    assert!(!replica.conf_state().voters.contains(&ME));
+    // It goes on: more acknowledgements, ticks and Readies, no panic.
+    let mut again = msg(MessageType::MsgAppendResponse, 3, replica.role().term);
+    again.index = at.index;
+    let _ = replica.step(again);
+    for _ in 0..30 {
+        replica.tick();
+        handle_ready(&mut replica);
+    }
+}

@@ -17,7 +17,8 @@
 //! **Test tool only.** No crate of the service (craft-core, craft-storage, consensus, ...)
 //! may depend on it except as a dev-dependency; `cargo test -p xtask` (tidy) checks it.
 //! It needs `/dev/fuse` and the right to mount (root, or `fusermount3` installed): tests
-//! call [`check_usable`] and skip, saying why, where it fails.
+//! call [`temp::usable`], which skips them where it fails ([`temp::skip`]: said and
+//! counted, and a failure in CI).
 //!
 //! In a test:
 //!
@@ -201,7 +202,7 @@ impl Drop for Mount {
 
 /// Checks that a fault filesystem can be mounted here, by mounting one over an empty
 /// directory under the system's temporary directory and unmounting it. The error says
-/// why not (no `/dev/fuse`, not allowed to mount, ...), for a test to print as it skips.
+/// why not (no `/dev/fuse`, not allowed to mount, ...), for a test to give as it skips.
 pub fn check_usable() -> Result<(), FaultFsError> {
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)

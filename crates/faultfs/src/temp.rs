@@ -1,6 +1,8 @@
 //! A fault filesystem over fresh temporary directories, for tests: mounted, empty, no
-//! faults, and unmounted before its directories are removed.
+//! faults, and unmounted before its directories are removed; and [`skip`], how a test
+//! that cannot run here says so.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -8,14 +10,56 @@ use tempfile::TempDir;
 
 use crate::{check_usable, mount, FaultFsError, FaultRule, FaultSet, Faults, Mount};
 
-/// Whether FUSE can be mounted here, checked once per process; prints why not, so a
-/// test that skips says so.
+/// The environment variable naming the file each skipped test appends a line to
+/// (`cargo xtask ci` sets it, then counts the lines).
+pub const SKIP_LOG_ENV: &str = "CRAFT_SKIP_LOG";
+
+/// Whether this runs in CI (`CI=true`, as CI services and `.ci/run` set it): there every
+/// test must run, and one that cannot is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Says that the calling test cannot run here, and why. In CI ([`in_ci`]) that fails the
+/// test (this panics with the reason). Elsewhere it prints `TEST: skipped: REASON` (past
+/// the test harness's capture) and appends that line to the file [`SKIP_LOG_ENV`] names,
+/// so a skip is seen and counted, never a silent pass. The test's name is its thread's
+/// (the test harness names each test's thread after it).
+pub fn skip(reason: &str) {
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a test");
+    if in_ci() {
+        panic!("{test} cannot run in CI (CI=true): {reason}");
+    }
+    let line = format!("{test}: skipped: {reason}");
+    // Straight to the process's stderr: the test harness captures `eprintln!` of a test
+    // that passes, and a skip must be seen.
+    let _ = writeln!(std::io::stderr(), "{line}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        // One write of a whole line to a file opened for appending: lines of tests
+        // running at once do not interleave.
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            panic!(
+                "{test}: cannot record the skip in {} ({SKIP_LOG_ENV}): {e}",
+                PathBuf::from(path).display()
+            );
+        }
+    }
+}
+
+/// Whether FUSE can be mounted here, checked once per process. Where it cannot, the
+/// calling test is [`skip`]ped (a failure in CI) and this is `false`.
 pub fn usable() -> bool {
     static USABLE: OnceLock<Result<(), String>> = OnceLock::new();
     match USABLE.get_or_init(|| check_usable().map_err(|e| e.to_string())) {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("skipping: {e}");
+            skip(&format!("FUSE cannot be mounted: {e}"));
             false
         }
     }
@@ -35,8 +79,8 @@ pub struct TempDisk {
 }
 
 impl TempDisk {
-    /// Mounts one with no faults, random choices seeded by `seed`; `Ok(None)` (after
-    /// printing why) where FUSE cannot be mounted.
+    /// Mounts one with no faults, random choices seeded by `seed`; `Ok(None)` where FUSE
+    /// cannot be mounted, after [`skip`] said so (in CI that fails the test instead).
     pub fn new(seed: u64) -> Result<Option<Self>, FaultFsError> {
         if !usable() {
             return Ok(None);

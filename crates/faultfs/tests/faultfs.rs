@@ -1,6 +1,7 @@
 //! The fault filesystem itself, mounted in a temporary directory: the passthrough is
 //! faithful, and each kind of fault does what it says while the rest keeps working.
-//! Every test skips, printing why, where FUSE cannot be mounted.
+//! Where FUSE cannot be mounted every test is skipped, saying why and counted
+//! (`craft_faultfs::temp::skip`); in CI (`CI=true`) it fails instead.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,8 +15,8 @@ use craft_faultfs::temp::usable;
 use craft_faultfs::temp::TempDisk;
 use craft_faultfs::{FaultRule, FaultSet, InjectedError, Op};
 
-/// A mounted fault filesystem over an empty backing directory, or `None` (said why)
-/// where FUSE cannot be mounted.
+/// A mounted fault filesystem over an empty backing directory, or `None` (the test
+/// skipped, or failed in CI) where FUSE cannot be mounted.
 fn fixture() -> Option<TempDisk> {
     TempDisk::new(42).unwrap()
 }

@@ -1,6 +1,7 @@
 //! craft-mutate: what the hostile-input tests (`tests/hostile.rs` of each crate) share.
 //! [`mutation`] damages a valid encoding the way a faulty link or a hostile peer would
 //! (bytes flipped, cut short, extended, inserted, wrapped in nested protobuf groups),
+//! [`fields`] picks which fields of a decoded message to change, one or several at once,
 //! [`runner`] runs [`cases`] inputs, and [`DEEP_GROUPS`] and [`HUGE_LENGTH`] are the
 //! hand-made extremes every decoder must refuse.
 //!
@@ -52,6 +53,30 @@ pub fn mutation() -> impl Strategy<Value = Mutation> {
             .prop_map(|(i, b)| Mutation::Insert(i, b)),
         (1usize..3000).prop_map(Mutation::NestGroups),
     ]
+}
+
+/// The most fields [`fields`] changes in one case.
+pub const FIELDS_AT_ONCE: usize = 4;
+// Two wrong fields are not enough to find what only three together trip.
+const _: () = assert!(FIELDS_AT_ONCE >= 3);
+
+/// Changes to `1..=FIELDS_AT_ONCE` distinct fields out of `count` (numbered `0..count`),
+/// in random order, each with a value drawn from `value`. A check that holds for each
+/// wrong field alone can still fail for two together (a term that is plausible with an
+/// index that is not), so a case is wrong in one field or in several at once; shrinking
+/// goes towards the single-field cases.
+pub fn fields<V>(count: usize, value: V) -> impl Strategy<Value = Vec<(usize, V::Value)>>
+where
+    V: Strategy + Clone,
+{
+    let most = FIELDS_AT_ONCE.min(count).max(1);
+    prop::sample::subsequence((0..count).collect::<Vec<_>>(), 1..=most)
+        .prop_shuffle()
+        .prop_flat_map(move |picked| {
+            let n = picked.len();
+            (Just(picked), prop::collection::vec(value.clone(), n))
+        })
+        .prop_map(|(picked, values)| picked.into_iter().zip(values).collect())
 }
 
 /// `bytes` with `m` applied.
@@ -110,5 +135,40 @@ mod tests {
             vec![0x0b, 0x0b, 1, 2, 3]
         );
         assert_eq!(apply(Vec::new(), &Mutation::Flip(0, 1)), Vec::<u8>::new());
+    }
+
+    /// Cases wrong in one field and cases wrong in `FIELDS_AT_ONCE` distinct fields both
+    /// come up, and no case names a field twice or one out of range.
+    #[test]
+    fn field_changes_touch_one_to_several_distinct_fields() {
+        use proptest::strategy::ValueTree;
+        let strategy = fields(12, 0u64..16);
+        let mut runner = TestRunner::deterministic();
+        let mut sizes = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let Ok(tree) = strategy.new_tree(&mut runner) else {
+                panic!("no value generated");
+            };
+            let changes = tree.current();
+            let mut picked: Vec<usize> = changes.iter().map(|(f, _)| *f).collect();
+            assert!(picked.iter().all(|f| *f < 12), "{changes:?}");
+            picked.sort_unstable();
+            picked.dedup();
+            assert_eq!(picked.len(), changes.len(), "a field twice: {changes:?}");
+            sizes.insert(changes.len());
+        }
+        assert_eq!(
+            sizes,
+            (1..=FIELDS_AT_ONCE).collect(),
+            "fields changed per case"
+        );
+        // Fewer fields than the most at once: every one of them, at most.
+        let mut runner = TestRunner::deterministic();
+        for _ in 0..200 {
+            let Ok(tree) = fields(2, 0u64..16).new_tree(&mut runner) else {
+                panic!("no value generated");
+            };
+            assert!((1..=2).contains(&tree.current().len()));
+        }
     }
 }

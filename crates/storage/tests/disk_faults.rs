@@ -9,8 +9,9 @@
 //! - damaged data read back is a clear error naming the file, never wrong entries;
 //! - no panic; once the fault is gone, a reopened store works.
 //!
-//! Every test skips, printing why, where FUSE cannot be mounted (it needs /dev/fuse and
-//! root or fusermount3).
+//! Where FUSE cannot be mounted (it needs /dev/fuse and root or fusermount3) every test
+//! is skipped, saying why and counted (`craft_faultfs::temp::skip`); in CI (`CI=true`)
+//! it fails instead.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
