@@ -208,6 +208,82 @@ async fn fetch_metrics(port: u16) -> String {
     body
 }
 
+/// Stops the process with SIGTERM and waits for a clean exit.
+async fn terminate(child: &mut Kill) {
+    let pid = child.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    for _ in 0..100 {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            assert!(s.success(), "exit status {s:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("consensus did not exit after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_the_controller_lost_is_committed_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port(), free_port(), free_port());
+    // One block every second: between two blocks the snapshot after the last one is
+    // written, so the restart finds that block recorded in raft and not in the log
+    // still to apply.
+    let chain = DevChain::open(DevChainConfig {
+        node_name: "1".into(),
+        validators: vec![hex::decode(format!("{:040x}", 1)).unwrap()],
+        block_interval: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    serve(
+        Consensus2ControllerServiceServer::new(chain.clone()),
+        ports.0,
+    )
+    .await;
+    let net = DevNetwork::new(1);
+    serve(NetworkServiceServer::new(net.service(1)), ports.2).await;
+    let config = write_config(dir.path(), ports);
+    let start = |log: &str| {
+        let out = std::fs::File::create(dir.path().join(log)).unwrap();
+        Kill(
+            Command::new(env!("CARGO_BIN_EXE_consensus"))
+                .args(["run", "-c"])
+                .arg(&config)
+                .arg("--stdout")
+                .stdout(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut child = start("first.log");
+    wait_height(&chain, 3).await;
+    // Right after a block, stop: the node has recorded it in raft.
+    let h = chain.height();
+    wait_height(&chain, h + 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    terminate(&mut child).await;
+
+    // The controller loses its last block; the node is the only one who has it.
+    let (lost_at, lost) = chain.forget_last_block().unwrap();
+    assert_eq!(chain.height(), lost_at - 1);
+
+    let mut child = start("second.log");
+    wait_height(&chain, lost_at + 2).await;
+    assert_eq!(
+        chain.block(lost_at).as_deref(),
+        Some(&lost[..]),
+        "the block at {lost_at} is not the one the chain had committed"
+    );
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+    assert!(
+        log.contains("re-committing the last block the controller missed"),
+        "the block came back some other way:\n{log}"
+    );
+    terminate(&mut child).await;
+}
+
 #[test]
 fn bad_config_exits_with_a_message_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -345,6 +345,18 @@ impl DevChain {
         self.lock().blocks.get(&height).cloned()
     }
 
+    /// Forgets the last block, as a controller whose own storage lost its last write:
+    /// the height goes one back and the block is returned. Kept in memory only (a chain
+    /// file keeps the block for the next open). For tests of a consensus service that
+    /// must offer the lost block again.
+    pub fn forget_last_block(&self) -> Option<(u64, Vec<u8>)> {
+        let mut st = self.lock();
+        let height = st.height;
+        let block = st.blocks.remove(&height)?;
+        st.height = height - 1;
+        Some((height, block))
+    }
+
     fn validators_at(&self, height: u64) -> Vec<Vec<u8>> {
         self.cfg
             .validator_schedule
