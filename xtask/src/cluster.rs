@@ -887,14 +887,30 @@ impl Cluster {
     /// Feeds node `target` the hostile set of `dev-hostile`: through the development
     /// network as node `target + 1` (the real peer), and straight to its network
     /// handler from an unknown origin. Returns the tool's report (one line per kind).
-    pub fn feed_hostile(&self, target: usize) -> anyhow::Result<String> {
+    pub fn feed_hostile(&self, target: usize, sender: usize) -> anyhow::Result<String> {
         let nodes = &self.state.nodes;
         let t = nodes
             .get(target.wrapping_sub(1))
             .with_context(|| format!("no node {target}"))?;
-        let sender = &nodes[target % nodes.len()];
+        let sender = nodes
+            .get(sender.wrapping_sub(1))
+            .with_context(|| format!("no node {sender}"))?;
         let tool = self.state.bin_dir.join("dev-hostile");
-        let out = Command::new(&tool)
+        // The target's raft state, for forgeries that only disagree with it.
+        let state = scrape(t.metrics_port).and_then(|m| {
+            let get = |k: &str| m.get(k).map(|v| *v as u64);
+            Some(format!(
+                "{},{},{}",
+                get("consensus_term")?,
+                get("consensus_raft_last_index")?,
+                get("consensus_raft_commit_index")?
+            ))
+        });
+        let mut command = Command::new(&tool);
+        if let Some(state) = &state {
+            command.arg("--state").arg(state);
+        }
+        let out = command
             .arg("--network")
             .arg(format!("http://127.0.0.1:{}", sender.network_port))
             .arg("--origin")

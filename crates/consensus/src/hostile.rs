@@ -145,9 +145,118 @@ pub fn forged_raft(to: u64, from: u64) -> Vec<(&'static str, Message)> {
     ]
 }
 
+/// What the receiver holds, as its metrics show it: the ground stateful forgeries are
+/// built on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TargetState {
+    /// Its raft term.
+    pub term: u64,
+    /// Last index of its raft log.
+    pub last_index: u64,
+    /// Its committed index.
+    pub commit: u64,
+}
+
+/// Well-formed raft messages whose every field is plausible and which only disagree
+/// with the receiver's own state `at`, as a member `from` (ideally the receiver's
+/// leader, so that they pass the one-leader-per-term check and meet the checks on the
+/// log behind it) could send them. Each one reaches a raft-rs `fatal!`, an assertion or
+/// state the node could not open again, without the gate.
+pub fn forged_stateful(to: u64, from: u64, at: TargetState) -> Vec<(&'static str, Message)> {
+    let TargetState {
+        term,
+        last_index: last,
+        commit,
+    } = at;
+    let base = |kind: MessageType, term: u64| {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.to = to;
+        m.from = from;
+        m.term = term;
+        m
+    };
+    // Far enough past the log that a live chain does not reach it while the message
+    // travels, and far below any overflow.
+    let ahead = last + 1_000_000;
+    let mut phantom = base(MessageType::MsgAppend, term);
+    phantom.index = ahead;
+    phantom.log_term = 0;
+    phantom.commit = ahead;
+    let mut zero_terms = base(MessageType::MsgAppend, term);
+    zero_terms.index = last;
+    zero_terms.log_term = term;
+    zero_terms.entries = vec![Entry {
+        index: last + 1,
+        term: 0,
+        ..Default::default()
+    }];
+    zero_terms.commit = last + 1;
+    let mut past = base(MessageType::MsgHeartbeat, term);
+    past.commit = ahead;
+    let snapshot_with = |data: Vec<u8>| {
+        let mut m = base(MessageType::MsgSnapshot, term);
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = last + 10;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(ConfState {
+            voters: vec![to, from],
+            ..Default::default()
+        });
+        snap.data = data;
+        m.set_snapshot(snap);
+        m
+    };
+    let garbage = snapshot_with(b"not a ConsensusConfiguration".to_vec());
+    let no_validators = snapshot_with(prost::Message::encode_to_vec(
+        &cita_proto::common::ConsensusConfiguration {
+            height: 1_000_000,
+            block_interval: 3,
+            validators: Vec::new(),
+        },
+    ));
+    let mut newer = base(MessageType::MsgHeartbeat, term + 1);
+    newer.commit = commit;
+    let mut ack = base(MessageType::MsgAppendResponse, term);
+    ack.index = last + 100;
+    let mut request = base(MessageType::MsgAppendResponse, term);
+    request.reject = true;
+    request.index = commit;
+    request.request_snapshot = commit;
+    let mut forced = base(MessageType::MsgRequestPreVote, term + 1);
+    forced.index = last;
+    forced.log_term = term;
+    forced.context = craft_core::raft::CAMPAIGN_TRANSFER.to_vec();
+    let mut boast = base(MessageType::MsgRequestVote, term + 1);
+    boast.index = last + 1000;
+    boast.log_term = term + 5;
+    vec![
+        ("append after an entry past the log, of term 0", phantom),
+        ("entries of term 0 past the log", zero_terms),
+        ("heartbeat committing past the log", past),
+        ("snapshot whose data is not a configuration", garbage),
+        (
+            "snapshot of a configuration without validators",
+            no_validators,
+        ),
+        ("heartbeat of the next term while the leader lives", newer),
+        ("acknowledgement past the leader's log", ack),
+        ("snapshot request", request),
+        ("forced pre-vote", forced),
+        ("vote claiming a log term above its term", boast),
+    ]
+}
+
 /// The whole hostile set for a node with raft id `to`, sent as if by the peer with raft
-/// id `from`: `random` random payloads (seeded) and every hand-made case.
-pub fn payloads(to: u64, from: u64, seed: u64, random: usize) -> Vec<Hostile> {
+/// id `from`: `random` random payloads (seeded), every hand-made case, and, given the
+/// receiver's state, the stateful forgeries of [`forged_stateful`].
+pub fn payloads(
+    to: u64,
+    from: u64,
+    seed: u64,
+    random: usize,
+    state: Option<TargetState>,
+) -> Vec<Hostile> {
     let mut out = Vec::new();
     let mut rng = Rng::new(seed);
     let kinds = ["raft", "probe", "probe-resp", "refresh"];
@@ -208,7 +317,10 @@ pub fn payloads(to: u64, from: u64, seed: u64, random: usize) -> Vec<Hostile> {
     });
     // With the checksum trailer our nodes add, as a faulty node of ours would send them:
     // they pass the integrity check and meet the gate.
-    for (what, m) in forged_raft(to, from) {
+    let stateful = state
+        .map(|at| forged_stateful(to, from, at))
+        .unwrap_or_default();
+    for (what, m) in forged_raft(to, from).into_iter().chain(stateful) {
         out.push(Hostile {
             what,
             msg: net("raft", craft_transport::integrity::encode_checked(&m)),
@@ -223,7 +335,17 @@ mod tests {
 
     #[test]
     fn the_set_covers_every_case() {
-        let set = payloads(1, 2, 7, 10);
+        let set = payloads(
+            1,
+            2,
+            7,
+            10,
+            Some(TargetState {
+                term: 5,
+                last_index: 40,
+                commit: 39,
+            }),
+        );
         for what in [
             "random bytes",
             "truncated raft message",
@@ -234,6 +356,8 @@ mod tests {
             "wrong module",
             "MsgReadIndex without entries",
             "non-contiguous MsgAppend",
+            "append after an entry past the log, of term 0",
+            "snapshot whose data is not a configuration",
         ] {
             assert!(set.iter().any(|h| h.what == what), "{what} missing");
         }

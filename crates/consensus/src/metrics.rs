@@ -19,6 +19,10 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// 0 follower, 1 pre-candidate, 2 candidate, 3 leader.
     pub role: IntGauge,
+    /// Last index of the raft log.
+    pub last_index: IntGauge,
+    /// Committed raft index.
+    pub commit_index: IntGauge,
     /// Proposals this node made as leader.
     pub proposals: IntCounter,
     /// Seconds from fetching a proposal to its commit on the leader.
@@ -85,6 +89,8 @@ impl Metrics {
             term: gauge("term", "raft term")?,
             leader: gauge("leader_id", "raft id of the leader (0: none)")?,
             role: gauge("role", "0 follower, 1 pre-candidate, 2 candidate, 3 leader")?,
+            last_index: gauge("raft_last_index", "last index of the raft log")?,
+            commit_index: gauge("raft_commit_index", "committed raft index")?,
             proposals,
             block_latency: histogram(
                 "block_latency_seconds",

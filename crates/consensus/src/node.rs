@@ -551,6 +551,8 @@ impl Node {
     fn publish_status(&self, st: &craft_core::NodeStatus) {
         self.metrics.term.set(st.term as i64);
         self.metrics.leader.set(st.leader_id as i64);
+        self.metrics.last_index.set(st.last_index as i64);
+        self.metrics.commit_index.set(st.commit as i64);
         self.metrics
             .refused_messages
             .set(st.refused_messages as i64);

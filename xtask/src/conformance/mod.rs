@@ -588,7 +588,12 @@ fn main_group(g: &mut Group<'_>) -> anyhow::Result<()> {
     let hostile: anyhow::Result<String> = (|| {
         let mut evidence = Vec::new();
         for target in &nodes {
-            let lines = g.cluster.feed_hostile(target.index)?.lines().count();
+            let sender = nodes[target.index % nodes.len()].index;
+            let lines = g
+                .cluster
+                .feed_hostile(target.index, sender)?
+                .lines()
+                .count();
             evidence.push(format!("node {}: {lines} kinds", target.index));
         }
         std::thread::sleep(Duration::from_millis(500));

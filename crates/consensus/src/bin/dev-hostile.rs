@@ -36,6 +36,25 @@ struct Args {
     /// Number of random payloads.
     #[arg(long, default_value_t = 200)]
     random: usize,
+    /// The target's raft term, last index and commit index (`TERM,LAST,COMMIT`, from
+    /// its metrics): adds forgeries that only disagree with that state.
+    #[arg(long, value_parser = parse_state)]
+    state: Option<consensus::hostile::TargetState>,
+}
+
+fn parse_state(s: &str) -> Result<consensus::hostile::TargetState, String> {
+    let v: Vec<u64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u64>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [term, last_index, commit] => Ok(consensus::hostile::TargetState {
+            term,
+            last_index,
+            commit,
+        }),
+        _ => Err(format!("{s:?} is not TERM,LAST,COMMIT")),
+    }
 }
 
 fn raft_id(hex_addr: &str) -> anyhow::Result<u64> {
@@ -49,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let to = raft_id(&args.to_address)?;
     let from = raft_id(&args.from_address)?;
-    let set = consensus::hostile::payloads(to, from, args.seed, args.random);
+    let set = consensus::hostile::payloads(to, from, args.seed, args.random, args.state);
     let mut network = NetworkServiceClient::connect(args.network.clone())
         .await
         .with_context(|| format!("connecting to {}", args.network))?;
@@ -80,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         let (mut sent, mut refused) = (0, 0);
         // From a raft id no member has, so that the node's map of peers to origins is
         // not the thing under test here.
-        for h in consensus::hostile::payloads(to, 0xbad, args.seed + 1, args.random) {
+        for h in consensus::hostile::payloads(to, 0xbad, args.seed + 1, args.random, args.state) {
             let mut msg = h.msg;
             msg.origin = 0xdead_beef;
             sent += 1;
