@@ -1,6 +1,7 @@
-//! Batches over the peer transport's long-lived stream (`RaftPeer.Batches`): in order on
-//! one stream, a refused batch ends only its stream (the next batch opens another), and
-//! a server shuts down while senders keep their streams open.
+//! Batches over the peer transport's long-lived streams (`RaftPeer.Batches`): in order on
+//! one stream and acknowledged one by one, a refused batch ends only its stream (the
+//! next batch opens another), and a server shuts down while senders keep their streams
+//! open.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -14,7 +15,7 @@ use craft_core::raft::eraftpb::{Message, MessageType};
 use craft_core::Transport;
 use craft_transport::integrity::encode_checked;
 use craft_transport::limits::ConnectionLimit;
-use craft_transport::peer::{serve, PeerService, PeerTransport};
+use craft_transport::peer::{serve, PeerService, PeerTransport, ACKS_HEADER};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -86,8 +87,11 @@ async fn batches_arrive_in_order_on_one_stream() {
     }
     until("200 messages", || received.lock().unwrap().len() == 200).await;
     assert_eq!(indexes(&received), (1..=200).collect::<Vec<_>>());
-    let stats = transport.peer_stats();
-    assert_eq!(stats, vec![(2, 200, 0)]);
+    // Sent once acknowledged, which follows the delivery.
+    until("200 messages acknowledged", || {
+        transport.peer_stats() == vec![(2, 200, 0)]
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -112,11 +116,20 @@ async fn a_refused_batch_ends_its_stream_and_the_next_batch_opens_another() {
         },
         batch(&append(3)),
     ];
-    let mut answers = client
+    let answer = client
         .batches(futures::stream::iter(items))
         .await
-        .expect("the stream is taken")
-        .into_inner();
+        .expect("the stream is taken");
+    assert!(
+        answer.metadata().contains_key(ACKS_HEADER),
+        "the receiver says it acknowledges batches"
+    );
+    let mut answers = answer.into_inner();
+    // The good batch is acknowledged, then the stream ends at the damaged one.
+    assert!(
+        answers.message().await.unwrap().is_some(),
+        "one acknowledgement"
+    );
     let status = answers
         .message()
         .await

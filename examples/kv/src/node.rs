@@ -34,7 +34,7 @@ use craft_core::{
 };
 use craft_storage::{RocksLogStore, StoreOptions};
 use craft_transport::limits::{ConnectionLimit, DEFAULT_MAX_CONNECTIONS};
-use craft_transport::peer::{PeerService, PeerTransport};
+use craft_transport::peer::{LinkConfig, PeerService, PeerTransport};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -304,7 +304,14 @@ impl KvNode {
             None => {}
         }
 
-        let mut transport = PeerTransport::new(id);
+        let mut replica = ReplicaConfig::new(id);
+        replica.snapshot_interval = config.snapshot_interval.max(1);
+        // A link that stalls is noticed and replaced within an election timeout: before
+        // that raft does not mind, after it raft starts elections (see `LinkConfig`).
+        let election_timeout =
+            config.tick_interval * u32::try_from(replica.election_tick).unwrap_or(u32::MAX);
+        let mut transport = PeerTransport::new(id)
+            .with_link_config(LinkConfig::for_election_timeout(election_timeout));
         if let Some(tls) = &tls {
             transport = transport.with_tls(tls.peer.clone());
         }
@@ -334,8 +341,6 @@ impl KvNode {
         }));
         let kv = state_machine.reader();
 
-        let mut replica = ReplicaConfig::new(id);
-        replica.snapshot_interval = config.snapshot_interval.max(1);
         let driver_config = DriverConfig {
             tick_interval: config.tick_interval,
             proposal_timeout: config.request_timeout,
@@ -346,10 +351,14 @@ impl KvNode {
             driver_config,
             store,
             state_machine,
-            transport,
+            transport.clone(),
             shutdown.wait(),
         )
         .await?;
+        // Messages the transport drops are reported, so the leader probes the peer
+        // rather than streaming appends it will never answer.
+        let reporter = raft.clone();
+        transport.report_unreachable_to(move |peer| reporter.report_unreachable(peer));
 
         let inbox = raft.clone();
         let inbound: craft_transport::cita::Inbound = Arc::new(move |msg| inbox.step(msg));

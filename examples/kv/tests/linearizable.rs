@@ -34,6 +34,37 @@ const KEYS: [&str; 3] = ["a", "b", "c"];
 const CLIENTS: u64 = 6;
 /// How long one client operation may take before it counts as indeterminate.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The nodes' raft tick (`--tick-ms`).
+const TICK_MS: u64 = 50;
+/// Ticks of an election timeout (the raft default the nodes run with).
+const ELECTION_TICKS: u64 = 10;
+
+/// A test's temporary directory, kept (and its path printed) when the test fails, or
+/// always with `CRAFT_KEEP_TEST_DIR=1`, so the nodes' logs and data can be looked at.
+struct KeptOnFailure(Option<tempfile::TempDir>);
+
+impl KeptOnFailure {
+    fn new(prefix: &str) -> Self {
+        Self(Some(
+            tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
+        ))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        let asked = std::env::var("CRAFT_KEEP_TEST_DIR").is_ok_and(|v| v == "1");
+        if std::thread::panicking() || asked {
+            if let Some(dir) = self.0.take() {
+                eprintln!("node logs and data kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
 
 /// A one-way TCP proxy for the raft link `from → to`, which the nemesis can cut: a
 /// cut closes its open connections and refuses new ones until healed.
@@ -110,7 +141,7 @@ impl Node {
             .args(["--raddr", &self.raft.to_string()])
             .args(["--peers", &self.peers])
             .args(["--hpeers", &self.hpeers])
-            .args(["--tick-ms", "50"])
+            .args(["--tick-ms", &TICK_MS.to_string()])
             .arg(self.dir.join(format!("node{}", self.id)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -122,6 +153,26 @@ impl Node {
     /// SIGKILL, as a crash.
     fn kill(&mut self) {
         kill(self.child.take());
+    }
+
+    /// Waits until the node serves HTTP; fails at once, with the end of its log, if its
+    /// process exited (it could not bind its ports, say).
+    async fn serving(&mut self) {
+        let (id, addr) = (self.id, self.http);
+        let log = self.dir.join(format!("node{id}.log"));
+        eventually("a node to serve HTTP", || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                panic!("node {id} exited at start ({status}); its log ends:\n{}", {
+                    let mut tail = tail;
+                    tail.reverse();
+                    tail.join("\n")
+                });
+            }
+            async move { http(addr, "GET", "/status", None).await.ok().map(|_| ()) }
+        })
+        .await;
     }
 }
 
@@ -169,6 +220,9 @@ impl Cluster {
             };
             node.start();
             nodes.push(node);
+        }
+        for node in &mut nodes {
+            node.serving().await;
         }
         Self { nodes, links }
     }
@@ -285,6 +339,17 @@ async fn run(secs: u64, stale: bool, dir: &Path) -> (usize, Verdict) {
         }));
     }
 
+    // Before any fault: how far behind the fresh cluster's followers are under the
+    // clients' load, by a write to a key of its own (outside the checked history).
+    let leader = cluster.leader().await;
+    let leader_http = cluster.nodes[leader - 1].http;
+    eventually("the lag probe's write", || async {
+        let reply = http(leader_http, "POST", "/key", Some(r#"{"lag-probe":"1"}"#)).await;
+        (reply.ok()?.status == 200).then_some(())
+    })
+    .await;
+    follower_lag(&cluster, leader, "lag-probe", "1").await;
+
     // The nemesis: kill and restart the leader, then cut a follower off, in turn.
     let started = Instant::now();
     let mut round = 0;
@@ -331,19 +396,61 @@ fn secs() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_writes_stay_linearizable_through_crashes_and_partitions() {
     let stale = std::env::var("CRAFT_JEPSEN_READS").is_ok_and(|r| r == "stale");
-    let dir = tempfile::Builder::new()
-        .prefix("craft-jepsen-")
-        .tempdir()
-        .unwrap();
+    // Kept, with the history, when the test fails.
+    let dir = KeptOnFailure::new("craft-jepsen-");
     let (ops, verdict) = run(secs(), stale, dir.path()).await;
     println!(
         "jepsen-kv: {ops} operations, {} reads, verdict: {verdict}",
         if stale { "stale" } else { "linearizable" }
     );
-    if !verdict.is_linearizable() {
-        // Keep the data directories and the history for a look.
-        let kept = dir.keep();
-        panic!("not linearizable; history and logs in {}", kept.display());
+    assert!(verdict.is_linearizable(), "not linearizable: {verdict}");
+}
+
+/// A node's `/status` field `field` (`commit`, `applied`), if it answers.
+async fn status_index(addr: SocketAddr, field: &str) -> Option<u64> {
+    let reply = http(addr, "GET", "/status", None).await.ok()?;
+    (reply.status == 200).then(|| reply.json()[field].as_u64())?
+}
+
+/// How far each follower of a fresh cluster is behind the leader once a write of
+/// `value` to `key` is acknowledged: the entries it had yet to apply then (against the
+/// leader's commit index as its status shows it), and the ticks until it serves the
+/// value. Printed rather than asserted (ticks counted on the test's clock); a follower
+/// that never applies it fails the test after [`common::PATIENCE`]. On links that do
+/// not stall it takes a round trip or two, well within an election timeout.
+async fn follower_lag(cluster: &Cluster, leader: usize, key: &'static str, value: &'static str) {
+    let leader_http = cluster.nodes[leader - 1].http;
+    let commit = eventually("the leader's commit index", || {
+        status_index(leader_http, "commit")
+    })
+    .await;
+    let acked = Instant::now();
+    let followers = cluster.nodes.iter().filter(|n| n.id != leader);
+    let lags: Vec<_> = followers
+        .map(|node| {
+            let (id, addr) = (node.id, node.http);
+            tokio::spawn(async move {
+                let behind = status_index(addr, "applied")
+                    .await
+                    .map(|applied| commit.saturating_sub(applied));
+                eventually("a follower to apply the acknowledged write", || async {
+                    let path = format!("/key/{key}?consistency=stale");
+                    let reply = http(addr, "GET", &path, None).await.ok()?;
+                    (reply.status == 200 && reply.json()[key].as_str() == Some(value)).then_some(())
+                })
+                .await;
+                let ticks = acked.elapsed().as_millis().div_ceil(u128::from(TICK_MS));
+                (id, behind, ticks)
+            })
+        })
+        .collect();
+    for lag in lags {
+        let (id, behind, ticks) = lag.await.unwrap();
+        let behind = behind.map_or("an unknown number of".to_string(), |b| b.to_string());
+        println!(
+            "follower lag: node {id} was {behind} entries behind the leader's commit {commit} \
+             and applied the write within {ticks} ticks (election timeout {ELECTION_TICKS} ticks)"
+        );
     }
 }
 
@@ -352,7 +459,7 @@ async fn reads_and_writes_stay_linearizable_through_crashes_and_partitions() {
 /// had, after a newer write completed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_read_from_a_cut_off_follower_is_caught() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = KeptOnFailure::new("craft-stale-read-");
     let cluster = Cluster::start(dir.path()).await;
     let leader = cluster.leader().await;
     let leader_http = cluster.nodes[leader - 1].http;
@@ -381,26 +488,11 @@ async fn a_stale_read_from_a_cut_off_follower_is_caught() {
         })
     };
     write_until_acknowledged(vec![leader_http], "old").await;
-    // The follower to cut off: the first one seen to have applied that write (a
-    // follower may lag while the other one makes the quorum).
-    let (follower, follower_http) = eventually("a follower to apply the first write", || {
-        let followers: Vec<(usize, SocketAddr)> = (cluster.nodes.iter())
-            .filter(|n| n.id != leader)
-            .map(|n| (n.id, n.http))
-            .collect();
-        async move {
-            for (id, addr) in followers {
-                let Ok(reply) = http(addr, "GET", "/key/k?consistency=stale", None).await else {
-                    continue;
-                };
-                if reply.status == 200 {
-                    return Some((id, addr));
-                }
-            }
-            None
-        }
-    })
-    .await;
+    follower_lag(&cluster, leader, "k", "old").await;
+    // The follower to cut off: the first that is not the leader. Both followers have
+    // applied the first write (above).
+    let follower = (1..=NODES).find(|&n| n != leader).unwrap();
+    let follower_http = cluster.nodes[follower - 1].http;
     cluster.isolate(follower, true);
     // The newer write, through the two nodes still connected. The cut-off node cannot
     // have applied it, whatever became of the attempts before the acknowledged one.

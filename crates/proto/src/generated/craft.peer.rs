@@ -134,9 +134,11 @@ pub mod raft_peer_client {
         }
         /// Batches, in order, on one long-lived stream per sender and receiver: each costs a
         /// DATA frame, not a request and its answer. The receiver answers at once with the
-        /// response headers (so the sender knows the stream was accepted) and sends no Ack
-        /// until the end; it ends the stream with an error at the first batch it refuses, and
-        /// the sender opens another.
+        /// response headers (so the sender knows the stream was accepted; the header
+        /// `craft-batch-acks` says that it acknowledges batches), then sends one Ack per batch
+        /// once it has handed the batch's messages to raft; it ends the stream with an error at
+        /// the first batch it refuses, and the sender opens another. A sender tears down a
+        /// stream whose Acks stop while batches are outstanding, and opens another.
         pub async fn batches(
             &mut self,
             request: impl tonic::IntoStreamingRequest<Message = super::RaftBatch>,
@@ -195,9 +197,11 @@ pub mod raft_peer_server {
             + 'static;
         /// Batches, in order, on one long-lived stream per sender and receiver: each costs a
         /// DATA frame, not a request and its answer. The receiver answers at once with the
-        /// response headers (so the sender knows the stream was accepted) and sends no Ack
-        /// until the end; it ends the stream with an error at the first batch it refuses, and
-        /// the sender opens another.
+        /// response headers (so the sender knows the stream was accepted; the header
+        /// `craft-batch-acks` says that it acknowledges batches), then sends one Ack per batch
+        /// once it has handed the batch's messages to raft; it ends the stream with an error at
+        /// the first batch it refuses, and the sender opens another. A sender tears down a
+        /// stream whose Acks stop while batches are outstanding, and opens another.
         async fn batches(
             &self,
             request: tonic::Request<tonic::Streaming<super::RaftBatch>>,

@@ -111,12 +111,39 @@ where
     }
 }
 
-/// A loopback address with a port free at the time of the call.
+/// Ports [`free_addr`] hands out: below the ephemeral ranges of Linux (32768–60999) and
+/// of BSD, macOS and Windows (49152–65535), so the kernel never gives one of them to a
+/// socket bound to port 0 or to an outgoing connection.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback address whose port was free at the time of the call, for a child process
+/// to bind. Never one handed out before by this process, and never from the kernel's
+/// ephemeral range: a port taken from there (bind to port 0, then release) could be
+/// handed to a proxy's listener or to an outgoing connection before the child binds it,
+/// and the child would fail to start (a cluster then runs with a node missing, which
+/// looks like a follower that never catches up).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each process starts at a place of its own in the range, so two test processes
+    // rarely try the same ports at the same time.
+    static START: OnceLock<u32> = OnceLock::new();
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        (std::process::id().wrapping_mul(7919) ^ nanos) % span
+    });
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = TEST_PORTS.start + offset as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}");
 }
 
 /// SIGKILLs `child` (if any) and reaps it, as a crash.
