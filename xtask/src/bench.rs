@@ -24,7 +24,7 @@ use crate::cluster::{build_profile, scrape, Cluster, Profile, Spec};
 
 /// The last step of [`crate::interop::reference_help`] for `--compare`.
 const LAST_STEP: &str =
-    "cargo xtask bench --cluster-only --compare /work/ref/consensus_raft/target/release/consensus";
+    "cargo xtask bench --cluster-only --compare $REF/consensus_raft/target/release/consensus";
 
 /// `cargo xtask bench`
 #[derive(Debug, clap::Args)]

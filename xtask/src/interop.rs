@@ -25,7 +25,7 @@ pub fn reference_help(last_step: &str) -> String {
         "\
 Building the existing CITA-Cloud service (cita-cloud/consensus_raft) outside this clone:
   1. get the sources of cita-cloud/consensus_raft and of its git dependencies
-     cita-cloud/cloud-common-rs and JLerxky/raft-rs side by side, e.g. in /work/ref
+     cita-cloud/cloud-common-rs and JLerxky/raft-rs side by side, e.g. in $REF (a directory of your choice)
      (git clone https://github.com/cita-cloud/consensus_raft, and so on);
   2. in consensus_raft/Cargo.toml point them at the local copies:
        raft = {{ path = \"../raft-rs\", default-features = false, features = [\"prost-codec\"] }}
@@ -52,11 +52,11 @@ Building CITA-Cloud's network service (cita-cloud/network_zenoh) outside this cl
      zenoh-result, zenoh-runtime, zenoh-sync, zenoh-task, zenoh-transport, zenoh-util
      (otherwise cargo mixes 1.0.4 with newer 1.x crates that do not build together);
   3. cargo build --release in network_zenoh;
-  4. add --zenoh /work/ref/network_zenoh/target/release/network to the interop command
+  4. add --zenoh $REF/network_zenoh/target/release/network to the interop command
      (it also needs the openssl command line, for the nodes' TLS certificates).";
 
 const LAST_STEP: &str =
-    "cargo xtask interop --reference /work/ref/consensus_raft/target/release/consensus";
+    "cargo xtask interop --reference $REF/consensus_raft/target/release/consensus";
 
 /// `cargo xtask interop`
 #[derive(Debug, clap::Args)]
