@@ -30,6 +30,44 @@
 //! A hostile peer can therefore claim a raft id no one has spoken for yet (the real node
 //! then takes it back once the hostile origin falls silent or leaves the network), but it
 //! cannot take over or blackhole the traffic of a node that is talking.
+//!
+//! # Who must send the checksum trailer
+//!
+//! Our nodes end every raft message with a CRC32C trailer ([`crate::integrity`]); the
+//! existing service never does, and probes, probe answers and refreshes are the same
+//! 8 bytes from both (the contract's format; nothing else is announced). The rule:
+//! - an origin is required to send the trailer once one raft message from it carried a
+//!   trailer that verified (only our nodes send one). The requirement remembers the raft
+//!   id bound to the origin then;
+//! - from then on, a raft message from that origin without a trailer, or with one that
+//!   does not match, is dropped before raft sees it and counted (`no_checksum`,
+//!   `checksum`). Raft messages never lift the requirement, however many arrive;
+//! - it is lifted only by a well-formed `probe` from that origin (exactly 8 bytes) naming
+//!   exactly that raft id: what a node sends when it starts, so a node restarted there,
+//!   possibly as the existing service (a rolling upgrade rolled back). The next raft
+//!   message from the origin whose trailer verifies sets the requirement again.
+//!
+//! Why no damage lifts it: a raft message is never read as a probe, as the type field
+//! decides, not the payload; a damaged probe is either not 8 bytes (refused as
+//! `bad_id_payload`) or names another raft id, which the origin binding refuses as a
+//! conflict (an origin speaks for one raft id), and which is not the raft id the
+//! requirement remembers (so not even an origin whose binding has gone is lifted by it).
+//!
+//! The window, stated honestly: between a node's own probe (at its start; ours also
+//! probe when they lack a peer's origin, or after a refresh that undid a binding) and
+//! its first raft message whose trailer verifies, a raft message of that origin is taken
+//! without the check (no trailer, or one that does not match, read as none). Damage
+//! cannot open that window, only the node's own probe; the gate in front of raft
+//! (`craft_core::gate`) and the controller's check of each block (`CheckProposal`) still
+//! stand behind it. A node of the existing service restarted at such an origin whose
+//! start probe is lost is not heard until it probes again (it does on any refresh, or
+//! when it must send to a peer whose origin it does not know).
+//!
+//! "End to end" here means one hop: from this adapter through the network service to the
+//! adapter of the receiving node, where the trailer is checked before raft sees the
+//! message. The rest of a block's way (from the proposing controller into raft, through
+//! the raft log, out to each node's controller) is covered by each controller's own
+//! check of the block (`CheckProposal`) before it is committed, not by the trailer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -107,8 +145,8 @@ pub enum InboundError {
     /// A raft payload that does not decode.
     #[error("undecodable raft message: {0}")]
     BadRaftMessage(String),
-    /// A raft payload whose checksum trailer does not match, or that has none from an
-    /// origin that has sent one before: damaged in transit.
+    /// A raft message whose checksum trailer does not match, or that has none, from an
+    /// origin required to send it (see the module docs): damaged in transit.
     #[error("damaged raft message from origin {origin}: {error}")]
     Damaged {
         /// The sending origin.
@@ -137,6 +175,10 @@ impl InboundError {
             InboundError::UnknownType(_) => "unknown_type",
             InboundError::BadIdPayload { .. } => "bad_id_payload",
             InboundError::BadRaftMessage(_) => "undecodable",
+            InboundError::Damaged {
+                error: IntegrityError::Missing,
+                ..
+            } => "no_checksum",
             InboundError::Damaged { .. } => "checksum",
             InboundError::OriginConflict { .. } => "origin_conflict",
         }
@@ -152,20 +194,16 @@ struct Origins {
     last_seen: HashMap<u64, Instant>,
     /// Raft ids whose rebinding is being checked with the network, and since when.
     checking: HashMap<u64, Instant>,
-    /// Bound origins that have sent a message with a matching checksum trailer: from
-    /// them, a message without one is damaged.
-    checksummed: HashSet<u64>,
-    /// Plain messages in a row from a checksummed origin (see [`PLAIN_STREAK_RESET`]).
-    plain_streak: HashMap<u64, u32>,
+    /// Origins required to send the checksum trailer, with the raft id bound to each
+    /// when a verified trailer set the requirement: only a probe from the origin naming
+    /// that raft id lifts it (see the module docs). Kept when a binding goes: the origin
+    /// of a node stays its own, and no damage may lift the requirement.
+    trailer_required: HashMap<u64, u64>,
 }
 
-/// Plain raft messages in a row after which an origin that used to send checksums is
-/// taken to have stopped: the node there was replaced by one of the existing service
-/// (a rolling upgrade rolled back), which never sends them. Damage that removes a
-/// trailer is rare; this many damaged messages in a row from one origin, with nothing
-/// intact in between, is not what a faulty link does. A `probe` from an origin (a peer
-/// that has just started) drops the requirement at once.
-const PLAIN_STREAK_RESET: u32 = 4;
+/// Most origins remembered as required to send the trailer; past it, those not bound
+/// any more are forgotten (a bound origin never is).
+const MAX_TRAILER_REQUIRED: usize = 2 * MAX_BINDINGS;
 
 /// Most raft ids bound at once. The origin is the network's word, but whoever reaches
 /// the gRPC port directly can make up origins: past the bound, a new claim takes the
@@ -195,7 +233,6 @@ impl Origins {
         if let Some(old) = self.by_id.insert(id, origin) {
             self.by_origin.remove(&old);
             self.last_seen.remove(&old);
-            self.forget_checksums(old);
         }
         self.by_origin.insert(origin, id);
         self.last_seen.insert(origin, Instant::now());
@@ -205,15 +242,30 @@ impl Origins {
         if let Some(origin) = self.by_id.remove(&id) {
             self.by_origin.remove(&origin);
             self.last_seen.remove(&origin);
-            self.forget_checksums(origin);
         }
         self.checking.remove(&id);
     }
 
-    /// Stops requiring checksums from `origin`.
-    fn forget_checksums(&mut self, origin: u64) {
-        self.checksummed.remove(&origin);
-        self.plain_streak.remove(&origin);
+    /// Requires the checksum trailer from `origin`, bound to raft id `id`, whose raft
+    /// message has just carried one that verified. Returns whether that is new.
+    fn require_trailer(&mut self, origin: u64, id: u64) -> bool {
+        if !self.trailer_required.contains_key(&origin)
+            && self.trailer_required.len() >= MAX_TRAILER_REQUIRED
+        {
+            let bound = &self.by_origin;
+            self.trailer_required.retain(|o, _| bound.contains_key(o));
+        }
+        self.trailer_required.insert(origin, id) != Some(id)
+    }
+
+    /// Lifts the requirement of `origin`, whose well-formed probe names raft id `id`, if
+    /// it was set while the origin spoke for that raft id. Returns whether it did.
+    fn lift_trailer(&mut self, origin: u64, id: u64) -> bool {
+        let lift = self.trailer_required.get(&origin) == Some(&id);
+        if lift {
+            self.trailer_required.remove(&origin);
+        }
+        lift
     }
 
     /// Room for one more binding: `Some(None)` when there is, `Some(Some(id))` when the
@@ -596,6 +648,8 @@ impl CitaNetwork {
         self.broadcast_probe();
     }
 
+    /// Broadcasts our probe: this node's raft id, 8 bytes big-endian, as every node of
+    /// the existing service sends it.
     fn broadcast_probe(&self) {
         let msg = NetworkMsg {
             module: MODULE.to_string(),
@@ -660,26 +714,42 @@ impl CitaNetwork {
         result
     }
 
-    /// Counts a plain message from a checksummed origin; true once there have been
-    /// [`PLAIN_STREAK_RESET`] in a row, when the origin is no longer required to send
-    /// checksums and this message is taken as it is.
-    fn plain_in_a_row(&self, origin: u64) -> bool {
-        let mut o = self
+    /// Requires the checksum trailer from `origin`, bound to raft id `id`, whose raft
+    /// message has just carried one that verified.
+    fn require_trailer(&self, origin: u64, id: u64) {
+        let new = self
             .inner
             .origins
             .write()
-            .unwrap_or_else(|e| e.into_inner());
-        let streak = o.plain_streak.entry(origin).or_default();
-        *streak += 1;
-        if *streak < PLAIN_STREAK_RESET {
-            return false;
+            .unwrap_or_else(|e| e.into_inner())
+            .require_trailer(origin, id);
+        if new {
+            tracing::debug!(
+                raft_id = id,
+                origin,
+                "peer sends the checksum trailer; requiring it"
+            );
         }
-        o.forget_checksums(origin);
-        tracing::info!(
-            origin,
-            "origin stopped sending checksums (now the existing service?); no longer requiring them"
-        );
-        true
+    }
+
+    /// Lifts the trailer requirement of `origin` if its probe names raft id `id`, the
+    /// one it was required under: the node there has started again, maybe as the
+    /// existing service.
+    fn lift_trailer(&self, origin: u64, id: u64) {
+        let lifted = self
+            .inner
+            .origins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .lift_trailer(origin, id);
+        if lifted {
+            // Every probe of a node of ours lifts it too (until its next message): debug.
+            tracing::debug!(
+                raft_id = id,
+                origin,
+                "peer probed (started again); checksum trailer not required until it sends one"
+            );
+        }
     }
 
     fn handle_inner(&self, msg: NetworkMsg) -> Result<(), InboundError> {
@@ -688,40 +758,25 @@ impl CitaNetwork {
         }
         match msg.r#type.as_str() {
             TYPE_RAFT => {
-                let (required, streak) = {
-                    let o = self.inner.origins.read().unwrap_or_else(|e| e.into_inner());
-                    (
-                        o.checksummed.contains(&msg.origin),
-                        o.plain_streak.contains_key(&msg.origin),
-                    )
-                };
-                let damaged = |error| InboundError::Damaged {
-                    origin: msg.origin,
-                    error,
-                };
+                let required = self
+                    .inner
+                    .origins
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .trailer_required
+                    .contains_key(&msg.origin);
                 let (raft_msg, integrity) = match decode_checked(&msg.msg, required) {
                     Ok(decoded) => decoded,
                     Err(IntegrityError::Decode(e)) => {
                         return Err(InboundError::BadRaftMessage(e.to_string()))
                     }
-                    Err(IntegrityError::Missing) if self.plain_in_a_row(msg.origin) => {
-                        decode_checked(&msg.msg, false).map_err(|e| match e {
-                            IntegrityError::Decode(e) => {
-                                InboundError::BadRaftMessage(e.to_string())
-                            }
-                            error => damaged(error),
-                        })?
+                    Err(error) => {
+                        return Err(InboundError::Damaged {
+                            origin: msg.origin,
+                            error,
+                        })
                     }
-                    Err(error) => return Err(damaged(error)),
                 };
-                if streak && integrity == Integrity::Verified {
-                    self.inner
-                        .origins
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .plain_streak
-                        .remove(&msg.origin);
-                }
                 if raft_msg.to != self.inner.cfg.raft_id {
                     // The sender's origin map is stale: tell it whom it meant to reach.
                     tracing::debug!(
@@ -740,17 +795,8 @@ impl CitaNetwork {
                     return Ok(());
                 }
                 self.claim(raft_msg.from, msg.origin)?;
-                if integrity == Integrity::Verified && !required {
-                    tracing::debug!(
-                        origin = msg.origin,
-                        "origin sends checksums; requiring them"
-                    );
-                    self.inner
-                        .origins
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .checksummed
-                        .insert(msg.origin);
+                if integrity == Integrity::Verified {
+                    self.require_trailer(msg.origin, raft_msg.from);
                 }
                 let inbound = self
                     .inner
@@ -767,14 +813,10 @@ impl CitaNetwork {
             }
             TYPE_PROBE => {
                 let id = parse_id(TYPE_PROBE, &msg.msg)?;
+                // A damaged probe names another raft id and is refused here as a
+                // conflict; one that passes names the raft id the origin speaks for.
                 self.claim(id, msg.origin)?;
-                // A peer that probes has just started: whatever runs there now may be
-                // the existing service, which sends no checksums.
-                self.inner
-                    .origins
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .forget_checksums(msg.origin);
+                self.lift_trailer(msg.origin, id);
                 let peer_started = self
                     .inner
                     .peer_started
@@ -998,14 +1040,14 @@ mod tests {
             3,
             "a damaged message reached raft"
         );
-        assert_eq!(n.refused_stats(), vec![("checksum", 2)]);
+        assert_eq!(n.refused_stats(), vec![("checksum", 1), ("no_checksum", 1)]);
     }
 
     /// A node of ours replaced by the existing service at the same origin (a rolling
-    /// upgrade rolled back): its plain messages must get through again, or it is cut off
-    /// for good.
+    /// upgrade rolled back): its plain messages get through again after its probe, and
+    /// only then; nothing else from that origin lifts the requirement.
     #[tokio::test]
-    async fn an_origin_that_stops_sending_checksums_is_heard_again() {
+    async fn only_a_probe_for_its_raft_id_lifts_the_trailer_requirement() {
         let n = net();
         let seen = counting(&n);
         let m = Message {
@@ -1015,35 +1057,54 @@ mod tests {
             ..Default::default()
         };
         n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
-        // A few plain messages are taken for damage; an intact one in between starts
-        // the count again.
-        for _ in 1..PLAIN_STREAK_RESET {
+        // However many plain messages come, they are refused...
+        for _ in 0..100 {
             assert!(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).is_err());
         }
-        n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
-        for _ in 1..PLAIN_STREAK_RESET {
-            assert!(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).is_err());
-        }
-        assert_eq!(seen.load(Ordering::SeqCst), 2);
-        // The next one in a row is taken, and so is every plain one after it.
-        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
-        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
-        assert_eq!(seen.load(Ordering::SeqCst), 4);
-
-        // Checksums again, then a probe from there: a restarted peer, required no more.
-        n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
+        // ...and so they are after a probe answer, or a probe naming another raft id.
+        n.handle(id_msg(TYPE_PROBE_RESP, 42, 2)).unwrap();
+        assert!(is_conflict(n.handle(id_msg(TYPE_PROBE, 42, 3))));
         assert!(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).is_err());
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            n.refused_stats(),
+            vec![("no_checksum", 101), ("origin_conflict", 1)]
+        );
+        // The node's own probe from there: heard from then on...
         n.handle(id_msg(TYPE_PROBE, 42, 2)).unwrap();
         n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
-        assert_eq!(seen.load(Ordering::SeqCst), 6);
-        // A damaged trailer never counts as a plain message.
+        n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        // ...until one of ours is there again: required from its first intact message on.
         n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
-        let mut damaged = encode_checked(&m);
-        damaged[3] ^= 0x40;
-        for _ in 0..2 * PLAIN_STREAK_RESET {
-            assert!(n.handle(nm(TYPE_RAFT, 42, damaged.clone())).is_err());
-        }
-        assert_eq!(seen.load(Ordering::SeqCst), 7);
+        assert!(n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))).is_err());
+        assert_eq!(seen.load(Ordering::SeqCst), 4);
+    }
+
+    /// The requirement remembers the raft id it was set under: once the origin's binding
+    /// has gone, a damaged probe from it binds the raft id it names, but lifts nothing.
+    #[tokio::test]
+    async fn a_probe_naming_another_raft_id_never_lifts_the_requirement() {
+        let n = net();
+        let seen = counting(&n);
+        let m = Message {
+            from: 2,
+            to: 7,
+            term: 3,
+            ..Default::default()
+        };
+        n.handle(nm(TYPE_RAFT, 42, encode_checked(&m))).unwrap();
+        n.handle(id_msg(TYPE_REFRESH, 42, 2)).unwrap();
+        assert_eq!(n.origin_of(2), None);
+        n.handle(id_msg(TYPE_PROBE, 42, 2 ^ 1 << 40)).unwrap();
+        assert!(matches!(
+            n.handle(nm(TYPE_RAFT, 42, raft_msg(2, 7))),
+            Err(InboundError::Damaged {
+                origin: 42,
+                error: IntegrityError::Missing
+            })
+        ));
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -1430,8 +1491,11 @@ mod tests {
             rec.broadcast.lock().unwrap().len() == 2
         })
         .await;
-        let probe = rec.broadcast.lock().unwrap()[1].clone();
-        assert_eq!(probe.r#type, TYPE_PROBE);
-        assert_eq!(parse_id(TYPE_PROBE, &probe.msg).unwrap(), 7);
+        // The contract's probe, and nothing else broadcast.
+        let broadcast = rec.broadcast.lock().unwrap().clone();
+        for probe in &broadcast {
+            assert_eq!(probe.r#type, TYPE_PROBE);
+            assert_eq!(probe.msg, 7u64.to_be_bytes());
+        }
     }
 }
