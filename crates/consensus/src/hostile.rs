@@ -77,17 +77,20 @@ pub fn huge_length(len: u64) -> Vec<u8> {
     out
 }
 
+/// A raft message of `kind` from `from` to `to` in `term`, every other field empty.
+fn forged(kind: MessageType, to: u64, from: u64, term: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(kind);
+    m.to = to;
+    m.from = from;
+    m.term = term;
+    m
+}
+
 /// Well-formed raft messages from `from` to `to`, one per raft-rs assertion a peer could
 /// reach, plus the kinds a peer never sends. Each one killed an unguarded node.
 pub fn forged_raft(to: u64, from: u64) -> Vec<(&'static str, Message)> {
-    let base = |kind: MessageType, term: u64| {
-        let mut m = Message::default();
-        m.set_msg_type(kind);
-        m.to = to;
-        m.from = from;
-        m.term = term;
-        m
-    };
+    let base = |kind: MessageType, term: u64| forged(kind, to, from, term);
     let far = 1 << 40;
     let mut heartbeat = base(MessageType::MsgHeartbeat, far);
     heartbeat.commit = far;
@@ -168,14 +171,7 @@ pub fn forged_stateful(to: u64, from: u64, at: TargetState) -> Vec<(&'static str
         last_index: last,
         commit,
     } = at;
-    let base = |kind: MessageType, term: u64| {
-        let mut m = Message::default();
-        m.set_msg_type(kind);
-        m.to = to;
-        m.from = from;
-        m.term = term;
-        m
-    };
+    let base = |kind: MessageType, term: u64| forged(kind, to, from, term);
     // Far enough past the log that a live chain does not reach it while the message
     // travels, and far below any overflow.
     let ahead = last + 1_000_000;

@@ -78,14 +78,22 @@ async fn wait_height(chain: &DevChain, at_least: u64) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
+/// A single-validator development chain: controller and network served in-process,
+/// the consensus config written, the consensus not started.
+struct Chain {
+    dir: tempfile::TempDir,
+    ports: (u16, u16, u16, u16),
+    chain: DevChain,
+    config: std::path::PathBuf,
+}
+
+async fn single_validator_chain(block_interval: u32) -> Chain {
     let dir = tempfile::tempdir().unwrap();
     let ports = (free_port(), free_port(), free_port(), free_port());
     let chain = DevChain::open(DevChainConfig {
         node_name: "1".into(),
         validators: vec![hex::decode(format!("{:040x}", 1)).unwrap()],
-        block_interval: 0,
+        block_interval,
         ..Default::default()
     })
     .unwrap();
@@ -97,6 +105,23 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
     let net = DevNetwork::new(1);
     serve(NetworkServiceServer::new(net.service(1)), ports.2).await;
     let config = write_config(dir.path(), ports);
+    Chain {
+        dir,
+        ports,
+        chain,
+        config,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
+    let Chain {
+        // Kept until the end: dropping it deletes the node's directory.
+        dir: _dir,
+        ports,
+        chain,
+        config,
+    } = single_validator_chain(0).await;
 
     let child = Command::new(env!("CARGO_BIN_EXE_consensus"))
         .args(["run", "-c"])
@@ -180,18 +205,7 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
     assert!(refused >= 8, "refused_messages = {refused}\n{metrics}");
 
     // SIGTERM: clean exit with status 0.
-    let pid = child.0.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let mut status = None;
-    for _ in 0..100 {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let status = status.expect("consensus did not exit after SIGTERM");
-    assert!(status.success(), "exit status {status:?}");
+    terminate(&mut child).await;
 }
 
 async fn fetch_metrics(port: u16) -> String {
@@ -224,26 +238,15 @@ async fn terminate(child: &mut Kill) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_the_controller_lost_is_committed_again_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = (free_port(), free_port(), free_port(), free_port());
     // One block every second: between two blocks the snapshot after the last one is
     // written, so the restart finds that block recorded in raft and not in the log
     // still to apply.
-    let chain = DevChain::open(DevChainConfig {
-        node_name: "1".into(),
-        validators: vec![hex::decode(format!("{:040x}", 1)).unwrap()],
-        block_interval: 1,
-        ..Default::default()
-    })
-    .unwrap();
-    serve(
-        Consensus2ControllerServiceServer::new(chain.clone()),
-        ports.0,
-    )
-    .await;
-    let net = DevNetwork::new(1);
-    serve(NetworkServiceServer::new(net.service(1)), ports.2).await;
-    let config = write_config(dir.path(), ports);
+    let Chain {
+        dir,
+        ports: _,
+        chain,
+        config,
+    } = single_validator_chain(1).await;
     let start = |log: &str| {
         let out = std::fs::File::create(dir.path().join(log)).unwrap();
         Kill(
