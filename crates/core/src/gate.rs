@@ -38,10 +38,12 @@
 //! `MsgTimeoutNow` come from the leader this replica follows), no newer leader while the
 //! current one is alive ([`Rejection::LeaderInLease`]), vote requests whose last log
 //! term is not above their term, no forced (leadership-transfer) pre-votes, and no
-//! commit index taken from a vote message
-//! ([`crate::Replica::step`] clears it: a voter could otherwise commit this log's
-//! uncommitted entries). A snapshot's data is checked by the state machine before raft
-//! may persist it ([`Rejection::BadSnapshotData`]).
+//! commit index taken from a vote message ([`crate::Replica::step`] clears it: a voter
+//! could otherwise commit this log's uncommitted entries). A snapshot's data is checked
+//! by the state machine before raft may persist it ([`Rejection::BadSnapshotData`]). One
+//! more raft-rs panic needs no message to be refused: a leader that applies its own
+//! removal keeps leading and panics at its next write; [`crate::Replica`] makes it step
+//! down instead.
 //!
 //! # What passes
 //!
@@ -50,8 +52,9 @@
 //! election ([`Rejection::LeaderInLease`] holds off such claims while its leader is
 //! alive); a voter that lies about its log can win an election (a forced campaign
 //! passes the lease, as leadership transfer needs); and a leader, elected or forged, can
-//! replicate and commit whatever it likes. The gate keeps every such message from stopping the replica (no
-//! panic, no state it cannot open again), not from being believed.
+//! replicate and commit whatever it likes. The gate keeps every such message from
+//! stopping the replica (no panic, no state it cannot open again), not from being
+//! believed.
 
 use raft::eraftpb::{
     ConfChange, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, EntryType, Message,
