@@ -204,6 +204,8 @@ pub struct Replica<S: LogStore> {
     snapshots_reported: bool,
     /// Validates a leader's snapshot data before raft may persist it.
     snapshot_check: Option<SnapshotCheck>,
+    /// Heartbeats whose commit index past this log was ignored.
+    commits_withheld: u64,
     /// Messages a removed leader had queued when it stepped down, sent with the Ready.
     held_messages: Vec<Message>,
     last_role: RoleChange,
@@ -261,6 +263,7 @@ impl<S: LogStore> Replica<S> {
             snapshots_reported: false,
             snapshot_check: None,
             held_messages: Vec::new(),
+            commits_withheld: 0,
             last_role,
         };
         Ok((replica, (applied > 0).then_some(snapshot)))
@@ -380,6 +383,30 @@ impl<S: LogStore> Replica<S> {
     /// reaches raft.
     pub fn step(&mut self, mut msg: Message) -> Result<(), Error> {
         let view = self.gate_view();
+        if MessageType::from_i32(msg.msg_type) == Some(MessageType::MsgHeartbeat)
+            && msg.commit > view.last_index
+            && crate::gate::check(&msg, &view) == Err(crate::gate::Rejection::CommitPastLog)
+        {
+            // The leader counts entries as held here that this log lacks: this node lost
+            // what it acknowledged (replaced with an empty raft directory, as when
+            // migrating). Refusing the heartbeat outright would leave a leader without
+            // our gate (the existing service's) waiting forever for its answer; so it is
+            // taken with no commit index of its own (this replica commits nothing on
+            // its word), answered, and the leader goes on to probe this log and send a
+            // snapshot.
+            msg.commit = msg.commit.min(view.committed);
+            self.commits_withheld += 1;
+            let n = self.commits_withheld;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    raft_id = self.cfg.id,
+                    from = msg.from,
+                    last_index = view.last_index,
+                    withheld = n,
+                    "heartbeat committing past this log: its commit ignored (entries acknowledged here were lost?)"
+                );
+            }
+        }
         // `from_i32`, not `get_msg_type`: raft's accessor panics on a number it does not
         // know, and the gate has not looked at this message yet.
         if matches!(
@@ -448,6 +475,14 @@ impl<S: LogStore> Replica<S> {
     /// (see [`crate::StateMachine::check_snapshot`]). Without one, any data passes.
     pub fn set_snapshot_check(&mut self, check: SnapshotCheck) {
         self.snapshot_check = Some(check);
+    }
+
+    /// How many heartbeats committing past this log [`Replica::step`] took without their
+    /// commit index since open: the leader counted entries as held here that this log
+    /// lacks, so entries this node acknowledged were lost (an emptied raft directory, or
+    /// a disk that lied about a sync).
+    pub fn commits_withheld(&self) -> u64 {
+        self.commits_withheld
     }
 
     /// How many peer messages [`Replica::step`] refused since open.

@@ -247,17 +247,36 @@ fn an_append_with_a_gap() {
 
 #[test]
 fn a_heartbeat_committing_past_the_log() {
-    dies_bare_refused_gated(
-        "heartbeat commit past the log",
-        bare_follower(),
-        follower(),
-        |term| {
-            let mut m = msg(MessageType::MsgHeartbeat, LEADER, term);
-            m.commit = 20;
-            m
-        },
-        nothing,
-        Rejection::CommitPastLog,
+    let forge = |term| {
+        let mut m = msg(MessageType::MsgHeartbeat, LEADER, term);
+        m.commit = 20;
+        m
+    };
+    let mut bare = bare_follower();
+    let died = catch_unwind(AssertUnwindSafe(|| {
+        let _ = bare.step(forge(TERM));
+    }));
+    assert!(
+        died.is_err(),
+        "raft-rs survived a heartbeat committing past its log"
+    );
+    // Ours takes the heartbeat without its commit (and answers it, so that a leader
+    // without our gate goes on to probe this log), and commits nothing on its word.
+    let mut replica = follower();
+    let committed = replica.commit_index();
+    replica.step(forge(TERM)).unwrap();
+    assert_eq!(replica.commits_withheld(), 1);
+    assert_eq!(replica.commit_index(), committed);
+    let mut answered = Vec::new();
+    while replica.has_ready() {
+        let out = replica.handle_ready(&mut |m| answered.extend(m)).unwrap();
+        answered.extend(out.messages);
+    }
+    assert!(
+        answered
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse && m.to == LEADER),
+        "the heartbeat was not answered: {answered:?}"
     );
 }
 
@@ -472,4 +491,129 @@ fn a_leader_removed_by_a_committed_change_steps_down_instead_of_panicking() {
         replica.tick();
         handle_ready(&mut replica);
     }
+}
+
+/// Delivers messages between a bare raft-rs leader (as the existing service runs it) and
+/// our replica until `done`, at most `rounds` rounds. Returns whether `done` held.
+fn converse(
+    leader: &mut RawNode<MemLogStore>,
+    ours: &mut Replica<MemLogStore>,
+    rounds: usize,
+    done: impl Fn(&RawNode<MemLogStore>, &Replica<MemLogStore>) -> bool,
+) -> bool {
+    for round in 0..rounds {
+        if done(leader, ours) {
+            return true;
+        }
+        leader.tick();
+        if round % 5 == 0 {
+            let _ = leader.propose(Vec::new(), vec![round as u8]);
+        }
+        // The leader's Ready: persist, then deliver what is for node 1 (ours); acks from
+        // node 3 keep it committing.
+        let mut to_ours = Vec::new();
+        while leader.has_ready() {
+            let mut ready = leader.ready();
+            let mut msgs = ready.take_messages();
+            let write = LogWrite {
+                snapshot: (ready.snapshot().get_metadata().index > 0)
+                    .then(|| ready.snapshot().clone()),
+                entries: ready.take_entries(),
+                hard_state: ready.hs().cloned(),
+                must_sync: true,
+                ..Default::default()
+            };
+            if !write.is_empty() {
+                leader.store().write(write).unwrap();
+            }
+            msgs.extend(ready.take_persisted_messages());
+            let mut light = leader.advance(ready);
+            msgs.extend(light.take_messages());
+            leader.advance_apply();
+            for m in msgs {
+                match m.to {
+                    ME => to_ours.push(m),
+                    3 if m.get_msg_type() == MessageType::MsgAppend => {
+                        let mut ack = msg(MessageType::MsgAppendResponse, 3, m.term);
+                        ack.to = LEADER;
+                        ack.index = m.index + m.entries.len() as u64;
+                        let _ = leader.step(ack);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for m in to_ours {
+            let _ = ours.step(m);
+        }
+        ours.tick();
+        while ours.has_ready() {
+            let mut back = Vec::new();
+            let out = ours.handle_ready(&mut |m| back.extend(m)).unwrap();
+            back.extend(out.messages);
+            if let Some(last) = out.committed.last() {
+                ours.advance_apply(last.index);
+            }
+            for m in back {
+                if m.to == LEADER {
+                    let _ = leader.step(m);
+                }
+            }
+        }
+    }
+    done(leader, ours)
+}
+
+#[test]
+fn a_node_of_ours_replaced_empty_catches_up_under_a_leader_of_the_existing_service() {
+    // The existing service leads with raft-rs as is (no gate). Node 1 acknowledged
+    // entries, then was replaced by ours with an empty raft directory (the migration's
+    // step 2): the leader still counts what node 1 had and heartbeats it with a commit
+    // past its log. Ours must not panic, and must get the leader to probe it and send a
+    // snapshot, so it catches up while that leader stays.
+    let mut cfg = raft_config();
+    cfg.id = LEADER;
+    let mut leader = RawNode::new(&cfg, store(), &logger()).unwrap();
+    leader.campaign().unwrap();
+    let mut vote = msg(MessageType::MsgRequestVoteResponse, 3, leader.raft.term);
+    vote.to = LEADER;
+    vote.reject = false;
+    leader.step(vote).unwrap();
+    assert_eq!(leader.raft.state, raft::StateRole::Leader);
+    for i in 0..10u8 {
+        leader.propose(Vec::new(), vec![i]).unwrap();
+    }
+    // Node 1 (before its replacement) and node 3 acknowledge everything.
+    let last = leader.raft.raft_log.last_index();
+    for from in [ME, 3] {
+        let mut ack = msg(MessageType::MsgAppendResponse, from, leader.raft.term);
+        ack.to = LEADER;
+        ack.index = last;
+        leader.step(ack).unwrap();
+    }
+    // The leader had probed node 1 (it went quiet while being replaced) and waits for
+    // an answer before it sends more: only heartbeats go out to it.
+    {
+        let pr = leader.raft.mut_prs().get_mut(ME).unwrap();
+        pr.become_probe();
+        pr.pause();
+    }
+    let mut fresh = follower_empty();
+    assert!(
+        converse(&mut leader, &mut fresh, 200, |l, o| {
+            o.commit_index() >= l.raft.raft_log.committed && l.raft.raft_log.committed > last
+        }),
+        "ours never caught up: leader commit {}, ours last {} commit {}",
+        leader.raft.raft_log.committed,
+        fresh.last_index(),
+        fresh.commit_index()
+    );
+}
+
+/// Our replica as node 1 with a fresh raft directory: only the initial snapshot.
+fn follower_empty() -> Replica<MemLogStore> {
+    // As the consensus service runs it: pre-vote on, so a node that hears no leader
+    // does not raise its term.
+    let (replica, _) = Replica::open(ReplicaConfig::new(ME), store()).unwrap();
+    replica
 }

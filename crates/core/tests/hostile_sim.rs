@@ -688,7 +688,6 @@ fn a_hostile_member_stops_no_honest_node() {
     // Every gate rule that matters to a member's forgery was exercised.
     for must in [
         Rejection::BadPrevTerm,
-        Rejection::CommitPastLog,
         Rejection::NotContiguous,
         Rejection::BadSnapshotData,
         Rejection::NotLeader,

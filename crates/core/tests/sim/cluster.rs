@@ -501,7 +501,15 @@ impl Cluster {
             let Some(r) = self.nodes.get_mut(&to).and_then(|n| n.replica.as_mut()) else {
                 continue;
             };
+            let withheld = r.commits_withheld();
             match r.step(msg) {
+                // A heartbeat committing past this log, taken without its commit: the
+                // leader counts entries as held here that this log lacks.
+                Ok(()) if r.commits_withheld() > withheld => self.fail(format!(
+                    "node {to} got a heartbeat committing past its log (the leader counts \
+                     entries as held here that this log lacks: entries acknowledged, then \
+                     lost; raft-rs would panic \"to_commit out of range\")"
+                )),
                 Ok(()) => {}
                 // A follower still hearing its leader refuses a newer one, as raft-rs
                 // ignores votes in that lease: an honest cluster sends such messages
