@@ -90,7 +90,7 @@ impl Default for ConsensusConfig {
             heartbeat_tick: 15,
             election_tick: 50,
             check_quorum: true,
-            raft_data_path: "raft-data".into(),
+            raft_data_path: "raft-data-dir".into(),
             enable_metrics: true,
             metrics_port: 60001,
             metrics_buckets: vec![
