@@ -462,6 +462,7 @@ impl Node {
             let joined = join.await;
             self.network.set_inbound(None);
             self.network.set_peer_started(None);
+            self.network.stop_reporting_unreachable();
             match joined {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(anyhow::anyhow!(e).context("raft stopped with an error")),
@@ -545,6 +546,9 @@ impl Node {
         let h = handle.clone();
         self.network
             .set_peer_started(Some(Arc::new(move |id| h.peer_restarted(id))));
+        let h = handle.clone();
+        self.network
+            .report_unreachable_to(move |id| h.report_unreachable(id));
         Ok((handle, stop_tx, join))
     }
 

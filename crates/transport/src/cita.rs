@@ -68,8 +68,36 @@
 //! message. The rest of a block's way (from the proposing controller into raft, through
 //! the raft log, out to each node's controller) is covered by each controller's own
 //! check of the block (`CheckProposal`) before it is committed, not by the trailer.
+//!
+//! # Sending
+//!
+//! Like the KV transport's links ([`crate::peer`]), messages to one peer go on two
+//! lanes, each a bounded queue drained by a task of its own:
+//! - the **control lane** carries every message without entries (heartbeats and their
+//!   answers, votes, append answers, read index, `MsgTimeoutNow`, probe answers), with
+//!   up to [`CONTROL_IN_FLIGHT`] `SendMsg` calls at once, so it never waits behind
+//!   bulk data;
+//! - the **bulk lane** carries `MsgAppend` (even an empty one: it may commit what the
+//!   appends before it carried), `MsgSnapshot` and any other message with entries, one
+//!   `SendMsg` at a time, so a follower receives the appends in the order raft sent
+//!   them. It queues at most [`BULK_QUEUE_BYTES`] besides its message bound.
+//!
+//! A raft message whose encoding exceeds [`MAX_RAFT_MESSAGE_BYTES`] never leaves: it is
+//! dropped, logged and counted. Nothing is dropped without telling raft: a full queue, a
+//! failed `SendMsg` or one answered with a non-zero code, an append for a peer whose
+//! origin is unknown, a message too large, or one still queued for an origin that was
+//! replaced (it is never sent there) reports the peer unreachable
+//! ([`CitaNetwork::report_unreachable_to`], usually
+//! [`craft_core::NodeHandle::report_unreachable`]), so raft's leader probes it instead
+//! of streaming appends after lost ones. A peer is reported once, and again only after
+//! a message from it arrived.
+//!
+//! The channel to the network service sends HTTP/2 keepalive pings, so a connection
+//! that stalled is replaced; [`TIMEOUTS_BEFORE_LOST`] calls in a row that time out are
+//! taken as a lost network service (this node registers its handler again).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -77,12 +105,15 @@ use cita_proto::common::{Empty, StatusCode};
 use cita_proto::network::network_msg_handler_service_server::NetworkMsgHandlerService;
 use cita_proto::network::network_service_client::NetworkServiceClient;
 use cita_proto::network::{NetworkMsg, RegisterInfo};
-use raft::eraftpb::Message;
+use futures::StreamExt as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::integrity::{decode_checked, encode_checked, Integrity, IntegrityError};
-use crate::queue::PeerQueues;
+use crate::queue::PeerStats;
 
 /// Module name the consensus service registers with the network.
 pub const MODULE: &str = "consensus";
@@ -99,6 +130,25 @@ pub const TYPE_REFRESH: &str = "refresh";
 /// are hashes, and this one would only share a queue).
 const REPLY_QUEUE: u64 = u64::MAX;
 
+/// Control messages sent to one peer at once (`SendMsg` calls in flight).
+pub const CONTROL_IN_FLIGHT: usize = 8;
+/// Encoded bytes a peer's bulk lane queues before new messages are dropped (a message
+/// finding the lane empty is always taken): as much as raft sends a follower at most
+/// before it waits for an answer, as the KV transport's [`crate::peer::QUEUE_BYTES`].
+pub const BULK_QUEUE_BYTES: usize = crate::peer::QUEUE_BYTES;
+/// Room kept under [`cita_proto::MAX_MESSAGE_BYTES`] for the `NetworkMsg`'s own fields
+/// and the gRPC framing.
+pub const MESSAGE_HEADROOM: usize = 64 << 10;
+/// Largest encoded raft message (with its checksum trailer) the adapter sends; a larger
+/// one could never pass the gRPC limit and is dropped and reported, not retried.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = cita_proto::MAX_MESSAGE_BYTES - MESSAGE_HEADROOM;
+/// Calls to the network service in a row that time out before it is taken as lost.
+pub const TIMEOUTS_BEFORE_LOST: u32 = 3;
+/// Interval of the HTTP/2 keepalive pings on the channel to the network service.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Time a keepalive ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Settings of the adapter.
 #[derive(Debug, Clone)]
 pub struct CitaNetworkConfig {
@@ -110,7 +160,7 @@ pub struct CitaNetworkConfig {
     pub handler_host: String,
     /// Port the network should call `ProcessNetworkMsg` on.
     pub handler_port: u16,
-    /// Messages queued per peer before new ones are dropped.
+    /// Messages queued per peer and lane before new ones are dropped.
     pub queue_capacity: usize,
     /// Least time between two probe broadcasts.
     pub probe_interval: Duration,
@@ -124,6 +174,192 @@ pub type Inbound = Arc<dyn Fn(Message) -> bool + Send + Sync>;
 
 /// Told the raft id of a peer that has just started (it sent a `probe`).
 pub type PeerStarted = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Told the raft id of a peer messages were dropped to.
+type UnreachableFn = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Where peers that messages were dropped to are reported, and which were reported
+/// and not heard from since.
+#[derive(Default)]
+struct Unreachable {
+    /// Who is told; `None` while raft is stopped (reports are then not made).
+    reporter: Option<UnreachableFn>,
+    /// Peers reported and not heard from since.
+    reported: HashSet<u64>,
+}
+
+/// The reports of unreachable peers, shared with the lanes' tasks.
+#[derive(Default)]
+struct Reports(Mutex<Unreachable>);
+
+impl Reports {
+    /// Reports `peer` unreachable, unless it was reported and not heard from since.
+    fn report(&self, peer: u64) {
+        if peer == REPLY_QUEUE {
+            return;
+        }
+        let report = {
+            let mut u = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(report) = u.reporter.clone() else {
+                return;
+            };
+            if !u.reported.insert(peer) {
+                return;
+            }
+            report
+        };
+        tracing::debug!(peer, "reporting peer unreachable");
+        report(peer);
+    }
+
+    /// A message from `peer` arrived: a drop may be reported again.
+    fn heard_from(&self, peer: u64) {
+        let mut u = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !u.reported.is_empty() {
+            u.reported.remove(&peer);
+        }
+    }
+
+    fn set(&self, reporter: Option<UnreachableFn>) {
+        let mut u = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        u.reporter = reporter;
+        u.reported.clear();
+    }
+}
+
+/// Whether `m` goes on the bulk lane, sent in order: it carries entries or a snapshot,
+/// or is an append (even an empty one may commit entries only the appends before it
+/// carry).
+fn is_bulk(m: &Message) -> bool {
+    m.msg_type == MessageType::MsgAppend as i32
+        || m.msg_type == MessageType::MsgSnapshot as i32
+        || !m.entries.is_empty()
+}
+
+/// One lane to a peer: its queue's sending end and the bytes it holds.
+struct Lane {
+    tx: mpsc::Sender<NetworkMsg>,
+    /// Bytes of payload queued and not yet taken by the lane's task.
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// The two lanes to one peer at one origin. Dropping it (the peer's origin changed, or
+/// its binding was evicted) makes its tasks drop, count and report what is still
+/// queued instead of sending it to the old origin.
+struct PeerLink {
+    control: Lane,
+    bulk: Lane,
+    /// Set when the link is dropped.
+    stale: Arc<AtomicBool>,
+}
+
+impl Drop for PeerLink {
+    fn drop(&mut self) {
+        self.stale.store(true, Ordering::Release);
+    }
+}
+
+/// The links to peers, and their counters (kept when a link is replaced).
+#[derive(Default)]
+struct Links {
+    links: HashMap<u64, PeerLink>,
+    stats: HashMap<u64, Arc<PeerStats>>,
+}
+
+impl Links {
+    /// The counters of `peer`, made on first use. Past [`MAX_BINDINGS`] peers counted,
+    /// those without a link are forgotten first: a peer's counters outlive its link
+    /// (its origin may change), but not without bound.
+    fn stats_of(&mut self, peer: u64) -> Arc<PeerStats> {
+        if !self.stats.contains_key(&peer) && self.stats.len() >= MAX_BINDINGS {
+            let links = &self.links;
+            self.stats.retain(|p, _| links.contains_key(p));
+        }
+        self.stats.entry(peer).or_default().clone()
+    }
+}
+
+/// What a lane's task needs to send.
+struct LaneSender {
+    peer: u64,
+    /// `control` or `bulk`, for logs.
+    kind: &'static str,
+    client: NetworkServiceClient<Channel>,
+    network_lost: Arc<tokio::sync::Notify>,
+    stats: Arc<PeerStats>,
+    stale: Arc<AtomicBool>,
+    queued_bytes: Arc<AtomicUsize>,
+    reports: Arc<Reports>,
+    /// Calls to the network in a row that timed out (all lanes).
+    timeouts: Arc<AtomicU32>,
+}
+
+impl LaneSender {
+    /// Runs the lane: takes messages in queue order, with up to `in_flight` sends at
+    /// once (1: strictly one after another), until the link is dropped and drained.
+    async fn run(self: Arc<Self>, rx: mpsc::Receiver<NetworkMsg>, in_flight: usize) {
+        let this = self.clone();
+        ReceiverStream::new(rx)
+            .map(move |msg| {
+                this.queued_bytes
+                    .fetch_sub(msg.msg.len(), Ordering::Relaxed);
+                this.clone().deliver(msg)
+            })
+            .buffer_unordered(in_flight.max(1))
+            .for_each(|()| std::future::ready(()))
+            .await;
+    }
+
+    async fn deliver(self: Arc<Self>, msg: NetworkMsg) {
+        if self.stale.load(Ordering::Acquire) {
+            tracing::debug!(
+                peer = self.peer,
+                origin = msg.origin,
+                lane = self.kind,
+                "origin replaced; queued message dropped"
+            );
+            self.dropped();
+            return;
+        }
+        match self.client.clone().send_msg(msg).await {
+            Ok(resp) => {
+                self.timeouts.store(0, Ordering::Relaxed);
+                let code = resp.get_ref().code;
+                if code == 0 {
+                    self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tracing::debug!(peer = self.peer, code, "network refused SendMsg");
+                    self.dropped();
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = self.peer, error = %e, "SendMsg failed");
+                if network_gone(&e) {
+                    self.network_lost.notify_one();
+                } else if matches!(
+                    e.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) {
+                    let in_a_row = self.timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+                    if in_a_row >= TIMEOUTS_BEFORE_LOST {
+                        self.timeouts.store(0, Ordering::Relaxed);
+                        tracing::warn!(
+                            in_a_row,
+                            "calls to the network service keep timing out; taking it as lost"
+                        );
+                        self.network_lost.notify_one();
+                    }
+                }
+                self.dropped();
+            }
+        }
+    }
+
+    fn dropped(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.reports.report(self.peer);
+    }
+}
 
 /// Why an incoming network message was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -298,7 +534,9 @@ struct Inner {
     client: NetworkServiceClient<Channel>,
     origins: RwLock<Origins>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
-    queues: PeerQueues<NetworkMsg>,
+    links: Mutex<Links>,
+    reports: Arc<Reports>,
+    timeouts: Arc<AtomicU32>,
     inbound: RwLock<Option<Inbound>>,
     peer_started: RwLock<Option<PeerStarted>>,
     last_probe: Mutex<Option<Instant>>,
@@ -349,7 +587,10 @@ impl CitaNetwork {
         let endpoint = Endpoint::from_shared(cfg.network_addr.clone())?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         Ok(Self {
             inner: Arc::new(Inner {
                 client: NetworkServiceClient::new(endpoint.connect_lazy())
@@ -357,7 +598,9 @@ impl CitaNetwork {
                     .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
                 origins: RwLock::new(Origins::default()),
                 refused: Mutex::new(BTreeMap::new()),
-                queues: PeerQueues::new(cfg.queue_capacity),
+                links: Mutex::new(Links::default()),
+                reports: Arc::new(Reports::default()),
+                timeouts: Arc::new(AtomicU32::new(0)),
                 inbound: RwLock::new(None),
                 peer_started: RwLock::new(None),
                 last_probe: Mutex::new(None),
@@ -388,6 +631,18 @@ impl CitaNetwork {
             .peer_started
             .write()
             .unwrap_or_else(|e| e.into_inner()) = peer_started;
+    }
+
+    /// Tells `report` the raft id of every peer this adapter dropped messages to (see
+    /// [the module docs](self)); usually [`craft_core::NodeHandle::report_unreachable`].
+    /// Replaces any reporter set before.
+    pub fn report_unreachable_to(&self, report: impl Fn(u64) + Send + Sync + 'static) {
+        self.inner.reports.set(Some(Arc::new(report)));
+    }
+
+    /// Stops reporting unreachable peers, e.g. while raft is stopped.
+    pub fn stop_reporting_unreachable(&self) {
+        self.inner.reports.set(None);
     }
 
     /// Registers the `consensus` handler with the network, retrying with backoff until
@@ -492,7 +747,7 @@ impl CitaNetwork {
                         )))
                     }
                     // Its outgoing queue goes with it: queues stay as bounded as bindings.
-                    Some(Some(evicted)) => self.inner.queues.remove(evicted),
+                    Some(Some(evicted)) => self.remove_link(evicted, true),
                     Some(None) => {}
                 }
                 tracing::debug!(raft_id = id, origin, "learned peer origin");
@@ -515,6 +770,8 @@ impl CitaNetwork {
                         "bound origin silent; rebinding"
                     );
                     o.bind(id, origin);
+                    // What is queued for the old origin is not sent there.
+                    self.remove_link(id, false);
                     drop(o);
                     self.release_held(id, origin);
                     return Ok(());
@@ -563,27 +820,30 @@ impl CitaNetwork {
             if still && listed.contains(&new) && !listed.contains(&old) {
                 tracing::info!(raft_id = id, old, new, "network no longer lists the bound origin; rebinding");
                 o.bind(id, new);
+                this.remove_link(id, false);
                 drop(o);
                 this.release_held(id, new);
             }
         });
     }
 
-    /// Holds `m` for its raft id, whose origin is unknown: see [`HOLD_FOR`].
-    fn hold(&self, m: Message) {
+    /// Holds `m` for its raft id, whose origin is unknown: see [`HOLD_FOR`]. Returns
+    /// whether it did (`false`: `m` is dropped).
+    fn hold(&self, m: Message) -> bool {
         if !worth_holding(&m) {
-            return;
+            return false;
         }
         let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
         held.retain(|_, q| q.back().is_some_and(|(at, _)| at.elapsed() < HOLD_FOR));
         if !held.contains_key(&m.to) && held.len() >= HOLD_PEERS {
-            return;
+            return false;
         }
         let q = held.entry(m.to).or_default();
         if q.len() >= HOLD_PER_PEER {
             q.pop_front();
         }
         q.push_back((Instant::now(), m));
+        true
     }
 
     /// Sends what is held for raft id `id`, now bound to `origin`, that is still recent.
@@ -599,7 +859,7 @@ impl CitaNetwork {
         };
         for (at, m) in q {
             if at.elapsed() < HOLD_FOR {
-                self.send_to_origin(id, origin, TYPE_RAFT, encode_checked(&m));
+                self.send_to_origin(id, origin, TYPE_RAFT, encode_checked(&m), false);
             }
         }
     }
@@ -615,11 +875,49 @@ impl CitaNetwork {
             .collect()
     }
 
-    /// `(raft id, sent, dropped)` per peer.
+    /// `(raft id, sent, dropped)` raft messages per peer (both lanes), sorted by raft
+    /// id: sent were taken by the network (code 0); dropped found a full queue, failed,
+    /// were refused by the network, were too large, were appends for a peer whose
+    /// origin was unknown, or were still queued for an origin that was replaced.
     pub fn peer_stats(&self) -> Vec<(u64, u64, u64)> {
-        let mut stats = self.inner.queues.stats();
-        stats.retain(|(peer, _, _)| *peer != REPLY_QUEUE);
-        stats
+        let links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = links
+            .stats
+            .iter()
+            .filter(|(peer, _)| **peer != REPLY_QUEUE)
+            .map(|(peer, s)| {
+                (
+                    *peer,
+                    s.sent.load(Ordering::Relaxed),
+                    s.dropped.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Counts a message to `peer` dropped before it was queued, and reports the peer.
+    fn dropped_before_queue(&self, peer: u64) {
+        self.inner
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats_of(peer)
+            .dropped
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner.reports.report(peer);
+    }
+
+    /// Drops the link to `peer` (its origin is no longer bound): what it still holds is
+    /// dropped, counted and reported, never sent to the old origin. `forget` also drops
+    /// its counters (the binding was evicted, to keep them as bounded as bindings).
+    fn remove_link(&self, peer: u64, forget: bool) {
+        let mut links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.links.remove(&peer);
+        if forget {
+            links.stats.remove(&peer);
+        }
     }
 
     /// Broadcasts a probe unless one went out within `probe_interval`.
@@ -669,33 +967,79 @@ impl CitaNetwork {
         });
     }
 
-    fn send_to_origin(&self, peer: u64, origin: u64, kind: &str, payload: Vec<u8>) -> bool {
+    /// Queues `payload` for `peer` at `origin` on its bulk or control lane. Returns
+    /// `false` when it was dropped (the lane is full): counted and reported.
+    fn send_to_origin(
+        &self,
+        peer: u64,
+        origin: u64,
+        kind: &str,
+        payload: Vec<u8>,
+        bulk: bool,
+    ) -> bool {
         let msg = NetworkMsg {
             module: MODULE.to_string(),
             r#type: kind.to_string(),
             origin,
             msg: payload,
         };
-        let client = self.inner.client.clone();
-        let lost = self.inner.network_lost.clone();
-        self.inner.queues.push(peer, msg, move || {
-            move |msg: NetworkMsg| {
-                let mut client = client.clone();
-                let lost = lost.clone();
-                async move {
-                    match client.send_msg(msg).await {
-                        Ok(resp) => resp.get_ref().code == 0,
-                        Err(e) => {
-                            tracing::debug!(peer, error = %e, "SendMsg failed");
-                            if network_gone(&e) {
-                                lost.notify_one();
-                            }
-                            false
-                        }
-                    }
+        let len = msg.msg.len();
+        let mut links = self.inner.links.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = links.stats_of(peer);
+        let link = match links.links.entry(peer) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.start_link(peer, stats.clone()))
+            }
+        };
+        let lane = if bulk { &link.bulk } else { &link.control };
+        let queued = lane.queued_bytes.load(Ordering::Relaxed);
+        let over_bytes = bulk && queued > 0 && queued.saturating_add(len) > BULK_QUEUE_BYTES;
+        if !over_bytes {
+            lane.queued_bytes.fetch_add(len, Ordering::Relaxed);
+            match lane.tx.try_send(msg) {
+                Ok(()) => return true,
+                Err(_) => {
+                    lane.queued_bytes.fetch_sub(len, Ordering::Relaxed);
                 }
             }
-        })
+        }
+        drop(links);
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            peer,
+            lane = if bulk { "bulk" } else { "control" },
+            "send queue full; message dropped"
+        );
+        self.inner.reports.report(peer);
+        false
+    }
+
+    /// Starts the two lanes to `peer`, each drained by a task of its own.
+    fn start_link(&self, peer: u64, stats: Arc<PeerStats>) -> PeerLink {
+        let stale = Arc::new(AtomicBool::new(false));
+        let lane = |kind: &'static str, in_flight: usize| {
+            let (tx, rx) = mpsc::channel(self.inner.cfg.queue_capacity.max(1));
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
+            let sender = Arc::new(LaneSender {
+                peer,
+                kind,
+                client: self.inner.client.clone(),
+                network_lost: self.inner.network_lost.clone(),
+                stats: stats.clone(),
+                stale: stale.clone(),
+                queued_bytes: queued_bytes.clone(),
+                reports: self.inner.reports.clone(),
+                timeouts: self.inner.timeouts.clone(),
+            });
+            tokio::spawn(sender.run(rx, in_flight));
+            Lane { tx, queued_bytes }
+        };
+        PeerLink {
+            control: lane("control", CONTROL_IN_FLIGHT),
+            bulk: lane("bulk", 1),
+            stale,
+        }
     }
 
     /// Handles one message from the network. Malformed input and conflicting origin
@@ -791,10 +1135,12 @@ impl CitaNetwork {
                         msg.origin,
                         TYPE_REFRESH,
                         id_payload(raft_msg.to),
+                        false,
                     );
                     return Ok(());
                 }
                 self.claim(raft_msg.from, msg.origin)?;
+                self.inner.reports.heard_from(raft_msg.from);
                 if integrity == Integrity::Verified {
                     self.require_trailer(msg.origin, raft_msg.from);
                 }
@@ -816,6 +1162,7 @@ impl CitaNetwork {
                 // A damaged probe names another raft id and is refused here as a
                 // conflict; one that passes names the raft id the origin speaks for.
                 self.claim(id, msg.origin)?;
+                self.inner.reports.heard_from(id);
                 self.lift_trailer(msg.origin, id);
                 let peer_started = self
                     .inner
@@ -831,12 +1178,15 @@ impl CitaNetwork {
                     msg.origin,
                     TYPE_PROBE_RESP,
                     id_payload(self.inner.cfg.raft_id),
+                    false,
                 );
                 Ok(())
             }
             TYPE_PROBE_RESP => {
                 let id = parse_id(TYPE_PROBE_RESP, &msg.msg)?;
-                self.claim(id, msg.origin)
+                self.claim(id, msg.origin)?;
+                self.inner.reports.heard_from(id);
+                Ok(())
             }
             TYPE_REFRESH => {
                 let id = parse_id(TYPE_REFRESH, &msg.msg)?;
@@ -851,7 +1201,7 @@ impl CitaNetwork {
                     let ours = o.by_id.get(&id) == Some(&msg.origin);
                     if ours {
                         o.unbind(id);
-                        self.inner.queues.remove(id);
+                        self.remove_link(id, false);
                     }
                     ours
                 };
@@ -871,11 +1221,28 @@ impl craft_core::Transport for CitaNetwork {
             let to = m.to;
             match self.origin_of(to) {
                 Some(origin) => {
-                    self.send_to_origin(to, origin, TYPE_RAFT, encode_checked(&m));
+                    let bytes = encode_checked(&m);
+                    if bytes.len() > MAX_RAFT_MESSAGE_BYTES {
+                        tracing::warn!(
+                            to,
+                            bytes = bytes.len(),
+                            limit = MAX_RAFT_MESSAGE_BYTES,
+                            msg_type = ?m.msg_type(),
+                            index = m.index,
+                            "raft message too large for the network; dropped"
+                        );
+                        self.dropped_before_queue(to);
+                        continue;
+                    }
+                    self.send_to_origin(to, origin, TYPE_RAFT, bytes, is_bulk(&m));
                 }
                 None => {
                     tracing::debug!(to, "origin unknown, probing");
-                    self.hold(m);
+                    if !self.hold(m) {
+                        // An append (raft sends it again once the peer is probed) or
+                        // more peers held for than we keep.
+                        self.dropped_before_queue(to);
+                    }
                     self.probe();
                 }
             }
@@ -940,6 +1307,36 @@ mod tests {
             r#type: kind.into(),
             origin,
             msg,
+        }
+    }
+
+    #[test]
+    fn appends_snapshots_and_entries_go_on_the_bulk_lane() {
+        use raft::eraftpb::Entry;
+        let of = |t: MessageType| Message {
+            msg_type: t as i32,
+            ..Default::default()
+        };
+        assert!(is_bulk(&of(MessageType::MsgAppend)));
+        assert!(is_bulk(&of(MessageType::MsgSnapshot)));
+        let propose = Message {
+            entries: vec![Entry::default()],
+            ..of(MessageType::MsgPropose)
+        };
+        assert!(is_bulk(&propose));
+        for t in [
+            MessageType::MsgHeartbeat,
+            MessageType::MsgHeartbeatResponse,
+            MessageType::MsgAppendResponse,
+            MessageType::MsgRequestVote,
+            MessageType::MsgRequestVoteResponse,
+            MessageType::MsgRequestPreVote,
+            MessageType::MsgRequestPreVoteResponse,
+            MessageType::MsgReadIndex,
+            MessageType::MsgReadIndexResp,
+            MessageType::MsgTimeoutNow,
+        ] {
+            assert!(!is_bulk(&of(t)), "{t:?}");
         }
     }
 

@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::future::Either;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +23,15 @@ pub struct PeerStats {
 struct Peer<T> {
     tx: mpsc::Sender<T>,
     stats: Arc<PeerStats>,
+    /// Set when the peer is removed: its task drops (and counts) what is still queued
+    /// instead of sending it.
+    removed: Arc<AtomicBool>,
+}
+
+impl<T> Drop for Peer<T> {
+    fn drop(&mut self) {
+        self.removed.store(true, Ordering::Release);
+    }
 }
 
 /// A bounded queue and a sender task per peer, created on first use. A slow or dead
@@ -67,10 +77,18 @@ impl<T: Send + 'static> PeerQueues<T> {
             let (tx, rx) = mpsc::channel::<T>(self.capacity);
             let stats = Arc::new(PeerStats::default());
             let task_stats = stats.clone();
+            let removed = Arc::new(AtomicBool::new(false));
+            let task_removed = removed.clone();
             let mut send = make_sender();
             tokio::spawn(async move {
                 ReceiverStream::new(rx)
-                    .map(&mut send)
+                    .map(|item| {
+                        if task_removed.load(Ordering::Acquire) {
+                            Either::Left(std::future::ready(false))
+                        } else {
+                            Either::Right(send(item))
+                        }
+                    })
                     .buffer_unordered(in_flight)
                     .for_each(|delivered| {
                         let counter = if delivered {
@@ -83,7 +101,7 @@ impl<T: Send + 'static> PeerQueues<T> {
                     })
                     .await;
             });
-            Peer { tx, stats }
+            Peer { tx, stats, removed }
         });
         match entry.tx.try_send(item) {
             Ok(()) => true,
@@ -111,7 +129,8 @@ impl<T: Send + 'static> PeerQueues<T> {
         out
     }
 
-    /// Stops the sender of `peer` (e.g. when its address changed).
+    /// Stops the sender of `peer` (e.g. when its address changed): what is still queued
+    /// for it is dropped and counted, not sent to the old address.
     pub fn remove(&self, peer: u64) {
         self.peers
             .lock()
@@ -154,6 +173,35 @@ mod tests {
         let (_, _, dropped1) = stats[0];
         // One in flight, two queued, the rest dropped.
         assert!(dropped1 >= 7, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn what_is_queued_for_a_removed_peer_is_dropped_not_sent() {
+        let q: PeerQueues<u32> = PeerQueues::with_in_flight(16, 1);
+        let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for i in 0..5u32 {
+            let (tx, gate_rx) = (tx.clone(), gate_rx.clone());
+            q.push(1, i, move || {
+                move |v: u32| {
+                    let (tx, mut gate_rx) = (tx.clone(), gate_rx.clone());
+                    async move {
+                        let _ = gate_rx.wait_for(|open| *open).await;
+                        tx.send(v).is_ok()
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // The first is being sent; the peer goes; the rest never are.
+        tokio::task::yield_now().await;
+        q.remove(1);
+        gate_tx.send_replace(true);
+        let mut got = Vec::new();
+        while let Some(v) = rx.recv().await {
+            got.push(v);
+        }
+        assert!(got.len() <= 1, "{got:?}");
     }
 
     #[tokio::test]
