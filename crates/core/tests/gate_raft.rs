@@ -70,10 +70,13 @@ fn honest_append() -> Message {
     m
 }
 
-/// Persists and acknowledges everything a bare node's Ready asks for.
-fn persist(raw: &mut RawNode<MemLogStore>) {
+/// Persists and acknowledges everything a bare node's Ready asks for; returns the
+/// messages it would send.
+fn persist(raw: &mut RawNode<MemLogStore>) -> Vec<Message> {
+    let mut out = Vec::new();
     while raw.has_ready() {
         let mut ready = raw.ready();
+        out.extend(ready.take_messages());
         let write = LogWrite {
             snapshot: (ready.snapshot().get_metadata().index > 0).then(|| ready.snapshot().clone()),
             entries: ready.take_entries(),
@@ -84,13 +87,12 @@ fn persist(raw: &mut RawNode<MemLogStore>) {
         if !write.is_empty() {
             raw.store().write(write).unwrap();
         }
+        out.extend(ready.take_persisted_messages());
         let mut light = raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            let _ = commit;
-        }
-        let _ = light.take_messages();
+        out.extend(light.take_messages());
         raw.advance_apply();
     }
+    out
 }
 
 fn bare_follower() -> RawNode<MemLogStore> {
@@ -509,38 +511,21 @@ fn converse(
         if round % 5 == 0 {
             let _ = leader.propose(Vec::new(), vec![round as u8]);
         }
-        // The leader's Ready: persist, then deliver what is for node 1 (ours); acks from
-        // node 3 keep it committing.
         let mut to_ours = Vec::new();
-        while leader.has_ready() {
-            let mut ready = leader.ready();
-            let mut msgs = ready.take_messages();
-            let write = LogWrite {
-                snapshot: (ready.snapshot().get_metadata().index > 0)
-                    .then(|| ready.snapshot().clone()),
-                entries: ready.take_entries(),
-                hard_state: ready.hs().cloned(),
-                must_sync: true,
-                ..Default::default()
-            };
-            if !write.is_empty() {
-                leader.store().write(write).unwrap();
-            }
-            msgs.extend(ready.take_persisted_messages());
-            let mut light = leader.advance(ready);
-            msgs.extend(light.take_messages());
-            leader.advance_apply();
-            for m in msgs {
-                match m.to {
-                    ME => to_ours.push(m),
-                    3 if m.get_msg_type() == MessageType::MsgAppend => {
-                        let mut ack = msg(MessageType::MsgAppendResponse, 3, m.term);
-                        ack.to = LEADER;
-                        ack.index = m.index + m.entries.len() as u64;
-                        let _ = leader.step(ack);
-                    }
-                    _ => {}
+        // The leader's Ready, persisted; what is for node 1 (ours) is delivered, and
+        // acks from node 3 keep it committing.
+        let mut msgs = persist(leader);
+        while let Some(m) = msgs.pop() {
+            match m.to {
+                ME => to_ours.push(m),
+                3 if m.get_msg_type() == MessageType::MsgAppend => {
+                    let mut ack = msg(MessageType::MsgAppendResponse, 3, m.term);
+                    ack.to = LEADER;
+                    ack.index = m.index + m.entries.len() as u64;
+                    let _ = leader.step(ack);
+                    msgs.extend(persist(leader));
                 }
+                _ => {}
             }
         }
         for m in to_ours {
