@@ -254,6 +254,13 @@ async fn run_node(
     tokio::spawn(node.clone().sync_with_controller().in_current_span());
 
     let result = node.clone().supervise().await;
+    if result.is_ok() {
+        // Raft has stopped (a leader handed over first): the others forget what this
+        // run acknowledged, whatever comes back at this address next.
+        node.network
+            .announce_departure(Duration::from_secs(1))
+            .await;
+    }
     let _ = raft_stopped_tx.send(());
     if result.is_ok() {
         // Shutdown was requested: the server drains in-flight calls and stops.

@@ -936,6 +936,27 @@ impl CitaNetwork {
         self.broadcast_probe();
     }
 
+    /// Tells the other nodes this node is leaving: broadcasts its probe and waits, at
+    /// most `wait`, for the network service to take it. A leader of ours takes a probe
+    /// as a restart and forgets what this node acknowledged, so while it is gone, and
+    /// when it comes back with an empty raft directory (perhaps as the existing service,
+    /// which steps the messages it was sent before its raft started), no heartbeat
+    /// commits past its log on the strength of what this run acknowledged.
+    pub async fn announce_departure(&self, wait: Duration) {
+        let msg = NetworkMsg {
+            module: MODULE.to_string(),
+            r#type: TYPE_PROBE.to_string(),
+            origin: 0,
+            msg: id_payload(self.inner.cfg.raft_id),
+        };
+        let mut client = self.inner.client.clone();
+        match tokio::time::timeout(wait, client.broadcast(msg)).await {
+            Ok(Ok(_)) => tracing::info!("departure announced to the other nodes"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "departure probe not taken"),
+            Err(_) => tracing::warn!("departure probe not taken in time"),
+        }
+    }
+
     /// Broadcasts a probe whenever the last one was.
     fn probe_now(&self) {
         *self
