@@ -181,15 +181,63 @@ impl Mount {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
-        session.umount_and_join().map_err(|source| {
-            // Busy: detach it now, it goes when the last file on it is closed.
-            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-            FaultFsError::Unmount {
-                mountpoint: self.mountpoint.clone(),
-                source,
+        match session.umount_and_join() {
+            Ok(()) => Ok(()),
+            // The unmount went through, and one of the serving threads, reading
+            // `/dev/fuse` as the kernel tore the connection down, was told
+            // ECONNABORTED instead of ENODEV (which fuser takes as the clean end);
+            // which of the two it gets is a race inside the kernel. The mount is gone.
+            Err(source) if connection_ended(&source) && !is_mounted(&self.mountpoint) => {
+                tracing::debug!(mountpoint = %self.mountpoint.display(), error = %source, "serving thread saw the connection end");
+                Ok(())
             }
-        })
+            Err(source) => {
+                // Busy: detach it now, it goes when the last file on it is closed.
+                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                Err(FaultFsError::Unmount {
+                    mountpoint: self.mountpoint.clone(),
+                    source,
+                })
+            }
+        }
     }
+}
+
+/// Whether `error` is what reading `/dev/fuse` returns once the kernel has ended the
+/// connection.
+fn connection_ended(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(nix::libc::ECONNABORTED | nix::libc::ENODEV)
+    )
+}
+
+/// Whether `/proc/self/mountinfo` lists a mount at `path`. Unreadable counts as mounted,
+/// so that a mount is never taken for gone on a guess.
+fn is_mounted(path: &Path) -> bool {
+    match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(table) => mountinfo_lists(&table, path),
+        Err(_) => true,
+    }
+}
+
+/// Whether a mount table in `/proc/self/mountinfo`'s format lists a mount at `path`.
+/// The mount point is its fifth field, with space, tab, newline and backslash written
+/// as octal escapes.
+fn mountinfo_lists(table: &str, path: &Path) -> bool {
+    let mut escaped = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            ' ' => escaped.push_str("\\040"),
+            '\t' => escaped.push_str("\\011"),
+            '\n' => escaped.push_str("\\012"),
+            '\\' => escaped.push_str("\\134"),
+            c => escaped.push(c),
+        }
+    }
+    table
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(escaped.as_str()))
 }
 
 impl Drop for Mount {
@@ -235,4 +283,43 @@ pub fn check_usable() -> Result<(), FaultFsError> {
     })();
     let _ = std::fs::remove_dir_all(&base);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const TABLE: &str = "\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
+97 22 0:52 / /tmp/craft\\040probe/mnt rw,nosuid,nodev,relatime shared:60 - fuse.faultfs faultfs rw,user_id=0
+98 22 0:53 / /tmp/plain rw,relatime shared:61 - fuse.faultfs faultfs rw,user_id=0
+";
+
+    #[test]
+    fn mountinfo_lists_mount_points_with_their_escapes() {
+        assert!(mountinfo_lists(TABLE, Path::new("/tmp/craft probe/mnt")));
+        assert!(mountinfo_lists(TABLE, Path::new("/tmp/plain")));
+        assert!(mountinfo_lists(TABLE, Path::new("/")));
+        assert!(!mountinfo_lists(TABLE, Path::new("/tmp/craft")));
+        assert!(!mountinfo_lists(TABLE, Path::new("/tmp/plain/sub")));
+        assert!(!mountinfo_lists(
+            TABLE,
+            Path::new("/tmp/craft\\040probe/mnt")
+        ));
+    }
+
+    #[test]
+    fn only_the_ends_of_a_connection_count_as_its_end() {
+        for (errno, ended) in [
+            (nix::libc::ECONNABORTED, true),
+            (nix::libc::ENODEV, true),
+            (nix::libc::EBUSY, false),
+            (nix::libc::EIO, false),
+        ] {
+            let error = std::io::Error::from_raw_os_error(errno);
+            assert_eq!(connection_ended(&error), ended, "{error}");
+        }
+        assert!(!connection_ended(&std::io::Error::other("thread panicked")));
+    }
 }
