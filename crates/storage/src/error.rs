@@ -51,6 +51,15 @@ pub enum StorageError {
         /// Underlying IO error.
         source: std::io::Error,
     },
+    /// A segment file of large entries' data could not be created, written, synced or
+    /// read.
+    #[error("segment file {path}: {source}")]
+    PayloadFile {
+        /// The file (or the directory of segment files).
+        path: PathBuf,
+        /// Underlying IO error.
+        source: std::io::Error,
+    },
     /// A column family the store creates at open is missing.
     #[error("column family {0} is missing")]
     MissingColumnFamily(&'static str),

@@ -12,10 +12,23 @@
 //!
 //! Every change goes through one `WriteBatch`, so these keys never disagree after a
 //! crash.
+//!
+//! An entry whose data is large is stored in two parts: its data in a segment file
+//! (`payloads/`, see `payloads`) and, under its key in [`LOG_CF`], a record
+//! ([`encode_payload_entry`]): the byte [`PAYLOAD_TAG`], the data's place (segment file,
+//! offset, length: 8 big-endian bytes each) and CRC32C (4), then the entry encoded
+//! with its data left out. No protobuf encoding of an entry starts with a zero byte
+//! (field number 0 does not exist), so the two forms cannot be confused.
 
 use raft::eraftpb::Entry;
 
+use crate::payloads::PayloadRef;
 use crate::StorageError;
+
+/// The first byte of a log value whose entry's data is in a segment file.
+pub const PAYLOAD_TAG: u8 = 0;
+/// Length of a payload record's header: the tag, file, offset, length and CRC32C.
+const PAYLOAD_HEADER: usize = 1 + 8 + 8 + 8 + 4;
 
 /// Column family of log entries.
 pub const LOG_CF: &str = "raft_log";
@@ -115,8 +128,75 @@ pub fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
     Ok(entry)
 }
 
+/// Encodes the log value of `entry` whose data is at `place`: the record described in
+/// the module docs. `entry.data` is left out, whatever it holds.
+pub fn encode_payload_entry(entry: &Entry, place: &PayloadRef) -> Vec<u8> {
+    use raft_prost::Message as _;
+    let meta = Entry {
+        data: Vec::new(),
+        entry_type: entry.entry_type,
+        term: entry.term,
+        index: entry.index,
+        context: entry.context.clone(),
+        sync_log: entry.sync_log,
+    };
+    let mut out = Vec::with_capacity(PAYLOAD_HEADER + meta.encoded_len());
+    out.push(PAYLOAD_TAG);
+    out.extend_from_slice(&place.file.to_be_bytes());
+    out.extend_from_slice(&place.offset.to_be_bytes());
+    out.extend_from_slice(&place.len.to_be_bytes());
+    out.extend_from_slice(&place.crc32c.to_be_bytes());
+    meta.encode(&mut out)
+        .unwrap_or_else(|_| unreachable!("a Vec grows to take any encoding"));
+    out
+}
+
+/// Decodes the log value stored under `index`: an entry, and when its data is in a
+/// segment file, where (the entry's `data` is then empty). Anything that is not
+/// exactly one of the two forms is [`StorageError::Corrupt`] naming the key.
+pub fn decode_log_value(
+    index: u64,
+    bytes: &[u8],
+) -> Result<(Entry, Option<PayloadRef>), StorageError> {
+    if bytes.first() != Some(&PAYLOAD_TAG) {
+        return decode_entry(index, bytes).map(|e| (e, None));
+    }
+    let (Some(header), Some(rest)) = (bytes.get(..PAYLOAD_HEADER), bytes.get(PAYLOAD_HEADER..))
+    else {
+        return Err(StorageError::Corrupt {
+            key: entry_key_name(index),
+            reason: format!(
+                "payload record of {} bytes, shorter than its header",
+                bytes.len()
+            ),
+        });
+    };
+    let u64_at = |at: usize| {
+        let mut b = [0; 8];
+        b.copy_from_slice(&header[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    let mut crc = [0; 4];
+    crc.copy_from_slice(&header[25..29]);
+    let place = PayloadRef {
+        file: u64_at(1),
+        offset: u64_at(9),
+        len: u64_at(17),
+        crc32c: u32::from_be_bytes(crc),
+    };
+    let entry = decode_entry(index, rest)?;
+    if !entry.data.is_empty() {
+        return Err(StorageError::Corrupt {
+            key: entry_key_name(index),
+            reason: "payload record carries data of its own".to_owned(),
+        });
+    }
+    Ok((entry, Some(place)))
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -128,6 +208,44 @@ mod tests {
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(entry_index(&entry_key(42)), Some(42));
         assert_eq!(entry_index(b"short"), None);
+    }
+
+    #[test]
+    fn payload_records_round_trip_and_refuse_what_is_not_one() {
+        let entry = Entry {
+            index: 9,
+            term: 4,
+            data: vec![7; 100],
+            context: b"ctx".to_vec(),
+            ..Default::default()
+        };
+        let place = PayloadRef {
+            file: 3,
+            offset: 1 << 33,
+            len: 100,
+            crc32c: 0xfeed_beef,
+        };
+        let value = encode_payload_entry(&entry, &place);
+        assert_eq!(value[0], PAYLOAD_TAG);
+        let (back, at) = decode_log_value(9, &value).unwrap();
+        assert_eq!(at, Some(place));
+        assert_eq!(
+            back,
+            Entry {
+                data: Vec::new(),
+                ..entry.clone()
+            }
+        );
+        // An inline entry is itself.
+        let inline = raft_prost::Message::encode_to_vec(&entry);
+        assert_eq!(decode_log_value(9, &inline).unwrap(), (entry.clone(), None));
+        // Short header, wrong index, data inside the record.
+        assert!(decode_log_value(9, &value[..20]).is_err());
+        assert!(decode_log_value(10, &value).is_err());
+        let mut with_data = value[..PAYLOAD_HEADER].to_vec();
+        with_data.extend(raft_prost::Message::encode_to_vec(&entry));
+        let e = decode_log_value(9, &with_data).unwrap_err().to_string();
+        assert!(e.contains("data of its own"), "{e}");
     }
 
     #[test]

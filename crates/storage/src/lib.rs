@@ -13,6 +13,10 @@
 //!   [`StoreOptions::sync`] is turned off, for benchmarks);
 //! - a value that does not decode is reported as [`StorageError::Corrupt`] naming its
 //!   key, never a panic;
+//! - an entry of [`StoreOptions::payload_min_bytes`] or more (a block of a megabyte)
+//!   has its data written once, into an append-only segment file beside the database,
+//!   synced before the batch whose record names it; segment files go whole once the
+//!   log is compacted past them (module `payloads`);
 //! - a local snapshot's data is written and synced off the raft task, into a file of
 //!   its own ([`FileStager`], handed to the driver by
 //!   [`craft_core::LogStore::snapshot_stager`]); the log's batch only records it, so a
@@ -40,9 +44,11 @@
 
 mod error;
 pub mod layout;
+mod payloads;
 mod snapshot_files;
 mod store;
 
 pub use error::{to_raft, StorageError};
+pub use payloads::PayloadRef;
 pub use snapshot_files::FileStager;
 pub use store::{RocksLogStore, StoreOptions};

@@ -3,7 +3,8 @@
 //! Every [`LogStore`] call is one `WriteBatch`. The truncation point, the last index,
 //! the hard state and the latest snapshot's metadata are cached in memory, so
 //! `first_index`, `last_index`, `initial_state` and `term` of the truncated index never
-//! touch the disk; entries and snapshot data are read from RocksDB.
+//! touch the disk; entries and snapshot data are read from RocksDB, and the data of
+//! large entries from their segment files (see `payloads`).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -20,10 +21,11 @@ use rocksdb::{
 
 use crate::error::StorageError;
 use crate::layout::{
-    decode, decode_entry, decode_truncated, encode_truncated, entry_index, entry_key,
-    entry_key_name, state_key_name, HARD_STATE_KEY, LOG_CF, SNAPSHOT_DATA_KEY, SNAPSHOT_FILE_KEY,
-    SNAPSHOT_META_KEY, STATE_CF, TRUNCATED_KEY,
+    decode, decode_log_value, decode_truncated, encode_payload_entry, encode_truncated,
+    entry_index, entry_key, entry_key_name, state_key_name, HARD_STATE_KEY, LOG_CF, PAYLOAD_TAG,
+    SNAPSHOT_DATA_KEY, SNAPSHOT_FILE_KEY, SNAPSHOT_META_KEY, STATE_CF, TRUNCATED_KEY,
 };
+use crate::payloads::{PayloadRef, Payloads, PAYLOADS_DIR};
 use crate::snapshot_files::{self, FileStager, SNAPSHOTS_DIR};
 
 /// How a [`RocksLogStore`] is opened.
@@ -50,6 +52,10 @@ pub struct StoreOptions {
     /// a healthy stall lasts milliseconds; one that never ends (a flush that cannot
     /// write) must stop the node with an error rather than hang it.
     pub write_stall_timeout: Duration,
+    /// Entries whose data is at least this many bytes keep their data in segment files
+    /// of their own (see `payloads`), written once, instead of in RocksDB, which writes
+    /// a value twice (WAL, then flush). Default 64 KiB.
+    pub payload_min_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -60,6 +66,7 @@ impl Default for StoreOptions {
             block_cache_bytes: 512 << 10,
             write_buffer_bytes: 1 << 20,
             write_stall_timeout: Duration::from_secs(30),
+            payload_min_bytes: 64 << 10,
         }
     }
 }
@@ -94,6 +101,12 @@ impl StoreOptions {
         self.write_stall_timeout = timeout;
         self
     }
+
+    /// Sets [`StoreOptions::payload_min_bytes`].
+    pub fn with_payload_min_bytes(mut self, bytes: usize) -> Self {
+        self.payload_min_bytes = bytes;
+        self
+    }
 }
 
 /// Entries dropped with point deletes at most; a longer run becomes one range delete.
@@ -102,7 +115,8 @@ impl StoreOptions {
 const MAX_POINT_DELETES: u64 = 4096;
 
 /// Entries of at least this many bytes are kept in blob files rather than in the log's
-/// SSTs (see `descriptor`).
+/// SSTs (see `descriptor`): those a store wrote before it kept large entries' data in
+/// segment files, and those written with [`StoreOptions::payload_min_bytes`] above it.
 const BLOB_MIN_BYTES: u64 = 64 << 10;
 
 /// What the store knows about the log's shape, always equal to what is on disk.
@@ -205,6 +219,8 @@ struct State {
     /// Snapshot files below this index go once a synced write has made the record of
     /// the newer snapshot durable (see `snapshot_files`).
     stale_files_below: Option<u64>,
+    /// Segment files of large entries' data.
+    payloads: Payloads,
 }
 
 struct Inner {
@@ -387,6 +403,29 @@ fn load_meta(db: &DB) -> Result<Meta, StorageError> {
     })
 }
 
+/// Every record of a large entry's data in the log: its index and where the data is.
+fn payload_records(db: &DB) -> Result<Vec<(u64, PayloadRef)>, StorageError> {
+    let mut records = Vec::new();
+    let mut it = db.raw_iterator_cf(cf(db, LOG_CF)?);
+    it.seek_to_first();
+    while let Some((key, value)) = it.item() {
+        if value.first() == Some(&PAYLOAD_TAG) {
+            let index = entry_index(key).ok_or_else(|| StorageError::Corrupt {
+                key: format!("{LOG_CF}/{key:02x?}"),
+                reason: format!("log key is {} bytes, expected 8", key.len()),
+            })?;
+            if let (_, Some(place)) = decode_log_value(index, value)? {
+                records.push((index, place));
+            }
+        }
+        it.next();
+    }
+    it.status().map_err(StorageError::rocks(
+        "read the log's records of segment files",
+    ))?;
+    Ok(records)
+}
+
 impl RocksLogStore {
     /// Opens the store at `path`, creating the directory, the database and its column
     /// families when missing.
@@ -444,6 +483,8 @@ impl RocksLogStore {
             .filter(|r| r.index == meta.snapshot_meta.index)
             .map(|r| r.index);
         snapshot_files::remove_where(&snapshots_dir, |index| Some(index) != recorded);
+        let mut payloads = Payloads::open(path.join(PAYLOADS_DIR))?;
+        payloads.retain_referenced(payload_records(&db)?)?;
         tracing::info!(
             path = %path.display(),
             first_index = meta.first_index(),
@@ -463,6 +504,7 @@ impl RocksLogStore {
                     meta,
                     tail,
                     stale_files_below: None,
+                    payloads,
                 }),
                 snapshots: FileStager::new(snapshots_dir.clone()),
                 snapshots_dir,
@@ -495,8 +537,14 @@ impl RocksLogStore {
         cf(&self.inner.db, name)
     }
 
-    /// Reads the entry at `index` from disk, which the metadata says is in the log.
-    fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
+    /// Reads the entry at `index` from disk, which the metadata says is in the log,
+    /// with its data when `with_data` (else a large entry's data is left empty).
+    fn read_entry(
+        &self,
+        state: &State,
+        index: u64,
+        with_data: bool,
+    ) -> Result<Entry, StorageError> {
         let value = self
             .inner
             .db
@@ -509,7 +557,11 @@ impl RocksLogStore {
                 key: entry_key_name(index),
                 reason: "entry missing from the log".to_owned(),
             })?;
-        decode_entry(index, &value)
+        let (mut entry, place) = decode_log_value(index, &value)?;
+        if let (Some(place), true) = (place, with_data) {
+            entry.data = state.payloads.read(index, &place)?;
+        }
+        Ok(entry)
     }
 
     /// Reads entries `[low, high)` from disk, all of which the metadata says are in the
@@ -517,6 +569,7 @@ impl RocksLogStore {
     /// whether the size limit cut the read short.
     fn read_entries(
         &self,
+        state: &State,
         low: u64,
         high: u64,
         max_size: Option<u64>,
@@ -537,7 +590,10 @@ impl RocksLogStore {
             if index != next {
                 break;
             }
-            let entry = decode_entry(index, value)?;
+            let (mut entry, place) = decode_log_value(index, value)?;
+            if let Some(place) = place {
+                entry.data = state.payloads.read(index, &place)?;
+            }
             size = size.saturating_add(raft_prost::Message::encoded_len(&entry) as u64);
             ents.push(entry);
             next += 1;
@@ -695,7 +751,7 @@ impl RocksLogStore {
         let term = match state.tail.term(compact_to) {
             Some(term) => term,
             None if compact_to == index => local.snapshot.get_metadata().term,
-            None => self.read_entry(compact_to)?.term,
+            None => self.read_entry(state, compact_to, false)?.term,
         };
         delete_entries(batch, self.cf(LOG_CF)?, next.first_index(), compact_to);
         next.truncated = (compact_to, term);
@@ -763,7 +819,12 @@ impl RocksLogStore {
                 truncated_from = Some(first.index);
             }
             for entry in &write.entries {
-                let value = raft_prost::Message::encode_to_vec(entry);
+                let value = if entry.data.len() >= self.inner.options.payload_min_bytes {
+                    let place = state.payloads.append(entry.index, &entry.data)?;
+                    encode_payload_entry(entry, &place)
+                } else {
+                    raft_prost::Message::encode_to_vec(entry)
+                };
                 batch.put_cf(log, entry_key(entry.index), value);
             }
             next.last_index = last.index;
@@ -781,6 +842,12 @@ impl RocksLogStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let sync = write.must_sync && self.inner.options.sync;
+        if sync {
+            // The records in this batch (and in unsynced batches before it) name these
+            // bytes: durable first.
+            state.payloads.sync()?;
+        }
         self.commit(batch, write.must_sync)?;
 
         // Files of snapshots older than the one just recorded go once that record is
@@ -793,6 +860,10 @@ impl RocksLogStore {
         if let (true, Some(below)) = (durable, state.stale_files_below) {
             snapshot_files::remove_where(&self.inner.snapshots_dir, |index| index < below);
             state.stale_files_below = None;
+        }
+        if durable {
+            // The truncation point only grows, so the durable one is this write's.
+            state.payloads.remove_through(next.truncated.0);
         }
 
         // Written: bring the in-memory view in line.
@@ -847,7 +918,7 @@ impl RocksLogStore {
         let mut ents = Vec::with_capacity(wanted.min(1024));
         if low < cached_from {
             let disk_high = high.min(cached_from);
-            if self.read_entries(low, disk_high, max_size, &mut ents)? || disk_high == high {
+            if self.read_entries(state, low, disk_high, max_size, &mut ents)? || disk_high == high {
                 return Ok(ents);
             }
         }
@@ -912,7 +983,7 @@ impl raft::Storage for RocksLogStore {
         if let Some(term) = state.tail.term(idx) {
             return Ok(term);
         }
-        Ok(self.read_entry(idx)?.term)
+        Ok(self.read_entry(&state, idx, false)?.term)
     }
 
     fn first_index(&self) -> raft::Result<u64> {

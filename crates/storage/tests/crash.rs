@@ -27,6 +27,12 @@ const WRITER_ENV: &str = "CRAFT_STORAGE_CRASH_WRITER_DIR";
 /// Set to a number, it fixes the seed of `acked_writes_survive_sigkill`.
 const SEED_ENV: &str = "CRAFT_STORAGE_CRASH_SEED";
 
+/// About half of the writer's entries (those of 80 bytes or more) keep their data in
+/// segment files, the rest in RocksDB: a crash must keep both, and their records.
+fn options() -> StoreOptions {
+    StoreOptions::default().with_payload_min_bytes(80)
+}
+
 /// The entry the writer puts at `index` in `term`; its size varies with the index.
 fn crash_entry(index: u64, term: u64) -> Entry {
     let mut data = format!("{index}:{term}:").into_bytes();
@@ -43,7 +49,7 @@ fn crash_entry(index: u64, term: u64) -> Entry {
 /// write returns. Every tenth batch starts a new term and overwrites the last two
 /// entries; every 25th is followed by a snapshot that compacts the log.
 fn run_writer(dir: &Path) {
-    let store = RocksLogStore::open(dir, StoreOptions::default()).unwrap();
+    let store = RocksLogStore::open(dir, options()).unwrap();
     let mut last = store.last_index().unwrap();
     let mut term = store.initial_state().unwrap().hard_state.term.max(1);
     let mut out = std::io::stdout().lock();
@@ -91,8 +97,8 @@ fn crash_writer_child_process() {
 /// Checks the reopened store against the last write the writer acknowledged.
 fn check_store(dir: &Path, acked_last: u64, acked_term: u64, round: usize) {
     let ctx = format!("round {round}, acked {acked_last} in term {acked_term}");
-    let store = RocksLogStore::open(dir, StoreOptions::default())
-        .unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
+    let store =
+        RocksLogStore::open(dir, options()).unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
     let first = store.first_index().unwrap();
     let last = store.last_index().unwrap();
     let hs = store.initial_state().unwrap().hard_state;

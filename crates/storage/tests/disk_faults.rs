@@ -52,6 +52,17 @@ impl Disk {
         self.backing("raft")
     }
 
+    /// The names of the files in `sub`, a directory of the store's, past the faults.
+    fn files_in(&self, sub: &str) -> Vec<String> {
+        std::fs::read_dir(self.backing_dir().join(sub))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn files_ending(&self, suffix: &str) -> Vec<String> {
         std::fs::read_dir(self.backing_dir())
             .unwrap()
@@ -369,4 +380,60 @@ fn latency_slows_but_everything_succeeds() {
     let stats = disk.faults.stats();
     assert!(stats.op(Op::Fsync).delayed >= 10, "{stats:?}");
     assert!(stats.ops.values().all(|o| o.failed == 0));
+}
+
+/// Every entry's data in segment files (they are 1 KiB).
+fn segment_options() -> StoreOptions {
+    options().with_payload_min_bytes(512)
+}
+
+#[test]
+fn eio_on_fsync_of_a_segment_file_fails_the_write_before_its_records_are_written() {
+    let Some(disk) = Disk::new() else { return };
+    let store = RocksLogStore::open(disk.dir(), segment_options()).unwrap();
+    let acked = append_acked(&store, 0, 4, 5);
+    assert!(
+        !disk.files_in("payloads").is_empty(),
+        "data in segment files"
+    );
+
+    disk.rule(
+        FaultRule::on("*.seg")
+            .ops([Op::Fsync])
+            .fail(InjectedError::EIO),
+    );
+    let e =
+        append(&store, acked + 1, acked + 5, 1).expect_err("a write whose segment fsync failed");
+    eprintln!("synced append, segment fsync EIO: {e}");
+    assert!(matches!(e, StorageError::PayloadFile { .. }), "{e:?}");
+    assert!(e.to_string().contains(".seg"), "names the file: {e}");
+    assert_eq!(store.last_index().unwrap(), acked, "memory unchanged");
+    disk.faults.clear();
+
+    // The records were never written, so the store goes on, appending to a new file.
+    let more = append_acked(&store, acked, 2, 5);
+    assert_log(&store, more, None);
+    drop(store);
+    let store = RocksLogStore::open(disk.dir(), segment_options()).unwrap();
+    assert_log(&store, more, None);
+}
+
+#[test]
+fn corrupted_segment_reads_are_a_corruption_error_never_wrong_data() {
+    let Some(disk) = Disk::new() else { return };
+    let store =
+        RocksLogStore::open(disk.dir(), segment_options().with_entry_cache_bytes(0)).unwrap();
+    let acked = append_acked(&store, 0, 4, 5);
+    drop(store);
+
+    disk.rule(FaultRule::on("*.seg").ops([Op::Read]).corrupt(1));
+    let store =
+        RocksLogStore::open(disk.dir(), segment_options().with_entry_cache_bytes(0)).unwrap();
+    let e = read_all(&store).expect_err("every segment read corrupted");
+    eprintln!("every segment read has a flipped bit: {e}");
+    let e = e.to_string();
+    assert!(e.contains("CRC32C") && e.contains(".seg"), "{e}");
+    assert!(disk.faults.stats().corrupted_reads >= 1);
+    disk.faults.clear();
+    assert_log(&store, acked, None);
 }
