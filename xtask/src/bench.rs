@@ -56,9 +56,10 @@ pub struct Args {
     /// Artificial controller delay on every call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub controller_delay_ms: u64,
-    /// Pad blocks to this many bytes.
-    #[arg(long, default_value_t = 0)]
-    pub block_bytes: usize,
+    /// Pad blocks to these many bytes, one set of cases per size (0: the development
+    /// controller's own few dozen bytes).
+    #[arg(long, value_delimiter = ',', default_values_t = [0usize])]
+    pub block_bytes: Vec<usize>,
     /// Run every case this many times, binaries alternating, and report the median of
     /// each figure (a loopback cluster on a shared machine varies from run to run).
     #[arg(long, default_value_t = 1)]
@@ -100,6 +101,8 @@ pub struct CaseResult {
     pub label: String,
     /// Cluster size.
     pub nodes: usize,
+    /// Blocks padded to this many bytes (0: not padded).
+    pub block_bytes: usize,
     /// Blocks committed per second.
     pub blocks_per_sec: f64,
     /// Median block latency (ms).
@@ -117,6 +120,10 @@ pub struct CaseResult {
     pub controller_calls: f64,
     /// Per block and node: network messages sent.
     pub network_msgs: f64,
+    /// Per block and node: bytes the consensus process caused to be written to the disk
+    /// (`write_bytes` in `/proc/PID/io`: WAL, segment and SST files, block files; for
+    /// any implementation).
+    pub disk_bytes: f64,
     /// Per block and node: RocksDB write batches (ours only).
     pub store_writes: Option<f64>,
     /// Per block and node: fsyncs (ours only).
@@ -133,6 +140,12 @@ pub struct CaseResult {
 pub struct IdleResult {
     /// Which binaries ran.
     pub label: String,
+    /// Blocks padded to this many bytes (0: not padded).
+    pub block_bytes: usize,
+    /// Median and 99th percentile block latency (ms), as in the throughput cases.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
     /// Mean CPU of one consensus process, percent of one core.
     pub cpu_percent: f64,
     /// Largest resident set of a consensus process (MB).
@@ -152,6 +165,7 @@ struct Sample {
     store_writes: Option<f64>,
     fsyncs: Option<f64>,
     log_lines: f64,
+    disk_bytes: u64,
     /// `(steal, all)` clock ticks of the whole machine.
     machine: (u64, u64),
 }
@@ -192,6 +206,19 @@ fn cpu_ticks(pid: u32) -> u64 {
             .unwrap_or(0)
     };
     get(11) + get(12)
+}
+
+/// Bytes a process caused to be sent to the storage layer (`write_bytes` of
+/// `/proc/PID/io`), 0 when it cannot be read.
+fn disk_write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Resident set of a process in MB.
@@ -244,6 +271,10 @@ fn sample(cluster: &Cluster) -> Sample {
         .max()
         .unwrap_or(0);
     s.cpu_ticks = consensus_pids(cluster).into_iter().map(cpu_ticks).sum();
+    s.disk_bytes = consensus_pids(cluster)
+        .into_iter()
+        .map(disk_write_bytes)
+        .sum();
     s.harness_ticks = cluster
         .state
         .nodes
@@ -319,7 +350,7 @@ fn label(bins: &[PathBuf]) -> String {
 }
 
 /// The timing the comparison uses: 50 ms tick, heartbeat 3, election 20.
-fn throughput_spec(args: &Args, nodes: usize, bins: &[PathBuf]) -> Spec {
+fn throughput_spec(args: &Args, nodes: usize, block_bytes: usize, bins: &[PathBuf]) -> Spec {
     Spec {
         tick_ms: 50,
         heartbeat_tick: 3,
@@ -327,7 +358,7 @@ fn throughput_spec(args: &Args, nodes: usize, bins: &[PathBuf]) -> Spec {
         controller_delay_ms: args.controller_delay_ms,
         controller_no_fsync: true,
         consensus_bins: bins.to_vec(),
-        block_bytes: args.block_bytes,
+        block_bytes,
         stats: true,
         ..Spec::new(nodes, 0)
     }
@@ -355,6 +386,7 @@ fn bench_case(
     bin_dir: &Path,
     args: &Args,
     nodes: usize,
+    block_bytes: usize,
     bins: &[PathBuf],
     tag: &str,
 ) -> anyhow::Result<CaseResult> {
@@ -362,7 +394,7 @@ fn bench_case(
         .join("target")
         .join("bench")
         .join(format!("{tag}-{nodes}n"));
-    let spec = throughput_spec(args, nodes, bins);
+    let spec = throughput_spec(args, nodes, block_bytes, bins);
     let cluster = Cluster::create(&dir, bin_dir, &spec, false)?;
     let result = (|| {
         wait_height(&cluster, 20, Duration::from_secs(60))?;
@@ -384,6 +416,7 @@ fn bench_case(
         Ok(CaseResult {
             label: label(bins),
             nodes,
+            block_bytes,
             blocks_per_sec: blocks / elapsed,
             p50_ms: quantile(&s0.latency, &s1.latency, 0.5),
             p99_ms: quantile(&s0.latency, &s1.latency, 0.99),
@@ -393,6 +426,11 @@ fn bench_case(
             rss_mb: rss,
             controller_calls: per(s1.controller_calls - s0.controller_calls, blocks, nodes),
             network_msgs: per(s1.network_msgs - s0.network_msgs, blocks, nodes),
+            disk_bytes: per(
+                s1.disk_bytes.saturating_sub(s0.disk_bytes) as f64,
+                blocks,
+                nodes,
+            ),
             store_writes: delta(s0.store_writes, s1.store_writes).map(|d| per(d, blocks, nodes)),
             fsyncs: delta(s0.fsyncs, s1.fsyncs).map(|d| per(d, blocks, nodes)),
             log_lines: per(s1.log_lines - s0.log_lines, blocks, nodes),
@@ -408,6 +446,7 @@ fn bench_idle(
     root: &Path,
     bin_dir: &Path,
     args: &Args,
+    block_bytes: usize,
     bins: &[PathBuf],
     tag: &str,
 ) -> anyhow::Result<IdleResult> {
@@ -421,6 +460,7 @@ fn bench_idle(
         heartbeat_tick: 15,
         election_tick: 50,
         consensus_bins: bins.to_vec(),
+        block_bytes,
         stats: true,
         ..Spec::new(3, 3)
     };
@@ -429,13 +469,18 @@ fn bench_idle(
         wait_height(&cluster, 2, Duration::from_secs(60))?;
         let pids = consensus_pids(&cluster);
         let t0 = Instant::now();
+        let s0 = sample(&cluster);
         let c0: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
         std::thread::sleep(Duration::from_secs(args.idle_secs));
         let c1: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let s1 = sample(&cluster);
         let secs = t0.elapsed().as_secs_f64();
         let cpu = (c1 - c0) as f64 / clock_ticks_per_sec() / secs / pids.len().max(1) as f64;
         Ok(IdleResult {
             label: label(bins),
+            block_bytes,
+            p50_ms: quantile(&s0.latency, &s1.latency, 0.5),
+            p99_ms: quantile(&s0.latency, &s1.latency, 0.99),
             cpu_percent: cpu * 100.0,
             rss_mb: pids.iter().map(|p| rss_mb(*p)).fold(0.0, f64::max),
         })
@@ -463,6 +508,7 @@ fn median_case(results: Vec<CaseResult>) -> CaseResult {
     CaseResult {
         label: results.first().map(|r| r.label.clone()).unwrap_or_default(),
         nodes: results.first().map_or(0, |r| r.nodes),
+        block_bytes: results.first().map_or(0, |r| r.block_bytes),
         blocks_per_sec: m(|r| r.blocks_per_sec),
         p50_ms: m(|r| r.p50_ms),
         p99_ms: m(|r| r.p99_ms),
@@ -471,6 +517,7 @@ fn median_case(results: Vec<CaseResult>) -> CaseResult {
         rss_mb: m(|r| r.rss_mb),
         controller_calls: m(|r| r.controller_calls),
         network_msgs: m(|r| r.network_msgs),
+        disk_bytes: m(|r| r.disk_bytes),
         store_writes: mo(|r| r.store_writes),
         fsyncs: mo(|r| r.fsyncs),
         log_lines: m(|r| r.log_lines),
@@ -484,17 +531,34 @@ fn opt(x: Option<f64>) -> String {
 
 fn print_header() {
     println!(
-        "{:<10} {:>5} {:>9} {:>8} {:>8} {:>9} {:>7} {:>6} {:>8} | per block and node: {:>6} {:>6} {:>6} {:>6} {:>6}",
-        "binary", "nodes", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b", "RSS MB", "steal", "dev ms/b", "ctl", "msgs", "writes", "fsyncs", "logs"
+        "{:<10} {:>5} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6} {:>8} | per block and node: {:>6} {:>6} {:>9} {:>6} {:>6} {:>6}",
+        "binary", "nodes", "block", "blocks/s", "MiB/s", "p50 ms", "p99 ms", "cpu ms/b", "RSS MB", "steal", "dev ms/b", "ctl", "msgs", "disk", "writes", "fsyncs", "logs"
     );
 }
 
+/// A byte count in the unit that reads best.
+fn bytes_label(bytes: f64) -> String {
+    match bytes {
+        b if b >= f64::from(1 << 20) => format!("{:.2} MiB", b / f64::from(1 << 20)),
+        b if b >= 1024.0 => format!("{:.0} KiB", b / 1024.0),
+        b => format!("{b:.0} B"),
+    }
+}
+
 fn print_case(name: &str, r: &CaseResult) {
+    let mib_per_sec = r.blocks_per_sec * r.block_bytes as f64 / f64::from(1 << 20);
+    // Disk bytes per block and node, and for padded blocks as a multiple of the block.
+    let disk = match r.block_bytes {
+        0 => bytes_label(r.disk_bytes),
+        b => format!("{:.2}x", r.disk_bytes / b as f64),
+    };
     println!(
-        "{:<10} {:>5} {:>9.1} {:>8.2} {:>8.2} {:>9.2} {:>7.1} {:>5.1}% {:>8.2} | {:>26.2} {:>6.2} {:>6} {:>6} {:>6.2}",
+        "{:<10} {:>5} {:>8} {:>9.1} {:>8.1} {:>8.2} {:>8.2} {:>9.2} {:>7.1} {:>5.1}% {:>8.2} | {:>26.2} {:>6.2} {:>9} {:>6} {:>6} {:>6.2}",
         name,
         r.nodes,
+        if r.block_bytes == 0 { "-".to_owned() } else { bytes_label(r.block_bytes as f64) },
         r.blocks_per_sec,
+        mib_per_sec,
         r.p50_ms,
         r.p99_ms,
         r.cpu_ms_per_block,
@@ -503,6 +567,7 @@ fn print_case(name: &str, r: &CaseResult) {
         r.harness_cpu_ms_per_block,
         r.controller_calls,
         r.network_msgs,
+        disk,
         opt(r.store_writes),
         opt(r.fsyncs),
         r.log_lines,
@@ -511,7 +576,8 @@ fn print_case(name: &str, r: &CaseResult) {
 
 fn soak(root: &Path, bin_dir: &Path, args: &Args, secs: u64) -> anyhow::Result<()> {
     let dir = root.join("target").join("bench").join("soak");
-    let spec = throughput_spec(args, 3, &args.consensus_bins);
+    let block_bytes = args.block_bytes.first().copied().unwrap_or(0);
+    let spec = throughput_spec(args, 3, block_bytes, &args.consensus_bins);
     let cluster = Cluster::create(&dir, bin_dir, &spec, false)?;
     let result = (|| {
         wait_height(&cluster, 20, Duration::from_secs(60))?;
@@ -618,11 +684,29 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     }
     print_header();
     let mut cases: Vec<(String, CaseResult)> = Vec::new();
-    for &nodes in &args.nodes {
+    let sizes: Vec<(usize, usize)> = args
+        .block_bytes
+        .iter()
+        .flat_map(|&b| args.nodes.iter().map(move |&n| (b, n)))
+        .collect();
+    for (block_bytes, nodes) in sizes {
         let mut all: Vec<Vec<CaseResult>> = vec![Vec::new(); runs.len()];
         for round in 0..args.rounds.max(1) {
             for (i, (name, bins)) in runs.iter().enumerate() {
-                let r = bench_case(root, &bin_dir, args, nodes, bins, &format!("case{i}"))?;
+                let tag = format!("case{i}");
+                let r = match bench_case(root, &bin_dir, args, nodes, block_bytes, bins, &tag) {
+                    Ok(r) => r,
+                    // The existing service cannot commit blocks past its gRPC limit: say
+                    // so and go on with the other cases.
+                    Err(e) if !bins.is_empty() => {
+                        println!(
+                            "{name:<10} {nodes:>5} {:>8} could not commit: {e:#}",
+                            bytes_label(block_bytes as f64)
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if args.rounds > 1 {
                     print_case(&format!("{name} #{}", round + 1), &r);
                 }
@@ -630,6 +714,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             }
         }
         for ((name, _), results) in runs.iter().zip(all) {
+            if results.is_empty() {
+                continue;
+            }
             let r = median_case(results);
             if args.rounds > 1 {
                 print_case(&format!("{name} med"), &r);
@@ -641,31 +728,41 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     }
     let mut idle = Vec::new();
     if args.idle_secs > 0 {
+        // The largest block asked for: a block every 3 s, as a chain with traffic runs.
+        let block_bytes = args.block_bytes.iter().copied().max().unwrap_or(0);
         println!(
-            "\nidle: 3 nodes, block_interval 3, tick 200 ms, heartbeat 15, election 50, {} s",
-            args.idle_secs
+            "\nidle: 3 nodes, block_interval 3, tick 200 ms, heartbeat 15, election 50, {} s, blocks of {}",
+            args.idle_secs,
+            if block_bytes == 0 { "-".to_owned() } else { bytes_label(block_bytes as f64) },
         );
         for (i, (name, bins)) in runs.iter().enumerate() {
-            let r = bench_idle(root, &bin_dir, args, bins, &format!("case{i}"))?;
+            let r = match bench_idle(root, &bin_dir, args, block_bytes, bins, &format!("case{i}")) {
+                Ok(r) => r,
+                Err(e) if !bins.is_empty() => {
+                    println!("{name:<10} could not commit: {e:#}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             println!(
-                "{name:<10} CPU {:.3}% of a core per consensus process, RSS {:.1} MB",
-                r.cpu_percent, r.rss_mb
+                "{name:<10} CPU {:.3}% of a core per consensus process, RSS {:.1} MB, block latency p50 {:.1} ms, p99 {:.1} ms",
+                r.cpu_percent, r.rss_mb, r.p50_ms, r.p99_ms
             );
             idle.push((name.clone(), r));
         }
     }
     if args.compare.is_some() {
         println!("\nratios, ours / theirs:");
-        for &nodes in &args.nodes {
-            let find = |who: &str| {
-                cases
-                    .iter()
-                    .find(|(n, r)| n == who && r.nodes == nodes)
-                    .map(|(_, r)| r)
-            };
-            if let (Some(a), Some(b)) = (find("ours"), find("theirs")) {
+        for (_, a) in cases.iter().filter(|(n, _)| n == "ours") {
+            let (nodes, block_bytes) = (a.nodes, a.block_bytes);
+            let theirs = cases
+                .iter()
+                .find(|(n, r)| n == "theirs" && r.nodes == nodes && r.block_bytes == block_bytes)
+                .map(|(_, r)| r);
+            if let Some(b) = theirs {
                 println!(
-                    "{nodes} nodes: blocks/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU per block {:.2}x, RSS {:.2}x",
+                    "{nodes} nodes, blocks of {}: blocks/s {:.2}x, p50 {:.2}x, p99 {:.2}x, CPU per block {:.2}x, RSS {:.2}x",
+                    if block_bytes == 0 { "-".to_owned() } else { bytes_label(block_bytes as f64) },
                     a.blocks_per_sec / b.blocks_per_sec,
                     a.p50_ms / b.p50_ms,
                     a.p99_ms / b.p99_ms,
