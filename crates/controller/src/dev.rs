@@ -183,11 +183,53 @@ impl DevStats {
     }
 }
 
+/// Blocks whose data the controller keeps in memory, the newest ones (for
+/// [`DevChain::block`] and [`DevChain::forget_last_block`]); of every other block it keeps a
+/// [`Fingerprint`]. A chain of 4 MiB blocks would otherwise grow by gigabytes an hour.
+const RECENT_BLOCKS: usize = 8;
+
+/// What identifies a committed block, to refuse a different one at its height: its
+/// length, CRC32C and SipHash (96 bits of hash, so two blocks a test makes differ in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: usize,
+    crc32c: u32,
+    sip: u64,
+}
+
+impl Fingerprint {
+    fn of(data: &[u8]) -> Self {
+        use std::hash::Hasher as _;
+        // DefaultHasher::new() has fixed keys: the same bytes, the same hash.
+        let mut sip = std::collections::hash_map::DefaultHasher::new();
+        sip.write(data);
+        Self {
+            len: data.len(),
+            crc32c: crc32c::crc32c(data),
+            sip: sip.finish(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ChainState {
-    blocks: BTreeMap<u64, Vec<u8>>,
+    blocks: BTreeMap<u64, Fingerprint>,
+    /// The data of the newest [`RECENT_BLOCKS`] blocks.
+    recent: BTreeMap<u64, Vec<u8>>,
     height: u64,
     log: Option<File>,
+    /// Reused for each `chain.log` line.
+    line: Vec<u8>,
+}
+
+impl ChainState {
+    fn insert(&mut self, height: u64, data: Vec<u8>) {
+        self.blocks.insert(height, Fingerprint::of(&data));
+        self.recent.insert(height, data);
+        while self.recent.len() > RECENT_BLOCKS {
+            self.recent.pop_first();
+        }
+    }
 }
 
 /// The toy chain behind the development controller.
@@ -314,14 +356,19 @@ impl DevChain {
             None => (StoredChain::default(), None),
         };
         let height = stored.height();
-        let blocks = stored.blocks;
+        let mut state = ChainState {
+            blocks: BTreeMap::new(),
+            recent: BTreeMap::new(),
+            height,
+            log,
+            line: Vec::new(),
+        };
+        for (h, data) in stored.blocks {
+            state.insert(h, data);
+        }
         Ok(Self {
             cfg: Arc::new(cfg),
-            state: Arc::new(Mutex::new(ChainState {
-                blocks,
-                height,
-                log,
-            })),
+            state: Arc::new(Mutex::new(state)),
             stats: Arc::new(DevStats::default()),
         })
     }
@@ -340,9 +387,10 @@ impl DevChain {
         self.lock().height
     }
 
-    /// The block at `height`, if known.
+    /// The block at `height`, if it is one of the newest few (older blocks are in
+    /// `chain.log`, see [`read_chain`]).
     pub fn block(&self, height: u64) -> Option<Vec<u8>> {
-        self.lock().blocks.get(&height).cloned()
+        self.lock().recent.get(&height).cloned()
     }
 
     /// Forgets the last block, as a controller whose own storage lost its last write:
@@ -352,7 +400,8 @@ impl DevChain {
     pub fn forget_last_block(&self) -> Option<(u64, Vec<u8>)> {
         let mut st = self.lock();
         let height = st.height;
-        let block = st.blocks.remove(&height)?;
+        let block = st.recent.remove(&height)?;
+        st.blocks.remove(&height);
         st.height = height - 1;
         Some((height, block))
     }
@@ -415,7 +464,7 @@ impl DevChain {
         {
             let mut st = self.lock();
             match st.blocks.get(&p.height) {
-                Some(existing) if *existing == p.data => {}
+                Some(existing) if *existing == Fingerprint::of(&p.data) => {}
                 Some(_) => {
                     tracing::error!(
                         height = p.height,
@@ -430,9 +479,19 @@ impl DevChain {
                             .fetch_add(1, Ordering::Relaxed);
                     }
                     let sync = !self.cfg.no_fsync;
-                    if let Some(log) = st.log.as_mut() {
-                        let line = format!("{} {}\n", p.height, hex::encode(&p.data));
-                        let written = log.write_all(line.as_bytes()).and_then(|_| {
+                    let ChainState { log, line, .. } = &mut *st;
+                    if let Some(log) = log.as_mut() {
+                        // `HEIGHT HEX\n`, encoded into a reused buffer: the block may be
+                        // megabytes.
+                        line.clear();
+                        line.extend_from_slice(format!("{} ", p.height).as_bytes());
+                        let start = line.len();
+                        line.resize(start + 2 * p.data.len(), 0);
+                        if hex::encode_to_slice(&p.data, &mut line[start..]).is_err() {
+                            return Err(CODE_STORAGE);
+                        }
+                        line.push(b'\n');
+                        let written = log.write_all(line).and_then(|_| {
                             if sync {
                                 log.sync_data()
                             } else {
@@ -451,7 +510,7 @@ impl DevChain {
                             "chain jumped (blocks in between synced elsewhere)"
                         );
                     }
-                    st.blocks.insert(p.height, p.data.clone());
+                    st.insert(p.height, p.data.clone());
                     st.height = st.height.max(p.height);
                     self.stats.committed(p.height);
                     tracing::debug!(height = p.height, "block committed");
@@ -741,6 +800,30 @@ mod tests {
         assert_eq!(c.stats().commits_out_of_order.load(Ordering::Relaxed), 1);
         c.commit(&c.proposal()).unwrap();
         assert_eq!(c.stats().commits_out_of_order.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn old_blocks_are_remembered_by_fingerprint_and_only_the_newest_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = chain(Some(dir.path().to_path_buf()));
+        let mut first = None;
+        for _ in 0..3 * RECENT_BLOCKS {
+            let p = c.proposal();
+            c.commit(&p).unwrap();
+            first.get_or_insert(p);
+        }
+        let first = first.unwrap();
+        assert_eq!(c.lock().recent.len(), RECENT_BLOCKS);
+        assert_eq!(c.block(1), None, "height 1 is no longer kept whole");
+        // Still known: the same block again is fine, another one at its height a fork.
+        assert!(c.commit(&first).is_ok());
+        let mut other = first.clone();
+        other.data = make_block(1, "n2", 1, 0);
+        assert_eq!(c.commit(&other), Err(CODE_CONFLICT));
+        // And the file holds every block, whole.
+        let stored = read_chain(&dir.path().join("chain.log")).unwrap();
+        assert_eq!(stored.blocks.len(), 3 * RECENT_BLOCKS);
+        assert_eq!(stored.blocks.get(&1), Some(&first.data));
     }
 
     #[test]
