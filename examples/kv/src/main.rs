@@ -7,6 +7,12 @@ use craft_kv::node::{KvNode, NodeError};
 use craft_kv::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
+/// mimalloc: a large value is allocated and freed several times on its way
+/// (decoded, encoded, sent, stored); the system allocator maps, zeroes and unmaps fresh
+/// pages for each such buffer, mimalloc reuses its own. See BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
