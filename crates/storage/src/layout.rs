@@ -49,6 +49,32 @@ pub const SNAPSHOT_FILE_KEY: &[u8] = b"snapshot_file";
 /// Key of the truncation point `(index, term)` in [`STATE_CF`].
 pub const TRUNCATED_KEY: &[u8] = b"truncated";
 
+/// The name of a numbered file beside the database (a snapshot's, a segment's): `n` as
+/// 20 digits, then `suffix`, so that names sort in number order.
+pub(crate) fn numbered_file(n: u64, suffix: &str) -> String {
+    format!("{n:020}{suffix}")
+}
+
+/// The number in a name of [`numbered_file`]'s form with this `suffix`, or `None` for
+/// any other name.
+pub(crate) fn numbered_file_index(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Checks that `data`'s CRC32C is `expected`; the error says both.
+pub(crate) fn check_crc32c(data: &[u8], expected: u32) -> Result<(), String> {
+    let crc = crc32c::crc32c(data);
+    if crc == expected {
+        Ok(())
+    } else {
+        Err(format!("CRC32C {crc:08x}, the record says {expected:08x}"))
+    }
+}
+
 /// The key of the entry at `index` in [`LOG_CF`].
 pub fn entry_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()

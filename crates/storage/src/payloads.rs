@@ -23,6 +23,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::StorageError;
+use crate::layout::{check_crc32c, numbered_file, numbered_file_index};
 
 /// The directory of segment files inside a store's directory.
 pub(crate) const PAYLOADS_DIR: &str = "payloads";
@@ -44,15 +45,11 @@ pub struct PayloadRef {
 }
 
 fn file_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:020}.seg"))
+    dir.join(numbered_file(id, ".seg"))
 }
 
 fn file_id(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".seg")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    numbered_file_index(name, ".seg")
 }
 
 #[derive(Debug)]
@@ -265,13 +262,7 @@ impl Payloads {
             .file
             .read_exact_at(&mut data, r.offset)
             .map_err(|e| file_error(&path, e))?;
-        let crc = crc32c::crc32c(&data);
-        if crc != r.crc32c {
-            return Err(corrupt(format!(
-                "CRC32C {crc:08x}, the record says {:08x}",
-                r.crc32c
-            )));
-        }
+        check_crc32c(&data, r.crc32c).map_err(corrupt)?;
         Ok(data)
     }
 

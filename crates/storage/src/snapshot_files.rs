@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use craft_core::{SnapshotStager, StagedSnapshot};
 
 use crate::error::StorageError;
+use crate::layout::{check_crc32c, numbered_file, numbered_file_index};
 
 /// Bytes written between two syncs of a snapshot file.
 const SYNC_CHUNK: usize = 256 << 10;
@@ -27,16 +28,12 @@ pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
 
 /// The file that holds the data of the snapshot at `index`.
 pub(crate) fn file_path(dir: &Path, index: u64) -> PathBuf {
-    dir.join(format!("{index:020}.snap"))
+    dir.join(numbered_file(index, ".snap"))
 }
 
 /// The index a snapshot file's name gives, or `None` for any other name.
 fn file_index(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".snap")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    numbered_file_index(name, ".snap")
 }
 
 /// Encodes a staged snapshot's record: index, length (8 bytes each) and CRC32C (4),
@@ -131,13 +128,7 @@ pub(crate) fn read(dir: &Path, record: &StagedSnapshot) -> Result<Vec<u8>, Stora
             record.len
         )));
     }
-    let crc = crc32c::crc32c(&data);
-    if crc != record.crc32c {
-        return Err(corrupt(format!(
-            "CRC32C {crc:08x}, the record says {:08x}",
-            record.crc32c
-        )));
-    }
+    check_crc32c(&data, record.crc32c).map_err(corrupt)?;
     Ok(data)
 }
 
