@@ -108,17 +108,28 @@ fn kinds(received: &Received) -> Vec<MessageType> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_heartbeat_goes_ahead_of_appends_the_peer_has_not_taken() {
     // The receiver's raft takes no append until released (its handler blocks, as a
-    // busy receiver would), but takes everything else at once.
+    // busy receiver would), but takes everything else at once. The handler runs on a
+    // runtime worker: it blocks through `block_in_place`, so that the worker's other
+    // tasks move on. Without it, held appends resent on new connections (no ack comes
+    // while they are held) blocked every worker in turn, timers included, and the test
+    // hung instead of failing (seen once in CI). A held handler gives up after a minute,
+    // so nothing here can hang.
     let received: Received = Arc::default();
     let held = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
     let (sink, gate) = (received.clone(), held.clone());
     let addr = receiver(Arc::new(move |m: Message| {
         if m.msg_type() == MessageType::MsgAppend {
-            let (lock, released) = &*gate;
-            let mut holding = lock.lock().unwrap();
-            while *holding {
-                holding = released.wait(holding).unwrap();
-            }
+            tokio::task::block_in_place(|| {
+                let (lock, released) = &*gate;
+                let mut holding = lock.lock().unwrap();
+                let give_up = std::time::Instant::now() + Duration::from_secs(60);
+                while *holding && std::time::Instant::now() < give_up {
+                    holding = released
+                        .wait_timeout(holding, Duration::from_millis(100))
+                        .unwrap()
+                        .0;
+                }
+            });
         }
         sink.lock().unwrap().push(m);
         true
