@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cluster::{build_profile, scrape, Cluster, Profile, Spec};
+use crate::cluster::{Cluster, Spec};
+use crate::harness::{build_profile, median, scrape, Profile};
 
 /// The last step of [`crate::interop::reference_help`] for `--compare`.
 const LAST_STEP: &str =
@@ -487,15 +488,6 @@ fn bench_idle(
     })();
     cluster.down();
     result
-}
-
-pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    match xs.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => xs[n / 2],
-        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
 }
 
 /// Each figure's median over `results` (all of one binary and size).

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::etcd;
+use crate::harness::median;
 
 /// Base port: node i (1-based) listens on `BASE + 10 i` (HTTP) and `BASE + 10 i + 1`
 /// (raft).
@@ -524,15 +525,6 @@ fn run_wrk(
         bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(text)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    match xs.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => xs[n / 2],
-        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
 }
 
 /// Each figure's median over the rounds; errors are summed.

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use craft_transport::link_faults::LinkFaults;
 
-use crate::cluster::{build_profile, read_chain, Cluster, Profile, Spec};
+use crate::cluster::{read_chain, Cluster, Spec};
+use crate::harness::{build_profile, Profile};
 
 /// `cargo xtask chaos`
 #[derive(Debug, clap::Args)]
@@ -147,7 +148,7 @@ fn damaged(cluster: &Cluster) -> f64 {
         .state
         .nodes
         .iter()
-        .filter_map(|n| crate::cluster::scrape(n.metrics_port))
+        .filter_map(|n| crate::harness::scrape(n.metrics_port))
         .filter_map(|m| {
             m.get("consensus_network_refused_total{reason=\"checksum\"}")
                 .copied()
@@ -245,7 +246,7 @@ fn start_consensus(cluster: &mut Cluster, i: usize) -> anyhow::Result<()> {
     wait_until(
         IN_FORCE_BOUND,
         &format!("node {i}'s consensus serves its metrics"),
-        || Ok(crate::cluster::scrape(port).is_some() || !cluster.consensus_alive(i)),
+        || Ok(crate::harness::scrape(port).is_some() || !cluster.consensus_alive(i)),
     )
 }
 

@@ -239,7 +239,7 @@ fn checks(root: &Path, args: &Args, log_env: &(&str, String)) -> anyhow::Result<
                 report_only: false,
             },
         )?;
-        let bin_dir = crate::cluster::build(root, false)?;
+        let bin_dir = crate::harness::build(root, false)?;
         // The interop harness itself, with our own binary standing in for the existing
         // service (CI has no build of it): a rolling replacement of every node of a
         // 4-node chain, each restarted with an empty raft directory.

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::blackbox::{self, Monitor};
-use crate::cluster::{build_profile, check_chains_agree, Cluster, Profile, Spec};
+use crate::cluster::{check_chains_agree, Cluster, Spec};
+use crate::harness::{build_profile, Profile};
 
 /// How to build the existing service, then `last_step`: for `--help` and for when no
 /// binary is given (`cargo xtask interop`, `cargo xtask bench --compare`).
@@ -667,7 +668,7 @@ fn rates_table(summary: &[ScenarioOutcome]) -> String {
         rates
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, xs)| crate::bench::median(xs.clone()))
+            .map(|(_, xs)| crate::harness::median(xs.clone()))
     };
     let mut table =
         String::from("\n| scenario | blocks/s per round | median | median / all_reference |\n|---|---|---:|---:|\n");
@@ -676,7 +677,7 @@ fn rates_table(summary: &[ScenarioOutcome]) -> String {
             Some(_) => "all_reference_zenoh",
             None => "all_reference",
         };
-        let median = crate::bench::median(xs.clone());
+        let median = crate::harness::median(xs.clone());
         let ratio = median_of(base)
             .filter(|b| *b > 0.0)
             .map(|b| format!("{:.2}x", median / b))

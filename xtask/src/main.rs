@@ -8,12 +8,14 @@ mod bench_kv;
 mod blackbox;
 mod chaos;
 mod ci;
+mod cita_chain;
 mod cluster;
 mod codegen;
 mod conformance;
 mod etcd;
 mod fuzz;
 mod fuzz_sim;
+mod harness;
 mod interop;
 mod jepsen_kv;
 mod test_cluster;
@@ -64,6 +66,9 @@ enum Command {
     /// Check any consensus binary against the CITA-Cloud contract, black-box, clause by
     /// clause.
     Conformance(conformance::Args),
+    /// A local CITA-Cloud chain of the real services (controller, executor, storage,
+    /// network) with ours, consensus_raft or consensus_overlord as its consensus.
+    CitaChain(cita_chain::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Command::JepsenKv(args) => jepsen_kv::run(&root, &args),
         Command::Interop(args) => interop::run(&root, &args),
         Command::Conformance(args) => conformance::run(&root, &args),
+        Command::CitaChain(args) => cita_chain::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

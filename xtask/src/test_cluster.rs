@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::cluster::{build, check_chains_agree, Cluster, NodeView, Spec};
+use crate::cluster::{check_chains_agree, Cluster, NodeView, Spec};
+use crate::harness::build;
 
 /// `cargo xtask test-cluster`
 #[derive(Debug, clap::Args)]
@@ -235,7 +236,7 @@ fn validator_removal_readd(r: &mut Run<'_>) -> anyhow::Result<()> {
         ),
         |v| {
             let others = v[..2].iter().map(|n| n.chain_height).max().unwrap_or(0);
-            let Some(activity) = crate::cluster::scrape(port).filter(|_| v[2].alive).map(|m| {
+            let Some(activity) = crate::harness::scrape(port).filter(|_| v[2].alive).map(|m| {
                 m.iter()
                     .filter(|(k, _)| {
                         k.starts_with("consensus_messages_sent_total")
@@ -400,7 +401,7 @@ fn hostile_input(r: &mut Run<'_>) -> anyhow::Result<()> {
         // Refused by the gate in front of raft, or before it by the origin check (a
         // claim to a raft id the origin does not speak for, or to the target's own) or
         // the checksum (from an origin that sends checksums, a message without one).
-        let m = crate::cluster::scrape(target.metrics_port).unwrap_or_default();
+        let m = crate::harness::scrape(target.metrics_port).unwrap_or_default();
         let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
         let gate = get("consensus_refused_messages");
         let before_gate = get("consensus_network_refused_total{reason=\"origin_conflict\"}")

@@ -27,7 +27,7 @@
 //!
 //! Disk faults under it (EIO, ENOSPC, corrupted reads, latency, through craft-faultfs)
 //! and a genuinely full disk are tested in `tests/disk_faults.rs` and
-//! `tests/disk_full.rs`; the README's "Fault tolerance" section lists what was seen.
+//! `tests/disk_full.rs`; `docs/fault-tolerance.md` lists what was seen.
 //!
 //! ```
 //! use craft_core::{make_snapshot, voters, LogStore};

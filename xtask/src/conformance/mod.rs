@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::blackbox;
-use crate::cluster::{build, check_chains_agree, node_address, Cluster, Spec};
+use crate::cluster::{check_chains_agree, node_address, Cluster, Spec};
+use crate::harness::build;
 
 /// `cargo xtask conformance`
 #[derive(Debug, clap::Args)]
@@ -452,7 +453,7 @@ fn main_group(g: &mut Group<'_>) -> anyhow::Result<()> {
     g.record("consensus.check_block", check_block);
     let metrics: anyhow::Result<String> = (|| {
         for n in &nodes {
-            let m = crate::cluster::scrape(n.metrics_port).with_context(|| {
+            let m = crate::harness::scrape(n.metrics_port).with_context(|| {
                 format!(
                     "node {}: nothing on metrics_port {}",
                     n.index, n.metrics_port

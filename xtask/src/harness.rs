@@ -1,0 +1,196 @@
+//! The harness every verb shares: building the workspace's binaries, starting processes
+//! with their output in a log file, stopping them, and reading their metrics.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// How to build the service binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `dev`: what tests and CI use.
+    Debug,
+    /// `release`.
+    Release,
+    /// `bench` (optimised like release): shares its RocksDB build with `cargo bench`.
+    Bench,
+}
+
+impl Profile {
+    /// The build figures come from: `Bench`, or `Debug` when `debug` (to check a command
+    /// itself quickly, as CI does).
+    pub fn for_figures(debug: bool) -> Self {
+        if debug {
+            Profile::Debug
+        } else {
+            Profile::Bench
+        }
+    }
+}
+
+/// Builds the service binaries and returns their directory.
+pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
+    build_profile(
+        root,
+        if release {
+            Profile::Release
+        } else {
+            Profile::Debug
+        },
+    )
+}
+
+/// Builds the service binaries with `profile` and returns their directory.
+pub fn build_profile(root: &Path, profile: Profile) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    // The whole workspace with all targets: the same feature resolution as
+    // `cargo test --workspace`, so RocksDB (whose build depends on every resolved
+    // feature below it) is compiled once and shared with the tests.
+    cmd.current_dir(root)
+        .args(["build", "--quiet", "--workspace", "--all-targets"]);
+    match profile {
+        Profile::Debug => {}
+        Profile::Release => {
+            cmd.arg("--release");
+        }
+        Profile::Bench => {
+            cmd.args(["--profile", "bench"]);
+        }
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let out = Command::new(&cargo)
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let target = meta["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(Path::new(target).join(if profile == Profile::Debug {
+        "debug"
+    } else {
+        "release"
+    }))
+}
+
+/// Whether process `pid` runs (a zombie does not).
+pub fn pid_alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; its state is `Z`.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Sends `sig` (`-TERM`, `-KILL`, ...) to `pid`, ignoring a process that is gone.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// SIGTERM, then SIGKILL for what is still alive after `grace`; returns once every
+/// process has exited (or 5 s after the SIGKILL, saying which did not), with the number
+/// that were running.
+pub fn stop_pids(pids: &[u32], grace: Duration) -> usize {
+    let running: Vec<u32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
+    for &pid in &running {
+        signal(pid, "-TERM");
+    }
+    let wait_all = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline && running.iter().any(|p| pid_alive(*p)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_all(grace);
+    for &pid in &running {
+        if pid_alive(pid) {
+            signal(pid, "-KILL");
+        }
+    }
+    wait_all(Duration::from_secs(5));
+    for &pid in &running {
+        if pid_alive(pid) {
+            eprintln!("process {pid} is still running after SIGKILL");
+        }
+    }
+    running.len()
+}
+
+/// Starts `cmd` with stdout and stderr appended to `log`, reaped in the background;
+/// `detach` puts it in a process group of its own (a Ctrl-C here does not reach it).
+pub fn spawn_logged(cmd: &mut Command, log: &Path, detach: bool) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = file.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(file).stderr(err);
+    if detach {
+        // Its own process group: a Ctrl-C in this terminal does not reach it.
+        cmd.process_group(0);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let pid = child.id();
+    // Reap it in the background so it never lingers as a zombie.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// Reads a Prometheus text endpoint's plain (unlabelled) samples.
+pub fn scrape(port: u16) -> Option<BTreeMap<String, f64>> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let mut out = BTreeMap::new();
+    for line in body.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = line.rsplit_once(' ') {
+            if let Ok(v) = v.parse::<f64>() {
+                out.insert(k.to_string(), v);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The median of `xs` (NaN when empty).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
