@@ -110,9 +110,9 @@ pub enum Consensus {
     /// This project's `consensus`, in consensus_raft's place.
     Ours,
     /// The existing raft service.
-    ConsensusRaft,
+    Raft,
     /// The overlord (BFT) service, cloud-config's default.
-    ConsensusOverlord,
+    Overlord,
     /// A binary at this path that takes consensus_raft's configuration.
     Path(PathBuf),
 }
@@ -122,8 +122,8 @@ impl Consensus {
     pub fn parse(s: &str) -> Self {
         match s {
             "ours" => Consensus::Ours,
-            "consensus_raft" | "raft" => Consensus::ConsensusRaft,
-            "consensus_overlord" | "overlord" => Consensus::ConsensusOverlord,
+            "consensus_raft" | "raft" => Consensus::Raft,
+            "consensus_overlord" | "overlord" => Consensus::Overlord,
             path => Consensus::Path(PathBuf::from(path)),
         }
     }
@@ -131,7 +131,7 @@ impl Consensus {
     /// cloud-config's `--consensus_image`: which table the node configuration gets.
     pub fn image(&self) -> &'static str {
         match self {
-            Consensus::ConsensusOverlord => "consensus_overlord",
+            Consensus::Overlord => "consensus_overlord",
             _ => "consensus_raft",
         }
     }
@@ -139,7 +139,7 @@ impl Consensus {
     /// The arguments of its `run` command in a node directory.
     pub fn run_args(&self) -> Vec<&'static str> {
         match self {
-            Consensus::ConsensusOverlord => vec!["run", "-c", "config.toml", "-p", "private_key"],
+            Consensus::Overlord => vec!["run", "-c", "config.toml", "-p", "private_key"],
             _ => vec!["run", "-c", "config.toml", "--stdout"],
         }
     }
@@ -394,8 +394,8 @@ impl Chain {
             "height",
             match &self.state.consensus {
                 Consensus::Ours => "ours".to_string(),
-                Consensus::ConsensusRaft => "consensus_raft".to_string(),
-                Consensus::ConsensusOverlord => "consensus_overlord".to_string(),
+                Consensus::Raft => "consensus_raft".to_string(),
+                Consensus::Overlord => "consensus_overlord".to_string(),
                 Consensus::Path(p) => p.display().to_string(),
             }
         )];
@@ -542,8 +542,8 @@ fn generate(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<State> {
         "cldi",
     ];
     match consensus {
-        Consensus::ConsensusRaft => needed.push("consensus_raft"),
-        Consensus::ConsensusOverlord => needed.push("consensus_overlord"),
+        Consensus::Raft => needed.push("consensus_raft"),
+        Consensus::Overlord => needed.push("consensus_overlord"),
         _ => {}
     }
     let missing: Vec<&str> = needed
@@ -567,8 +567,8 @@ fn generate(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<State> {
             eprintln!("building ours ({profile:?}) ...");
             build_profile(root, profile)?.join("consensus")
         }
-        Consensus::ConsensusRaft => services.join("consensus_raft"),
-        Consensus::ConsensusOverlord => services.join("consensus_overlord"),
+        Consensus::Raft => services.join("consensus_raft"),
+        Consensus::Overlord => services.join("consensus_overlord"),
         Consensus::Path(p) => p
             .canonicalize()
             .with_context(|| format!("consensus binary {}", p.display()))?,
@@ -741,9 +741,9 @@ fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
     let tty = std::io::stdout().is_terminal();
     let mut printed = 0usize;
     while !stop.load(Ordering::SeqCst)
-        && !up
+        && up
             .duration
-            .is_some_and(|d| started.elapsed() >= Duration::from_secs(d))
+            .is_none_or(|d| started.elapsed() < Duration::from_secs(d))
     {
         let lines = chain.render();
         let mut out = std::io::stdout().lock();
@@ -784,6 +784,7 @@ fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -806,16 +807,14 @@ mod tests {
     #[test]
     fn consensus_choice_sets_image_and_command() {
         assert_eq!(Consensus::parse("ours"), Consensus::Ours);
-        assert_eq!(Consensus::parse("raft"), Consensus::ConsensusRaft);
+        assert_eq!(Consensus::parse("raft"), Consensus::Raft);
         assert_eq!(
             Consensus::parse("/x/consensus"),
             Consensus::Path("/x/consensus".into())
         );
         assert_eq!(Consensus::Ours.image(), "consensus_raft");
-        assert_eq!(Consensus::ConsensusOverlord.image(), "consensus_overlord");
-        assert!(Consensus::ConsensusOverlord
-            .run_args()
-            .contains(&"private_key"));
+        assert_eq!(Consensus::Overlord.image(), "consensus_overlord");
+        assert!(Consensus::Overlord.run_args().contains(&"private_key"));
         assert!(Consensus::Ours.run_args().contains(&"--stdout"));
     }
 

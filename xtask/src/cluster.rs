@@ -169,6 +169,9 @@ pub struct Spec {
     /// Nodes whose `raft-data` is a craft-faultfs mount (`disk-faults.json` in the node's
     /// directory switches its faults; see [`Cluster::set_disk_faults`]).
     pub faultfs: Vec<usize>,
+    /// Nodes whose consensus `create` does not start (a scenario starts it later with
+    /// [`Cluster::start_consensus`]).
+    pub held_back: Vec<usize>,
 }
 
 impl Spec {
@@ -191,6 +194,7 @@ impl Spec {
             controller_args: Vec::new(),
             zenoh: None,
             faultfs: Vec::new(),
+            held_back: Vec::new(),
         }
     }
 }
@@ -531,7 +535,9 @@ impl Cluster {
             if spec.faultfs.contains(&i) {
                 cluster.mount_faultfs(i, detach)?;
             }
-            cluster.start_consensus(i, detach)?;
+            if !spec.held_back.contains(&i) {
+                cluster.start_consensus(i, detach)?;
+            }
         }
         Ok(cluster)
     }

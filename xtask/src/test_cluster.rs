@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 
 use crate::cluster::{check_chains_agree, Cluster, NodeView, Spec};
 use crate::harness::build;
@@ -440,7 +440,46 @@ fn hostile_input(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.safe()
 }
 
+/// Node 1, the first validator, starts alone and campaigns to no one; nodes 2 and 3
+/// start two seconds later. The election timeout is 50 s: a leader within half of it can
+/// only come from node 1 asking again.
+fn first_election_with_late_peers(r: &mut Run<'_>) -> anyhow::Result<()> {
+    std::thread::sleep(Duration::from_secs(2));
+    r.cluster.start_consensus(2, false)?;
+    r.cluster.start_consensus(3, false)?;
+    r.checks
+        .push("node 1 started alone, nodes 2 and 3 two seconds later".into());
+    let timeout = Duration::from_millis(r.spec.tick_ms * r.spec.election_tick as u64);
+    let start = Instant::now();
+    loop {
+        let views = r.cluster.views();
+        if views.iter().any(|n| n.alive && n.role == Some(3)) {
+            r.checks.push(format!(
+                "a leader before any election timeout ({:.1}s after the late nodes started, timeout {:.0}s)",
+                start.elapsed().as_secs_f64(),
+                timeout.as_secs_f64()
+            ));
+            break;
+        }
+        if start.elapsed() > timeout / 2 {
+            bail!("no leader within half an election timeout ({timeout:?}) after the late nodes started");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        r.log_contains(1, "no leader yet: campaigning again"),
+        "node 1 never campaigned again"
+    );
+    r.progress(5, "the chain commits")?;
+    r.safe()
+}
+
 fn scenarios() -> Vec<(&'static str, Spec, Scenario)> {
+    let late_peers = Spec {
+        election_tick: 1000,
+        held_back: vec![2, 3],
+        ..spec(3)
+    };
     let mut removal = spec(3);
     removal.schedule = vec![(40, vec![1, 2]), (100, vec![1, 2, 3])];
     let slow = Spec {
@@ -461,6 +500,11 @@ fn scenarios() -> Vec<(&'static str, Spec, Scenario)> {
         ("blocks_1mib", sized(1 << 20), blocks_of_size),
         ("blocks_8mib", sized(8 << 20), blocks_of_size),
         ("steady_progress", spec(3), steady_progress),
+        (
+            "first_election_with_late_peers",
+            late_peers,
+            first_election_with_late_peers,
+        ),
         ("hostile_input", spec(3), hostile_input),
         ("leader_kill_restart", spec(3), leader_kill_restart),
         ("all_killed_restart", spec(3), all_killed_restart),

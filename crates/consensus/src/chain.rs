@@ -18,6 +18,7 @@
 //! restoring node needs: [`StateMachine::restore`] keeps whichever view is newer, and the
 //! controller, not the snapshot, decides the next height.
 
+use craft_core::sync::LockExt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -124,11 +125,7 @@ impl PreCheckSlot {
             let _timer = latency.start_timer();
             controller.check_proposal(p).await
         });
-        let old = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(PreCheck { proposal, result });
+        let old = self.0.locked().replace(PreCheck { proposal, result });
         if let Some(old) = old {
             old.result.abort();
         }
@@ -139,7 +136,7 @@ impl PreCheckSlot {
         &self,
         proposal: &Proposal,
     ) -> Option<tokio::task::JoinHandle<Result<bool, ControllerError>>> {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.0.locked();
         match slot.take() {
             Some(pre) if pre.proposal == *proposal => Some(pre.result),
             Some(other) if other.proposal.height > proposal.height => {

@@ -50,6 +50,10 @@ use crate::timed_store::TimedStore;
 /// Index and term of the initial snapshot every validator installs.
 pub const BOOTSTRAP_INDEX: u64 = 5;
 
+/// How many times, a second apart, the first validator of a new chain campaigns again
+/// while no leader is known.
+const FIRST_CAMPAIGN_RETRIES: u32 = 60;
+
 type Store = TimedStore<RocksLogStore>;
 
 /// How the block loop ended.
@@ -461,6 +465,25 @@ impl Node {
                 if first == Some(self.me) {
                     tracing::info!("first validator: campaigning");
                     let _ = handle.campaign().await;
+                    // The other validators' services may not be up yet: a pre-vote they
+                    // never saw would leave the chain waiting for a randomized election
+                    // timeout (10 to 20 s with the defaults). Ask again each second until
+                    // a leader is known; a pre-vote changes no term, so this disturbs
+                    // nobody, and the task ends with raft.
+                    let retry = handle.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..FIRST_CAMPAIGN_RETRIES {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            let s = retry.status();
+                            if s.leader_id != 0 || s.role == Role::Leader {
+                                return;
+                            }
+                            tracing::info!("no leader yet: campaigning again");
+                            if retry.campaign().await.is_err() {
+                                return;
+                            }
+                        }
+                    });
                 }
             }
             let end = self.block_loop(&handle).await;
@@ -505,11 +528,13 @@ impl Node {
             pre_vote: true,
             max_size_per_msg: 4 * 1024 * 1024,
             max_inflight_msgs: 256,
-            // Followers hear of a commit with the next append or tick. Telling them at
-            // once doubled the messages per block and cost an all-ours cluster 22% of
-            // its blocks/s (537 against 692, `bench --compare`, 2026-12-02), while mixed
-            // clusters over network_zenoh gained nothing measurable.
-            broadcast_commit: false,
+            // With blocks paced by `block_interval`, followers hear of each commit at
+            // once: otherwise they learn it with the next heartbeat, and a real
+            // controller fetches the block from its peers first, bypassing us. At full
+            // speed (`block_interval` 0) the next block's append carries the commit, and
+            // telling them at once would double the messages per block (it cost an
+            // all-ours cluster 22% of its blocks/s; docs/migration.md).
+            broadcast_commit: self.config.borrow().block_interval > 0,
             // The state is one small configuration: snapshot after every block.
             snapshot_interval: 1,
             log_retain: self.cfg.log_retain,

@@ -50,6 +50,7 @@ mod read;
 mod replica;
 mod state_machine;
 mod storage;
+pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transport;

@@ -6,6 +6,7 @@
 //! model a disk's write cache as well ([`MemLogStore::with_sync_tracking`]), so that a
 //! simulated power loss drops whatever was written but not yet synced.
 
+use crate::sync::RwLockExt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -316,11 +317,11 @@ impl MemLogStore {
     fn rl(&self) -> RwLockReadGuard<'_, MemState> {
         // A poisoned lock means a panic elsewhere already; the data is still consistent
         // because every mutation below completes before it can panic.
-        self.core.read().unwrap_or_else(|e| e.into_inner())
+        self.core.read_locked()
     }
 
     fn wl(&self) -> RwLockWriteGuard<'_, MemState> {
-        self.core.write().unwrap_or_else(|e| e.into_inner())
+        self.core.write_locked()
     }
 }
 

@@ -12,6 +12,7 @@
 //! its `probe`s and raft messages claim. That is the evidence a black-box check of the
 //! CITA-Cloud contract needs (`cargo xtask conformance`).
 
+use craft_core::sync::{LockExt, RwLockExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -153,7 +154,7 @@ impl DevNetwork {
     /// Replaces the link fault rules. A node a `down` rule names loses its handler
     /// registration and queued messages, as a network service that is killed does.
     pub fn set_faults(&self, rules: Vec<LinkFaults>) {
-        let mut current = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.faults.write_locked();
         if *current != rules {
             let text: Vec<String> = rules.iter().map(ToString::to_string).collect();
             tracing::info!(faults = ?text, "link faults changed");
@@ -165,7 +166,7 @@ impl DevNetwork {
                 .down
                 .send_if_modified(|d| std::mem::replace(d, down) != down);
             if changed && down {
-                *slot.handler.write().unwrap_or_else(|e| e.into_inner()) = None;
+                *slot.handler.write_locked() = None;
                 self.delivery.remove(node);
                 tracing::info!(node, "network service down: registration forgotten");
             } else if changed {
@@ -237,19 +238,14 @@ impl DevNetwork {
             self.nodes
                 .iter()
                 .enumerate()
-                .map(|(i, slot)| {
-                    slot.observed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .to_json(i + 1)
-                })
+                .map(|(i, slot)| slot.observed.locked().to_json(i + 1))
                 .collect(),
         )
     }
 
     fn observe(&self, origin: u64, f: impl FnOnce(&mut Observed)) {
         if let Some(slot) = self.slot(origin) {
-            f(&mut slot.observed.lock().unwrap_or_else(|e| e.into_inner()));
+            f(&mut slot.observed.locked());
         }
     }
 
@@ -278,7 +274,7 @@ impl DevNetwork {
             set.insert((a, b));
             set.insert((b, a));
         }
-        let mut current = self.cuts.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.cuts.write_locked();
         if *current != set {
             tracing::info!(cuts = ?set, "network links changed");
             *current = set;
@@ -345,13 +341,7 @@ impl DevNetwork {
     }
 
     fn deliver(self: &Arc<Self>, from: u64, to: u64, mut msg: NetworkMsg) -> bool {
-        if from == to
-            || self
-                .cuts
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&(from, to))
-        {
+        if from == to || self.cuts.read_locked().contains(&(from, to)) {
             return false;
         }
         if self.slot(to).is_none() {
@@ -364,8 +354,7 @@ impl DevNetwork {
         msg.origin = from;
         let rule = self
             .faults
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_locked()
             .iter()
             .find(|r| r.covers(from, to))
             .cloned();
@@ -403,7 +392,7 @@ impl DevNetwork {
                 let bits = (copy.msg.len() as u64 + 64) * 8;
                 let on_wire = Duration::from_secs_f64(bits as f64 / bps as f64);
                 let now = Instant::now();
-                let mut free = self.link_free_at.lock().unwrap_or_else(|e| e.into_inner());
+                let mut free = self.link_free_at.locked();
                 let start = free
                     .get(&(from, to))
                     .copied()
@@ -432,12 +421,10 @@ impl DevNetwork {
 
     /// Hands `msg` to node `to`'s delivery queue.
     fn enqueue(&self, to: u64, msg: NetworkMsg) -> bool {
-        let Some(client) = self.slot(to).and_then(|slot| {
-            slot.handler
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        }) else {
+        let Some(client) = self
+            .slot(to)
+            .and_then(|slot| slot.handler.read_locked().clone())
+        else {
             return false;
         };
         self.delivery.push(to, msg, move || {
@@ -531,7 +518,7 @@ impl NetworkService for NodePort {
             .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES);
         if let Some(slot) = self.net.slot(self.me) {
-            *slot.handler.write().unwrap_or_else(|e| e.into_inner()) = Some(client);
+            *slot.handler.write_locked() = Some(client);
         }
         // A re-registered handler gets a fresh delivery queue.
         self.net.delivery.remove(self.me);

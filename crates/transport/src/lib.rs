@@ -28,7 +28,9 @@ pub mod peer;
 mod queue;
 pub mod tls;
 
-pub use cita::Inbound;
+/// Where incoming raft messages go; returns whether the message was accepted.
+pub type Inbound = std::sync::Arc<dyn Fn(raft::eraftpb::Message) -> bool + Send + Sync>;
+
 pub use queue::{PeerQueues, PeerStats};
 
 /// Decodes a raft message from its protobuf bytes, with prost's limits: nesting deeper

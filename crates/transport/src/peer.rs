@@ -64,6 +64,7 @@
 //! and [`LinkConfig::queue_bytes`] bytes (past either the newest is dropped, counted and
 //! reported).
 
+use craft_core::sync::{LockExt, RwLockExt};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,11 +84,11 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cita::Inbound;
 use crate::integrity::{decode_checked, encode_checked};
 use crate::limits::ConnectionLimit;
 use crate::queue::PeerStats;
 use crate::tls::PeerTls;
+use crate::Inbound;
 
 /// Messages a lane queues by default before new ones are dropped
 /// ([`LinkConfig::queue_messages`]).
@@ -227,10 +228,7 @@ struct LinkShared {
 
 impl LinkShared {
     fn report_unreachable(&self, to: u64) {
-        self.unreachable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .report(to);
+        self.unreachable.locked().report(to);
     }
 }
 
@@ -315,11 +313,7 @@ impl PeerTransport {
     /// Peers reported before it is set are told to it at once.
     pub fn report_unreachable_to(&self, report: impl Fn(u64) + Send + Sync + 'static) {
         let report: UnreachableFn = Arc::new(report);
-        let mut unreachable = self
-            .shared()
-            .unreachable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut unreachable = self.shared().unreachable.locked();
         for to in std::mem::take(&mut unreachable.pending) {
             report(to);
         }
@@ -359,28 +353,15 @@ impl PeerTransport {
             snapshots: client(&endpoint),
             endpoint,
         };
-        self.peers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, peer);
-        self.unknown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.peers.write_locked().insert(id, peer);
+        self.unknown.locked().remove(&id);
         // The lanes to the old address stop once their link is dropped.
-        self.links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.links.locked().remove(&id);
         Ok(())
     }
 
     fn peer(&self, id: u64) -> Option<Peer> {
-        self.peers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
+        self.peers.read_locked().get(&id).cloned()
     }
 
     /// Tells raft, when it asked to be told, how the snapshot to `to` went.
@@ -401,12 +382,7 @@ impl PeerTransport {
             self.report(to, SnapshotStatus::Failure);
             return;
         };
-        if !self
-            .streaming
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(to)
-        {
+        if !self.streaming.locked().insert(to) {
             tracing::debug!(
                 to,
                 index,
@@ -423,11 +399,7 @@ impl PeerTransport {
             drop(msg);
             let result =
                 stream_snapshot(peer.snapshots, transport.id, bytes, transport.chunk_bytes).await;
-            transport
-                .streaming
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&to);
+            transport.streaming.locked().remove(&to);
             match result {
                 Ok(bytes) => {
                     tracing::info!(to, index, bytes, "snapshot sent");
@@ -447,7 +419,7 @@ impl PeerTransport {
     /// large for any batch, went onto a stream that ended before acknowledging them, or
     /// were waiting when a stream could not be opened or stalled.
     pub fn peer_stats(&self) -> Vec<(u64, u64, u64)> {
-        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let links = self.links.locked();
         let mut out: Vec<_> = links
             .iter()
             .map(|(id, link)| {
@@ -465,11 +437,7 @@ impl PeerTransport {
     /// Raft was told once that `to` has no address.
     fn no_address(&self, to: u64) {
         tracing::debug!(to, "no address for peer; dropping");
-        let new = self
-            .unknown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(to);
+        let new = self.unknown.locked().insert(to);
         if new {
             self.shared().report_unreachable(to);
         }
@@ -506,7 +474,7 @@ const MAX_SINGLE_MESSAGE: usize = cita_proto::MAX_MESSAGE_BYTES - BATCH_HEADROOM
 impl craft_core::Transport for PeerTransport {
     fn send(&self, messages: Vec<Message>) {
         let shared = self.shared().clone();
-        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut links = self.links.locked();
         for m in messages {
             if m.msg_type == MessageType::MsgSnapshot as i32 {
                 self.send_snapshot(m);
@@ -687,7 +655,7 @@ impl Lane {
     /// reported.
     fn push(&self, bytes: Vec<u8>) {
         let config = &self.shared.config;
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue.locked();
         if q.closed {
             return;
         }
@@ -721,7 +689,7 @@ impl Lane {
     }
 
     fn close(&self) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue.locked();
         q.closed = true;
         q.messages.clear();
         q.bytes = 0;
@@ -744,7 +712,7 @@ impl Lane {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let q = self.queue.locked();
                 if q.closed {
                     return false;
                 }
@@ -764,7 +732,7 @@ impl Lane {
         if !self.wait_for(live).await {
             return None;
         }
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue.locked();
         if q.stream != stream || q.closed {
             return None;
         }
@@ -857,7 +825,7 @@ impl Lane {
         setup_deadline: Duration,
     ) -> StreamEnd {
         let stream = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = self.queue.locked();
             q.stream += 1;
             q.stream
         };
@@ -894,8 +862,7 @@ impl Lane {
                     Ok(Some(_)) => {
                         let messages = self
                             .queue
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                            .locked()
                             .outstanding
                             .acked();
                         self.stats.sent.fetch_add(messages, Ordering::Relaxed);
@@ -913,8 +880,7 @@ impl Lane {
                 _ = check.tick() => {
                     let overdue = acknowledged && self
                         .queue
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .locked()
                         .outstanding
                         .overdue(ack_deadline);
                     if overdue {
@@ -925,8 +891,7 @@ impl Lane {
                         // A peer that acknowledges nothing: what it took counts as sent.
                         let messages = self
                             .queue
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                            .locked()
                             .outstanding
                             .take_all();
                         self.stats.sent.fetch_add(messages, Ordering::Relaxed);
@@ -940,7 +905,7 @@ impl Lane {
     /// Drops and counts every queued message.
     fn drop_queued(&self) {
         let dropped = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = self.queue.locked();
             q.bytes = 0;
             std::mem::take(&mut q.messages).len() as u64
         };
@@ -959,7 +924,7 @@ impl Lane {
     /// acknowledging is counted dropped. Returns how many messages that was.
     fn end_stream(&self) -> u64 {
         let lost = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = self.queue.locked();
             q.stream += 1;
             q.outstanding.take_all()
         };

@@ -1,6 +1,7 @@
 //! Per-peer bounded send queues, each drained by its own task with several sends in
 //! flight.
 
+use craft_core::sync::LockExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,7 +72,7 @@ impl<T: Send + 'static> PeerQueues<T> {
         F: FnMut(T) -> Fut + Send + 'static,
         Fut: Future<Output = bool> + Send,
     {
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut peers = self.peers.locked();
         let in_flight = self.in_flight;
         let entry = peers.entry(peer).or_insert_with(|| {
             let (tx, rx) = mpsc::channel::<T>(self.capacity);
@@ -114,7 +115,7 @@ impl<T: Send + 'static> PeerQueues<T> {
 
     /// `(peer, sent, dropped)` for every peer seen so far.
     pub fn stats(&self) -> Vec<(u64, u64, u64)> {
-        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let peers = self.peers.locked();
         let mut out: Vec<_> = peers
             .iter()
             .map(|(id, p)| {
@@ -132,10 +133,7 @@ impl<T: Send + 'static> PeerQueues<T> {
     /// Stops the sender of `peer` (e.g. when its address changed): what is still queued
     /// for it is dropped and counted, not sent to the old address.
     pub fn remove(&self, peer: u64) {
-        self.peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&peer);
+        self.peers.locked().remove(&peer);
     }
 }
 

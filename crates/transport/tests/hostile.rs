@@ -9,6 +9,7 @@
 //! number; `cargo xtask fuzz` runs 100,000).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use craft_core::sync::LockExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,7 +161,7 @@ fn node() -> Node {
     let count = stepped.clone();
     net.set_inbound(Some(Arc::new(move |m: Message| {
         count.fetch_add(1, Ordering::Relaxed);
-        let mut replica = r.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replica = r.locked();
         // Refusals are the expected answer; what matters is that nothing panics.
         let _ = replica.step(m);
         true
@@ -197,7 +198,7 @@ fn feed(node: &Node, kind: &str, payload: Vec<u8>) -> Result<(), TestCaseError> 
 /// Handles every Ready of the node's replica. A store error would stop a real node:
 /// it counts as a failure.
 fn drain(node: &Node) -> Result<(), TestCaseError> {
-    let mut replica = node.replica.lock().unwrap_or_else(|e| e.into_inner());
+    let mut replica = node.replica.locked();
     while replica.has_ready() {
         replica
             .handle_ready(&mut |_| {})
@@ -233,11 +234,7 @@ fn mutated_raft_messages_never_panic_or_stop_the_replica() {
         stepped >= u64::from(cases()) / 10,
         "only {stepped} inputs reached raft"
     );
-    let refused = node
-        .replica
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .refused();
+    let refused = node.replica.locked().refused();
     assert!(refused > 0, "the gate refused nothing of {stepped}");
     println!(
         "{} mutated inputs: {stepped} reached the replica, {refused} refused by the gate",
@@ -280,7 +277,7 @@ fn leader_seeds(term: u64) -> Vec<Message> {
 fn leader_node() -> Node {
     let node = node();
     {
-        let mut r = node.replica.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = node.replica.locked();
         r.campaign().unwrap();
         for kind in [
             MessageType::MsgRequestPreVoteResponse,
@@ -323,20 +320,14 @@ fn mutated_messages_to_a_leader_never_panic_or_stop_it() {
                 // Hostile input deposes the leader often; start again from a fresh one.
                 let term = {
                     let n = node.borrow();
-                    let r = n.replica.lock().unwrap_or_else(|e| e.into_inner());
+                    let r = n.replica.locked();
                     r.is_leader().then(|| r.raw().raft.term)
                 };
                 let term = match term {
                     Some(t) => t,
                     None => {
                         *node.borrow_mut() = leader_node();
-                        node.borrow()
-                            .replica
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .raw()
-                            .raft
-                            .term
+                        node.borrow().replica.locked().raw().raft.term
                     }
                 };
                 stepped_as_leader.set(stepped_as_leader.get() + 1);
@@ -383,7 +374,7 @@ fn mutated_peer_batches_never_panic_or_stop_the_replica() {
     let node = node();
     let r = node.replica.clone();
     let service = PeerService::new(Arc::new(move |m: Message| {
-        let _ = r.lock().unwrap_or_else(|e| e.into_inner()).step(m);
+        let _ = r.locked().step(m);
         true
     }));
     let seeds = seeds();
@@ -451,13 +442,7 @@ fn hand_made_extremes_are_refused() {
         }
     }
     feed(&node, "raft", deep).unwrap();
-    assert_eq!(
-        node.replica
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .refused(),
-        0
-    );
+    assert_eq!(node.replica.locked().refused(), 0);
 }
 
 #[test]

@@ -16,6 +16,7 @@
 
 mod common;
 
+use craft_core::sync::LockExt;
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
@@ -97,11 +98,7 @@ async fn read(State((node, map)): State<AppState>, Path(key): Path<String>) -> R
     if let Err(e) = node.raft.read_barrier().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
     }
-    let value = map
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-        .cloned();
+    let value = map.locked().get(&key).cloned();
     match value {
         Some(value) => Json(value).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no key {key:?}\n")).into_response(),

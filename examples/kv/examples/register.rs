@@ -17,6 +17,7 @@
 
 mod common;
 
+use craft_core::sync::LockExt;
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
@@ -84,7 +85,7 @@ async fn read(State((node, cell)): State<AppState>) -> Response {
     if let Err(e) = node.raft.read_barrier().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
     }
-    let (version, value) = cell.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (version, value) = cell.locked().clone();
     format!("{} (version {version})\n", value.unwrap_or_default()).into_response()
 }
 

@@ -24,6 +24,7 @@
 //! receives a snapshot. A node whose store is not empty ignores the list for membership
 //! (raft's own log knows it) and only uses it for addresses.
 
+use craft_core::sync::LockExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -552,7 +553,7 @@ async fn wait_for_setup(
     shutdown: &Shutdown,
 ) -> Result<Option<(u64, Setup)>, NodeError> {
     let (done, accepted) = oneshot::channel();
-    *waiting.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
+    *waiting.done.locked() = Some(done);
     let span = tracing::info_span!("kv", name = %waiting.name);
     span.in_scope(|| {
         tracing::info!(raft_addr = %waiting.bound, "empty data directory and no --peers: waiting for POST /setup")

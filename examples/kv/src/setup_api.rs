@@ -11,6 +11,7 @@
 //! The node that receives the body passes it on to every other member with the
 //! [`FORWARDED`] header, which they do not pass on again.
 
+use craft_core::sync::LockExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -217,7 +218,7 @@ pub struct Waiting {
 impl Waiting {
     fn accepted(&self) -> std::sync::MutexGuard<'_, Option<(u64, Setup)>> {
         // Nothing below can panic while holding it; a poisoned value is still whole.
-        self.accepted.lock().unwrap_or_else(|e| e.into_inner())
+        self.accepted.locked()
     }
 }
 
@@ -280,7 +281,7 @@ async fn setup_waiting(
     } else {
         pass_on(&state.client, &setup, Some(me.id), "/setup", body).await
     };
-    if let Some(done) = state.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(done) = state.done.locked().take() {
         // The node starts raft once this handler has answered.
         let _ = done.send((me.id, setup));
     }

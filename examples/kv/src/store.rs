@@ -12,6 +12,7 @@
 //! that copy on a blocking thread ([`craft_core::SnapshotJob`]). A write after it copies
 //! only the few tree nodes on its path, never the values.
 
+use craft_core::sync::RwLockExt;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -202,7 +203,7 @@ impl KvStateMachine {
     fn write(&self) -> RwLockWriteGuard<'_, LiveState> {
         // Every mutation below completes before it could panic, so a poisoned lock
         // still guards consistent data.
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        self.state.write_locked()
     }
 
     fn apply_now(&mut self, entry: &Committed) -> Outcome {
@@ -269,7 +270,7 @@ impl StateMachine for KvStateMachine {
 
     fn snapshot(&mut self) -> SnapshotJob {
         // A pointer copy under the lock; the serialisation runs on a blocking thread.
-        let captured = self.state.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let captured = self.state.read_locked().clone();
         SnapshotJob::new(move || serde_json::to_vec(&captured).map_err(|e| e.to_string()))
     }
 
@@ -309,7 +310,7 @@ pub struct KvReader {
 
 impl KvReader {
     fn read(&self) -> RwLockReadGuard<'_, LiveState> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        self.state.read_locked()
     }
 
     /// The value of `key`, if set.

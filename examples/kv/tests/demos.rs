@@ -7,6 +7,7 @@
 #[path = "../examples/common/mod.rs"]
 mod demo;
 
+use craft_core::sync::LockExt;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,10 +24,7 @@ async fn read_everywhere(
 ) -> anyhow::Result<()> {
     for node in nodes {
         let applied = node.handle.read_barrier().await?;
-        let (version, value) = cells[&node.id]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let (version, value) = cells[&node.id].locked().clone();
         println!(
             "  node {} reads {value:?} (version {version}, applied index {applied})",
             node.id
@@ -136,8 +134,7 @@ async fn hashmap_replicas_in_one_process_agree() -> anyhow::Result<()> {
     for node in &cluster.nodes {
         let applied = node.handle.read_barrier().await?;
         let map: BTreeMap<String, Value> = maps[&node.id]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();

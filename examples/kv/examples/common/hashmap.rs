@@ -1,6 +1,7 @@
 //! The hashmap demo's state machine: a `HashMap<String, serde_json::Value>` changed by
 //! JSON commands.
 
+use craft_core::sync::LockExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -46,7 +47,7 @@ impl StateMachine for JsonMap {
         let result = match &entry.kind {
             CommittedKind::Normal { data, .. } => match serde_json::from_slice::<Op>(data) {
                 Ok(op) => {
-                    let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut map = self.map.locked();
                     Ok(match op {
                         Op::Insert { key, value } => map.insert(key, value),
                         Op::Remove { key } => map.remove(&key),
@@ -61,13 +62,13 @@ impl StateMachine for JsonMap {
 
     fn snapshot(&mut self) -> SnapshotJob {
         // A copy is cheap for a demo-sized map; it is serialised off the apply task.
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let map = self.map.locked().clone();
         SnapshotJob::new(move || serde_json::to_vec(&map).map_err(|e| e.to_string()))
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {
         std::future::ready(decode(&snapshot.data).map(|restored| {
-            *self.map.lock().unwrap_or_else(|e| e.into_inner()) = restored;
+            *self.map.locked() = restored;
         }))
     }
 

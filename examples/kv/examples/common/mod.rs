@@ -11,6 +11,7 @@ pub mod hashmap;
 pub mod register;
 pub mod server;
 
+use craft_core::sync::RwLockExt;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -46,23 +47,17 @@ impl<R: Send + 'static> LocalNetwork<R> {
     }
 
     fn plug(&self, id: u64, handle: NodeHandle<R>) {
-        self.nodes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, handle);
+        self.nodes.write_locked().insert(id, handle);
     }
 
     fn unplug(&self, id: u64) {
-        self.nodes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.nodes.write_locked().remove(&id);
     }
 }
 
 impl<R: Send + 'static> Transport for LocalNetwork<R> {
     fn send(&self, messages: Vec<Message>) {
-        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let nodes = self.nodes.read_locked();
         for msg in messages {
             if let Some(node) = nodes.get(&msg.to) {
                 // A full inbox drops the message; raft retransmits.

@@ -1,6 +1,7 @@
 //! The register demo's state machine: one string, overwritten by every write, with a
 //! version counting the writes.
 
+use craft_core::sync::LockExt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +23,7 @@ impl StateMachine for Register {
     type Response = u64;
 
     fn apply(&mut self, entry: &Committed) -> impl Future<Output = u64> + Send {
-        let mut cell = self.cell.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cell = self.cell.locked();
         if let CommittedKind::Normal { data, .. } = &entry.kind {
             cell.0 += 1;
             cell.1 = Some(String::from_utf8_lossy(data).into_owned());
@@ -32,13 +33,13 @@ impl StateMachine for Register {
 
     fn snapshot(&mut self) -> SnapshotJob {
         // One string: serialised at once, on the apply task.
-        let cell = self.cell.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = self.cell.locked();
         SnapshotJob::ready(serde_json::to_vec(&*cell).unwrap_or_default())
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send {
         std::future::ready(decode(&snapshot.data).map(|restored| {
-            *self.cell.lock().unwrap_or_else(|e| e.into_inner()) = restored;
+            *self.cell.locked() = restored;
         }))
     }
 
