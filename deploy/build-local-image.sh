@@ -24,7 +24,7 @@ APP_GID=10001
 for b in "${BINS[@]}"; do
     if [[ ! -x "$BIN_DIR/$b" ]]; then
         echo "error: $BIN_DIR/$b not found or not executable" >&2
-        echo "build it first: cargo build -p consensus -p craft-controller -p craft-transport --bins" >&2
+        echo "build it first: cargo build -p consensus -p craft-devnet --bins" >&2
         exit 1
     fi
 done

@@ -23,13 +23,13 @@ use serde::Serialize;
 use crate::cluster::{Cluster, Spec};
 use crate::harness::{build_profile, median, scrape, Profile};
 
-/// The last step of [`crate::interop::reference_help`] for `--compare`.
+/// The last step of [`crate::reference::reference_help`] for `--compare`.
 const LAST_STEP: &str =
     "cargo xtask bench --cluster-only --compare $REF/consensus_raft/target/release/consensus";
 
 /// `cargo xtask bench`
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = crate::interop::reference_help(LAST_STEP))]
+#[command(after_long_help = crate::reference::reference_help(LAST_STEP))]
 pub struct Args {
     /// Seconds measured per cluster case.
     #[arg(long, default_value_t = 15)]
@@ -622,13 +622,13 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             bin.is_file(),
             "no consensus binary at {}\n\n{}",
             bin.display(),
-            crate::interop::reference_help(LAST_STEP)
+            crate::reference::reference_help(LAST_STEP)
         );
     }
     if !args.cluster_only && !args.kv {
         // `--workspace`: the same feature resolution as the binaries built below, so one
         // optimised RocksDB build serves both.
-        crate::ci::cargo(root, &["bench", "--workspace"], &[])?;
+        crate::harness::cargo(root, &["bench", "--workspace"], &[])?;
     }
     if args.kv {
         let kv_bin = match &args.kv_bin {

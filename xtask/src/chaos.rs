@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use craft_transport::link_faults::LinkFaults;
+use craft_devnet::link_faults::LinkFaults;
 
 use crate::cluster::{read_chain, Cluster, Spec};
 use crate::harness::{build_profile, Profile};
@@ -50,7 +50,7 @@ pub struct Args {
 /// What is done to nodes 1 and 2.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    /// A link fault rule (see `craft_transport::link_faults`).
+    /// A link fault rule (see `craft_devnet::link_faults`).
     Link(&'static str),
     /// SIGKILL of their consensus processes; started again at the lift.
     KillConsensus,
@@ -661,7 +661,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         // In CI (where fuse3 is installed) this is an error; elsewhere each disk row
         // skipped is said and counted.
         for (name, _) in FAULTS.iter().filter(|(n, f)| is_disk(*f) && selected(n)) {
-            crate::ci::skipped(
+            crate::harness::skipped(
                 &format!("chaos {name}"),
                 &format!("FUSE cannot be mounted: {e}"),
             )?;

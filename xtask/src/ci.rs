@@ -5,14 +5,13 @@
 //! `CRAFT_SKIP_LOG` names, which `ci` sets; the summary counts the lines. In CI
 //! (`CI=true`) such a test fails at once, and `ci` fails when anything was skipped.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use craft_faultfs::temp::{in_ci, SKIP_LOG_ENV};
+
+use crate::harness::{cargo, skipped};
 
 /// `cargo xtask ci`
 #[derive(Debug, clap::Args)]
@@ -23,51 +22,6 @@ pub struct Args {
     /// Skip the multi-process integration scenarios.
     #[arg(long)]
     pub skip_cluster: bool,
-}
-
-/// Runs `cargo` with `args` in `root`, failing on a non-zero exit.
-pub fn cargo(root: &Path, args: &[&str], envs: &[(&str, String)]) -> anyhow::Result<()> {
-    let program = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let started = Instant::now();
-    println!("==> cargo {}", args.join(" "));
-    let status = Command::new(&program)
-        .current_dir(root)
-        .args(args)
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    println!("<== {:.0}s", started.elapsed().as_secs_f64());
-    if !status.success() {
-        bail!("cargo {} failed", args.join(" "));
-    }
-    Ok(())
-}
-
-/// The skip log of this `ci` run, for the steps that run in this process.
-static SKIP_LOG: OnceLock<PathBuf> = OnceLock::new();
-
-/// Records that `what` did not run, and why: an error in CI (`CI=true`); elsewhere it
-/// prints `WHAT: skipped: REASON` and appends that line to the skip log (this run's, or
-/// the file `CRAFT_SKIP_LOG` names), as the tests do (`craft_faultfs::temp::skip`).
-pub fn skipped(what: &str, reason: &str) -> anyhow::Result<()> {
-    if in_ci() {
-        bail!("{what} cannot run in CI (CI=true): {reason}");
-    }
-    let line = format!("{what}: skipped: {reason}");
-    println!("{line}");
-    let log = SKIP_LOG
-        .get()
-        .cloned()
-        .or_else(|| std::env::var_os(SKIP_LOG_ENV).map(PathBuf::from));
-    if let Some(log) = log {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
-            .with_context(|| format!("recording a skip in {}", log.display()))?;
-    }
-    Ok(())
 }
 
 /// The lines of the skip log: one per test or step skipped.
@@ -165,7 +119,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(&log, "").with_context(|| format!("emptying {}", log.display()))?;
-    let log = SKIP_LOG.get_or_init(|| log).clone();
+    let log = crate::harness::SKIP_LOG.get_or_init(|| log).clone();
     let log_env = (SKIP_LOG_ENV, log.to_string_lossy().into_owned());
     checks(root, args, &log_env)?;
     let skipped = skips(&log)?;

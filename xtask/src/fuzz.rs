@@ -13,7 +13,7 @@ pub struct Args {
 /// Runs every `hostile` test target with `CRAFT_FUZZ_CASES` inputs each, in the bench
 /// profile (optimised, and the same build as `cargo xtask bench`).
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
-    crate::ci::cargo(
+    crate::harness::cargo(
         root,
         &[
             "test",

@@ -41,7 +41,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if let Some(flaw) = &args.flaw {
         envs.push(("CRAFT_SIM_FLAW", flaw.clone()));
     }
-    crate::ci::cargo(
+    crate::harness::cargo(
         root,
         &[
             "test",
@@ -60,7 +60,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     }
     let per_seed = 4000u64;
     let seeds = args.hostile_messages.div_ceil(per_seed).max(1);
-    crate::ci::cargo(
+    crate::harness::cargo(
         root,
         &[
             "test",

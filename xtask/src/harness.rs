@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use craft_faultfs::temp::{in_ci, SKIP_LOG_ENV};
+use std::sync::OnceLock;
 
 /// How to build the service binaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,4 +195,49 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
         n if n % 2 == 1 => xs[n / 2],
         n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
     }
+}
+
+/// Runs `cargo` with `args` in `root`, failing on a non-zero exit.
+pub fn cargo(root: &Path, args: &[&str], envs: &[(&str, String)]) -> anyhow::Result<()> {
+    let program = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let started = Instant::now();
+    println!("==> cargo {}", args.join(" "));
+    let status = Command::new(&program)
+        .current_dir(root)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    println!("<== {:.0}s", started.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The skip log of this `ci` run, for the steps that run in this process.
+pub static SKIP_LOG: OnceLock<PathBuf> = OnceLock::new();
+
+/// Records that `what` did not run, and why: an error in CI (`CI=true`); elsewhere it
+/// prints `WHAT: skipped: REASON` and appends that line to the skip log (this run's, or
+/// the file `CRAFT_SKIP_LOG` names), as the tests do (`craft_faultfs::temp::skip`).
+pub fn skipped(what: &str, reason: &str) -> anyhow::Result<()> {
+    if in_ci() {
+        bail!("{what} cannot run in CI (CI=true): {reason}");
+    }
+    let line = format!("{what}: skipped: {reason}");
+    println!("{line}");
+    let log = SKIP_LOG
+        .get()
+        .cloned()
+        .or_else(|| std::env::var_os(SKIP_LOG_ENV).map(PathBuf::from));
+    if let Some(log) = log {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+            .with_context(|| format!("recording a skip in {}", log.display()))?;
+    }
+    Ok(())
 }

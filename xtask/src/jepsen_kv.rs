@@ -23,7 +23,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if args.stale_reads {
         envs.push(("CRAFT_JEPSEN_READS", "stale".to_string()));
     }
-    crate::ci::cargo(
+    crate::harness::cargo(
         root,
         &[
             "test",

@@ -18,9 +18,9 @@ mod fuzz_sim;
 mod harness;
 mod interop;
 mod jepsen_kv;
+mod reference;
 mod test_cluster;
 mod tidy;
-mod zenoh_net;
 
 use std::{
     path::{Path, PathBuf},

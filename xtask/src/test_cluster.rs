@@ -365,7 +365,7 @@ fn blocks_of_size(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.safe()
 }
 
-/// Every node is fed the hostile set of `consensus::hostile` (`dev-hostile`): through the
+/// Every node is fed the hostile set of `craft_devnet::hostile` (`dev-hostile`): through the
 /// development network as a real peer, and straight to its network handler from an
 /// unknown origin. All nodes must live, refuse the forged raft messages (at the gate, or
 /// at the origin check when they claim a raft id the origin does not speak for), and go

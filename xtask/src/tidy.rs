@@ -103,9 +103,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn faultfs_is_a_test_tool_nothing_ships_with() {
-        // Inverted: every package that reaches craft-faultfs through normal dependencies.
+    /// Every workspace package that reaches `pkg` through normal dependencies, but the
+    /// harness itself (xtask ships nothing).
+    fn normal_dependents(pkg: &str) -> BTreeSet<String> {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(crate::workspace_root())
             .args([
@@ -114,7 +114,7 @@ mod tests {
                 "-e",
                 "normal",
                 "-i",
-                "craft-faultfs",
+                pkg,
                 "--prefix",
                 "none",
                 "--format",
@@ -127,14 +127,17 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let dependents: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|p| *p != "craft-faultfs")
-            // The harness itself (it mounts faultfs under chaos clusters) ships nothing.
-            .filter(|p| *p != "xtask")
+            .filter(|p| *p != pkg && *p != "xtask")
             .map(str::to_string)
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn faultfs_is_a_test_tool_nothing_ships_with() {
+        let dependents = normal_dependents("craft-faultfs");
         assert!(
             dependents.is_empty(),
             "craft-faultfs is a test tool: only dev-dependencies and xtask may name it, but {dependents:?} \
@@ -152,6 +155,114 @@ mod tests {
                 !deps.contains(ours),
                 "craft-faultfs must not depend on {ours}"
             );
+        }
+    }
+
+    #[test]
+    fn no_production_crate_compiles_the_development_tools() {
+        let dependents = normal_dependents("craft-devnet");
+        assert!(
+            dependents.is_empty(),
+            "craft-devnet holds development tools: only dev-dependencies and xtask may name it, \
+             but {dependents:?} depend on it"
+        );
+        let deps = closure("craft-devnet");
+        assert!(deps.contains("craft-transport"), "craft-devnet: {deps:?}");
+        assert!(
+            !deps.contains("consensus") && !deps.contains("craft-storage"),
+            "craft-devnet stands beside the service, not on it: {deps:?}"
+        );
+    }
+
+    /// The top-level modules of xtask each one names (`crate::m`), from the sources.
+    fn xtask_module_graph() -> std::collections::BTreeMap<String, BTreeSet<String>> {
+        let src = crate::workspace_root().join("xtask/src");
+        let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                let module = path.file_name().unwrap().to_string_lossy().into_owned();
+                let mut stack = vec![path];
+                while let Some(dir) = stack.pop() {
+                    for e in std::fs::read_dir(&dir).unwrap() {
+                        let p = e.unwrap().path();
+                        if p.is_dir() {
+                            stack.push(p);
+                        } else if p.extension().is_some_and(|x| x == "rs") {
+                            files.push((module.clone(), p));
+                        }
+                    }
+                }
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let module = path.file_stem().unwrap().to_string_lossy().into_owned();
+                files.push((module, path));
+            }
+        }
+        let modules: BTreeSet<String> = files.iter().map(|(m, _)| m.clone()).collect();
+        let mut graph: std::collections::BTreeMap<String, BTreeSet<String>> = modules
+            .iter()
+            .map(|m| (m.clone(), BTreeSet::new()))
+            .collect();
+        for (module, path) in &files {
+            let text = std::fs::read_to_string(path).unwrap();
+            let mut named = BTreeSet::new();
+            for (i, _) in text.match_indices("crate::") {
+                let rest = &text[i + "crate::".len()..];
+                if let Some(group) = rest.strip_prefix('{') {
+                    let group = &group[..group.find('}').unwrap_or(group.len())];
+                    for item in group.split(',') {
+                        let name = item.trim().split("::").next().unwrap_or("").trim();
+                        named.insert(name.to_string());
+                    }
+                } else {
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    named.insert(rest[..end].to_string());
+                }
+            }
+            let edges = graph.get_mut(module).unwrap();
+            for n in named {
+                if n != *module && modules.contains(&n) {
+                    edges.insert(n);
+                }
+            }
+        }
+        graph
+    }
+
+    #[test]
+    fn xtask_modules_form_no_cycle() {
+        let graph = xtask_module_graph();
+        assert!(
+            graph.get("ci").is_some_and(|e| e.contains("harness")),
+            "the module graph looks empty: {graph:?}"
+        );
+        // Depth-first search; a module met again while on the path closes a cycle.
+        fn visit<'a>(
+            m: &'a str,
+            graph: &'a std::collections::BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) {
+            if let Some(at) = path.iter().position(|p| *p == m) {
+                panic!(
+                    "xtask modules form a cycle: {} -> {m}",
+                    path[at..].join(" -> ")
+                );
+            }
+            if !done.insert(m) {
+                return;
+            }
+            path.push(m);
+            for next in &graph[m] {
+                visit(next, graph, path, done);
+            }
+            path.pop();
+        }
+        let mut done = BTreeSet::new();
+        for m in graph.keys() {
+            visit(m, &graph, &mut Vec::new(), &mut done);
         }
     }
 }

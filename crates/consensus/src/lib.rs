@@ -8,7 +8,6 @@
 
 pub mod chain;
 pub mod config;
-pub mod hostile;
 pub mod logging;
 pub mod metrics;
 pub mod node;

@@ -12,8 +12,8 @@ use cita_proto::controller::consensus2_controller_service_server::Consensus2Cont
 use cita_proto::network::network_msg_handler_service_client::NetworkMsgHandlerServiceClient;
 use cita_proto::network::network_service_server::NetworkServiceServer;
 use cita_proto::network::NetworkMsg;
-use craft_controller::dev::{DevChain, DevChainConfig};
-use craft_transport::dev_network::DevNetwork;
+use craft_devnet::controller::{DevChain, DevChainConfig};
+use craft_devnet::network::DevNetwork;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -180,7 +180,7 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
     // kill the process), from a peer id raft has never heard of. The gate refuses them
     // and counts them; the node goes on committing blocks.
     let me = consensus::raft_id::raft_id(&hex::decode(format!("{:040x}", 1)).unwrap());
-    for (what, forged) in consensus::hostile::forged_raft(me, 0xbad) {
+    for (what, forged) in craft_devnet::hostile::forged_raft(me, 0xbad) {
         let msg = NetworkMsg {
             module: "consensus".into(),
             r#type: "raft".into(),

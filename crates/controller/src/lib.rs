@@ -1,11 +1,10 @@
 //! craft-controller talks to a CITA-Cloud controller: the [`Controller`] trait the
 //! consensus service needs, its gRPC client [`GrpcController`] (lazy reconnect, typed
-//! errors, [`retry`] with bounded exponential backoff), and a development controller
-//! ([`dev::DevChain`]) that local clusters and tests run in place of a real chain.
+//! errors, [`retry`] with bounded exponential backoff). The development controller that
+//! local clusters run is in craft-devnet.
 //!
 //! It knows nothing of raft and must not depend on the raft crates or craft-core.
 
-pub mod dev;
 mod grpc;
 mod retry;
 

@@ -3,8 +3,6 @@
 //! - [`cita`]: the CITA-Cloud network adapter. Raft messages travel through the network
 //!   microservice (`SendMsg`/`Broadcast`, `ProcessNetworkMsg`) with the existing raft
 //!   service's module and message types, so nodes of both implementations interoperate.
-//! - [`dev_network`]: a development network microservice that routes `NetworkMsg`
-//!   between the nodes of a local cluster and can cut links.
 //! - [`peer`]: a plain peer-to-peer gRPC transport for services outside CITA-Cloud,
 //!   with opt-in mutual TLS ([`tls`]). It streams snapshots in chunks and tells raft
 //!   how each went ([`craft_core::Transport::report_snapshots`]).
@@ -20,10 +18,8 @@
 //! consensus service or on storage crates.
 
 pub mod cita;
-pub mod dev_network;
 pub mod integrity;
 pub mod limits;
-pub mod link_faults;
 pub mod peer;
 mod queue;
 pub mod tls;

@@ -118,10 +118,12 @@ mod dispatch;
 mod held;
 mod lanes;
 mod origins;
+mod raft_id;
 mod register;
 mod wire;
 
 pub use held::HOLD_FOR;
+pub use raft_id::raft_id;
 
 pub use crate::Inbound;
 pub use wire::{

@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::link_faults::LinkFaults;
-use crate::queue::PeerQueues;
+use craft_transport::PeerQueues;
 
 struct Slot {
     handler: RwLock<Option<NetworkMsgHandlerServiceClient<Channel>>>,
@@ -69,8 +69,7 @@ impl Observed {
             }
             // Decoding costs: the first messages, then one in 256.
             "raft" if count <= 64 || count.is_multiple_of(256) => {
-                if let Ok(m) = <raft::eraftpb::Message as raft_prost::Message>::decode(&msg.msg[..])
-                {
+                if let Ok(m) = craft_transport::decode_raft_message(&msg.msg) {
                     insert_bounded(&mut self.raft_from, m.from);
                 }
             }
@@ -691,7 +690,7 @@ mod tests {
         }))
         .await
         .unwrap();
-        let raft = raft::eraftpb::Message {
+        let raft = craft_core::raft::eraftpb::Message {
             from: 77,
             to: 5,
             ..Default::default()
@@ -700,7 +699,7 @@ mod tests {
             module: "consensus".into(),
             r#type: "raft".into(),
             origin: 2,
-            msg: raft_prost::Message::encode_to_vec(&raft),
+            msg: craft_transport::encode_raft_message(&raft),
         }))
         .await
         .unwrap();

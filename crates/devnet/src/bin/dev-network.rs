@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cita_proto::network::network_service_server::NetworkServiceServer;
 use clap::Parser;
-use craft_transport::dev_network::DevNetwork;
+use craft_devnet::network::DevNetwork;
 
 /// A toy CITA-Cloud network service routing messages between local nodes.
 #[derive(Debug, Parser)]

@@ -39,7 +39,7 @@ use cita_proto::consensus::consensus_service_client::ConsensusServiceClient;
 use cita_proto::controller::consensus2_controller_service_server::Consensus2ControllerService;
 use tonic::{Request, Response, Status};
 
-use crate::PING_HEIGHT;
+use craft_controller::PING_HEIGHT;
 
 /// Status code for a proposal at the wrong height.
 pub const CODE_WRONG_HEIGHT: u32 = 101;
@@ -525,7 +525,7 @@ impl DevChain {
     /// between stay unknown here) and push the new configuration to consensus. This is
     /// how a node removed from the validators learns it was added back.
     pub async fn follow_peers(&self, peers: Vec<String>, consensus: String, lag: u64) {
-        use crate::{Controller, GrpcController};
+        use craft_controller::{Controller, GrpcController};
         let clients: Vec<(&str, GrpcController)> = peers
             .iter()
             .filter_map(|p| {
@@ -592,7 +592,7 @@ impl DevChain {
     /// as a controller does at start-up.
     pub async fn reconfigure_until_accepted(&self, addr: String) {
         let mut attempt = 0u32;
-        let backoff = crate::Backoff::default();
+        let backoff = craft_controller::Backoff::default();
         loop {
             attempt += 1;
             let result = async {

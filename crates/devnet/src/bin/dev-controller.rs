@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use cita_proto::controller::consensus2_controller_service_server::Consensus2ControllerServiceServer;
 use clap::Parser;
-use craft_controller::dev::{DevChain, DevChainConfig};
+use craft_devnet::controller::{DevChain, DevChainConfig};
 
 /// A toy CITA-Cloud controller for local clusters and tests.
 #[derive(Debug, Parser)]

@@ -1,4 +1,4 @@
-//! `dev-hostile`: feeds a consensus node the hostile set of `consensus::hostile`, for
+//! `dev-hostile`: feeds a consensus node the hostile set of `craft_devnet::hostile`, for
 //! cluster tests.
 //!
 //! Through the network service, as a real peer: every message goes out with `SendMsg` on
@@ -39,16 +39,16 @@ struct Args {
     /// The target's raft term, last index and commit index (`TERM,LAST,COMMIT`, from
     /// its metrics): adds forgeries that only disagree with that state.
     #[arg(long, value_parser = parse_state)]
-    state: Option<consensus::hostile::TargetState>,
+    state: Option<craft_devnet::hostile::TargetState>,
 }
 
-fn parse_state(s: &str) -> Result<consensus::hostile::TargetState, String> {
+fn parse_state(s: &str) -> Result<craft_devnet::hostile::TargetState, String> {
     let v: Vec<u64> = s
         .split(',')
         .map(|p| p.trim().parse::<u64>().map_err(|e| format!("{p:?}: {e}")))
         .collect::<Result<_, _>>()?;
     match v[..] {
-        [term, last_index, commit] => Ok(consensus::hostile::TargetState {
+        [term, last_index, commit] => Ok(craft_devnet::hostile::TargetState {
             term,
             last_index,
             commit,
@@ -60,7 +60,7 @@ fn parse_state(s: &str) -> Result<consensus::hostile::TargetState, String> {
 fn raft_id(hex_addr: &str) -> anyhow::Result<u64> {
     let bytes = hex::decode(hex_addr.trim().trim_start_matches("0x"))
         .with_context(|| format!("node address {hex_addr:?} is not hex"))?;
-    Ok(consensus::raft_id::raft_id(&bytes))
+    Ok(craft_transport::cita::raft_id(&bytes))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let to = raft_id(&args.to_address)?;
     let from = raft_id(&args.from_address)?;
-    let set = consensus::hostile::payloads(to, from, args.seed, args.random, args.state);
+    let set = craft_devnet::hostile::payloads(to, from, args.seed, args.random, args.state);
     let mut network = NetworkServiceClient::connect(args.network.clone())
         .await
         .with_context(|| format!("connecting to {}", args.network))?;
@@ -99,7 +99,8 @@ async fn main() -> anyhow::Result<()> {
         let (mut sent, mut refused) = (0, 0);
         // From a raft id no member has, so that the node's map of peers to origins is
         // not the thing under test here.
-        for h in consensus::hostile::payloads(to, 0xbad, args.seed + 1, args.random, args.state) {
+        for h in craft_devnet::hostile::payloads(to, 0xbad, args.seed + 1, args.random, args.state)
+        {
             let mut msg = h.msg;
             msg.origin = 0xdead_beef;
             sent += 1;

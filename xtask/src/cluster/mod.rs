@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod zenoh_net;
+
 use crate::harness::{build, pid_alive, scrape, signal, spawn_logged, stop_pids};
 use serde::{Deserialize, Serialize};
 
@@ -73,22 +75,22 @@ pub struct ChaosArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     pub nodes: Vec<u64>,
     /// Delay added to each message (e.g. 500ms).
-    #[arg(long, value_parser = craft_transport::link_faults::parse_duration)]
+    #[arg(long, value_parser = craft_devnet::link_faults::parse_duration)]
     pub delay: Option<Duration>,
     /// Uniform jitter around the delay (e.g. 100ms).
-    #[arg(long, value_parser = craft_transport::link_faults::parse_duration)]
+    #[arg(long, value_parser = craft_devnet::link_faults::parse_duration)]
     pub jitter: Option<Duration>,
     /// Share of messages dropped (e.g. 75%).
-    #[arg(long, value_parser = craft_transport::link_faults::parse_probability)]
+    #[arg(long, value_parser = craft_devnet::link_faults::parse_probability)]
     pub loss: Option<f64>,
     /// Share of messages delivered twice.
-    #[arg(long, value_parser = craft_transport::link_faults::parse_probability)]
+    #[arg(long, value_parser = craft_devnet::link_faults::parse_probability)]
     pub duplicate: Option<f64>,
     /// Share of messages with bytes of their payload flipped.
-    #[arg(long, value_parser = craft_transport::link_faults::parse_probability)]
+    #[arg(long, value_parser = craft_devnet::link_faults::parse_probability)]
     pub corrupt: Option<f64>,
     /// Bandwidth of each affected link (e.g. 1mbps).
-    #[arg(long, value_parser = craft_transport::link_faults::parse_rate)]
+    #[arg(long, value_parser = craft_devnet::link_faults::parse_rate)]
     pub rate: Option<u64>,
     /// Cut the nodes off from the others.
     #[arg(long)]
@@ -97,8 +99,8 @@ pub struct ChaosArgs {
 
 impl ChaosArgs {
     /// The rule these options describe.
-    pub fn rule(&self) -> craft_transport::link_faults::LinkFaults {
-        let mut r = craft_transport::link_faults::LinkFaults::none(self.nodes.iter().copied());
+    pub fn rule(&self) -> craft_devnet::link_faults::LinkFaults {
+        let mut r = craft_devnet::link_faults::LinkFaults::none(self.nodes.iter().copied());
         r.delay = self.delay.unwrap_or_default();
         r.jitter = self.jitter.unwrap_or_default();
         r.loss = self.loss.unwrap_or(0.0);
@@ -163,7 +165,7 @@ pub struct Spec {
     /// More arguments for every development controller.
     pub controller_args: Vec<String>,
     /// CITA-Cloud's `network_zenoh` binary: each node gets its own network service over
-    /// QUIC with TLS (see [`crate::zenoh_net`]) instead of the shared development network
+    /// QUIC with TLS (see [`zenoh_net`]) instead of the shared development network
     /// (so no link faults or partitions).
     pub zenoh: Option<PathBuf>,
     /// Nodes whose `raft-data` is a craft-faultfs mount (`disk-faults.json` in the node's
@@ -430,9 +432,9 @@ impl Cluster {
             .map(|n| n.network_port.to_string())
             .collect();
         if let Some(zenoh) = &spec.zenoh {
-            crate::zenoh_net::write_configs(&cluster)?;
+            zenoh_net::write_configs(&cluster)?;
             for i in 1..=spec.nodes {
-                let nd = crate::zenoh_net::network_dir(&cluster, i);
+                let nd = zenoh_net::network_dir(&cluster, i);
                 let mut cmd = Command::new(zenoh);
                 cmd.current_dir(&nd).args(["run", "-c", "config.toml"]);
                 let pid = spawn_logged(&mut cmd, &nd.join("network.log"), detach)
@@ -787,7 +789,7 @@ impl Cluster {
     /// none restores every link.
     pub fn set_faults(
         &self,
-        rules: &[craft_transport::link_faults::LinkFaults],
+        rules: &[craft_devnet::link_faults::LinkFaults],
     ) -> anyhow::Result<()> {
         let text: String = rules.iter().map(|r| format!("{r}\n")).collect();
         fs::write(self.dir.join("faults"), text).context("writing the faults file")
