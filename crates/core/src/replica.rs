@@ -864,34 +864,9 @@ impl<S: LogStore> Replica<S> {
         }
     }
 
-    /// Whether enough entries were applied since the last snapshot to take a new one,
-    /// or the membership changed since it. Only true when everything handed out is applied, so the snapshot's conf state
-    /// matches its index.
-    pub fn should_snapshot(&self) -> bool {
-        self.applied == self.handed_out
-            && (self.applied >= self.snapshot_index + self.cfg.snapshot_interval.max(1)
-                // A member added since the latest snapshot can only start from a
-                // snapshot that includes it (raft refuses others), so take one now.
-                || (self.applied > self.snapshot_index
-                    && self.conf_state != self.snapshot_conf_state))
-    }
-
-    /// Saves `data` (the state machine's snapshot at [`Replica::applied_index`]) and
-    /// compacts the log behind it, keeping `log_retain` entries. The write is staged:
-    /// it goes out with the next [`Replica::handle_ready`] or [`Replica::flush`].
-    pub fn save_snapshot(&mut self, data: Vec<u8>) -> Result<(), Error> {
-        if self.applied != self.handed_out {
-            return Err(Error::SnapshotBehind {
-                applied: self.applied,
-                handed_out: self.handed_out,
-            });
-        }
-        let conf_state = self.conf_state.clone();
-        self.stage_snapshot(self.applied, conf_state, data)
-    }
-
-    /// For a state machine applied on its own task: whether the entries handed out so
-    /// far call for a snapshot once applied. Returns the index to take it at (the last
+    /// Whether the entries handed out so far call for a snapshot once applied (every
+    /// `snapshot_interval` entries, and whenever the membership changed since the latest
+    /// snapshot: a member added can only start from a snapshot that includes it). Returns the index to take it at (the last
     /// entry handed out) and the membership as of that entry; the caller snapshots the
     /// state machine right after applying that entry and gives the data to
     /// [`Replica::stage_snapshot`]. Asks at most once per index.

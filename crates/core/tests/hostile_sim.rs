@@ -227,10 +227,11 @@ impl World {
             if let Some(last) = out.committed.last() {
                 node.replica.advance_apply(last.index);
             }
-            if node.replica.should_snapshot() {
+            // The driver's path (see the simulation cluster).
+            if let Some((index, conf_state)) = node.replica.take_snapshot_request() {
                 let data = node.applied_commands.to_be_bytes().to_vec();
-                if let Err(e) = node.replica.save_snapshot(data) {
-                    self.fail(format!("node {id}: save_snapshot failed: {e}"));
+                if let Err(e) = node.replica.stage_snapshot(index, conf_state, data) {
+                    self.fail(format!("node {id}: stage_snapshot failed: {e}"));
                 }
             }
             for m in out_msgs {

@@ -744,10 +744,22 @@ impl Cluster {
             if let Some(last) = out.committed.last() {
                 replica.advance_apply(last.index);
             }
-            if result.is_ok() && replica.should_snapshot() {
-                result = replica
-                    .save_snapshot(node.sm.snapshot())
-                    .map_err(|e| format!("node {id}: save_snapshot failed: {e}"));
+            // The driver's path: the replica says at which index a snapshot is due once
+            // what it handed out is applied; the state machine is captured there (it
+            // applies synchronously here) and the snapshot staged for the next write.
+            if result.is_ok() {
+                if let Some((index, conf_state)) = replica.take_snapshot_request() {
+                    result = if node.sm.applied_index == index {
+                        replica
+                            .stage_snapshot(index, conf_state, node.sm.snapshot())
+                            .map_err(|e| format!("node {id}: stage_snapshot failed: {e}"))
+                    } else {
+                        Err(format!(
+                            "node {id}: snapshot asked at {index}, state machine applied to {}",
+                            node.sm.applied_index
+                        ))
+                    };
+                }
             }
             for rs in &out.read_states {
                 result =
