@@ -321,7 +321,7 @@ where
 type Reply<R> = oneshot::Sender<Result<R, ProposeError>>;
 
 /// Work for the apply task, in log order.
-enum Job<R> {
+enum ApplyJob<R> {
     /// Restore the state machine from a snapshot received from the leader.
     Restore(Snapshot),
     /// Apply these entries, answering each proposer in `replies` (by log index, in
@@ -340,17 +340,17 @@ enum Job<R> {
 }
 
 /// What applying one entry produced, for the raft task.
-enum Outcome {
+enum AppliedKind {
     Normal,
     ConfChange(ConfState),
     Empty,
 }
 
 /// The apply task's (and the snapshot task's) report of one job.
-enum Done {
+enum ApplyReport {
     Restored(u64),
     /// These entries were applied: `(index, term, outcome)` each.
-    Applied(Vec<(u64, u64, Outcome)>),
+    Applied(Vec<(u64, u64, AppliedKind)>),
     /// The state captured after entry `index` is serialised: by the snapshot task, or
     /// by the apply task when the capture was ready at once ([`SnapshotJob::ready`]).
     Snapshot {
@@ -378,30 +378,30 @@ async fn apply_loop<M: StateMachine>(
     mut sm: M,
     // The index of the last entry applied (or restored), for answering reads.
     mut applied: u64,
-    mut jobs: mpsc::UnboundedReceiver<Job<M::Response>>,
-    done: mpsc::UnboundedSender<Done>,
+    mut jobs: mpsc::UnboundedReceiver<ApplyJob<M::Response>>,
+    done: mpsc::UnboundedSender<ApplyReport>,
     captures: mpsc::UnboundedSender<Capture>,
 ) {
     while let Some(job) = jobs.recv().await {
         let report = match job {
-            Job::AnswerReads(replies) => {
+            ApplyJob::AnswerReads(replies) => {
                 for reply in replies {
                     let _ = reply.send(Ok(applied));
                 }
                 continue;
             }
-            Job::Restore(snapshot) => {
+            ApplyJob::Restore(snapshot) => {
                 let index = snapshot.get_metadata().index;
                 tracing::info!(index, "restoring state machine from leader snapshot");
                 match sm.restore(&snapshot).await {
                     Ok(()) => {
                         applied = index;
-                        Done::Restored(index)
+                        ApplyReport::Restored(index)
                     }
-                    Err(e) => Done::Failed(Error::Restore(e)),
+                    Err(e) => ApplyReport::Failed(Error::Restore(e)),
                 }
             }
-            Job::Apply {
+            ApplyJob::Apply {
                 committed,
                 mut replies,
             } => {
@@ -415,23 +415,23 @@ async fn apply_loop<M: StateMachine>(
                                     let _ = reply.send(Ok(response));
                                 }
                             }
-                            Outcome::Normal
+                            AppliedKind::Normal
                         }
                         CommittedKind::ConfChange { conf_state, .. } => {
                             sm.apply(entry).await;
-                            Outcome::ConfChange(conf_state.clone())
+                            AppliedKind::ConfChange(conf_state.clone())
                         }
                         CommittedKind::Empty => {
                             sm.apply(entry).await;
-                            Outcome::Empty
+                            AppliedKind::Empty
                         }
                     };
                     results.push((entry.index, entry.term, outcome));
                     applied = entry.index;
                 }
-                Done::Applied(results)
+                ApplyReport::Applied(results)
             }
-            Job::Capture { index, conf_state } => {
+            ApplyJob::Capture { index, conf_state } => {
                 let job = sm.snapshot();
                 if !job.is_ready() {
                     // Serialised by the snapshot task; the entries it follows were
@@ -444,7 +444,7 @@ async fn apply_loop<M: StateMachine>(
                     continue;
                 }
                 match job.run() {
-                    Ok(data) => Done::Snapshot {
+                    Ok(data) => ApplyReport::Snapshot {
                         index,
                         conf_state,
                         data: SnapshotData::Inline(data),
@@ -456,7 +456,7 @@ async fn apply_loop<M: StateMachine>(
                 }
             }
         };
-        let failed = matches!(report, Done::Failed(_));
+        let failed = matches!(report, ApplyReport::Failed(_));
         if done.send(report).is_err() || failed {
             return;
         }
@@ -468,7 +468,7 @@ async fn apply_loop<M: StateMachine>(
 /// same thread then makes the bytes durable, so the raft task only records them.
 async fn snapshot_loop(
     mut captures: mpsc::UnboundedReceiver<Capture>,
-    done: mpsc::UnboundedSender<Done>,
+    done: mpsc::UnboundedSender<ApplyReport>,
     stager: Option<Arc<dyn SnapshotStager>>,
 ) {
     while let Some(mut capture) = captures.recv().await {
@@ -515,7 +515,7 @@ async fn snapshot_loop(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state machine snapshot serialised"
         );
-        let report = Done::Snapshot {
+        let report = ApplyReport::Snapshot {
             index,
             conf_state,
             data,
@@ -543,9 +543,9 @@ struct Driver<S: LogStore, R, T> {
     _reporter: SnapshotReporter,
     status: watch::Sender<NodeStatus>,
     /// To the apply task.
-    jobs: mpsc::UnboundedSender<Job<R>>,
+    jobs: mpsc::UnboundedSender<ApplyJob<R>>,
     /// From the apply task.
-    done: mpsc::UnboundedReceiver<Done>,
+    done: mpsc::UnboundedReceiver<ApplyReport>,
     /// Highest index the state machine has applied (or restored to).
     sm_applied: u64,
     proposals: VecDeque<Pending<R>>,
@@ -725,7 +725,7 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
 
     fn process_ready(&mut self) -> Result<(), Error> {
         while self.replica.has_ready() {
-            let mut sink = Sink {
+            let mut sink = DriverSink {
                 transport: &self.transport,
                 jobs: &self.jobs,
                 proposals: &mut self.proposals,
@@ -751,11 +751,11 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
             // Proposals at or below the snapshot were either committed before (then
             // the proposer saw it) or overwritten; their outcome is unknown here.
             drop_through(&mut self.proposals, snapshot.get_metadata().index);
-            let _ = self.jobs.send(Job::Restore(snapshot));
+            let _ = self.jobs.send(ApplyJob::Restore(snapshot));
         }
         queue_apply(&self.jobs, &mut self.proposals, out.committed);
         if let Some((index, conf_state)) = self.replica.take_snapshot_request() {
-            let _ = self.jobs.send(Job::Capture { index, conf_state });
+            let _ = self.jobs.send(ApplyJob::Capture { index, conf_state });
         }
         for rs in out.read_states {
             // Only an answer to one of this run's own requests completes a read.
@@ -776,28 +776,30 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
     }
 
     /// Takes the apply task's report.
-    fn on_done(&mut self, done: Done) -> Result<(), Error> {
+    fn on_done(&mut self, done: ApplyReport) -> Result<(), Error> {
         match done {
-            Done::Failed(e) => return Err(e),
-            Done::Restored(index) => {
+            ApplyReport::Failed(e) => return Err(e),
+            ApplyReport::Restored(index) => {
                 // As for proposals when the restore was queued.
                 drop_through(&mut self.conf_changes, index);
                 self.sm_applied = self.sm_applied.max(index);
             }
-            Done::Applied(results) => {
+            ApplyReport::Applied(results) => {
                 for (index, term, outcome) in results {
                     match outcome {
                         // Its proposer was answered by the apply task.
-                        Outcome::Normal => {}
-                        Outcome::ConfChange(cs) => resolve(&mut self.conf_changes, index, term, cs),
-                        Outcome::Empty => {}
+                        AppliedKind::Normal => {}
+                        AppliedKind::ConfChange(cs) => {
+                            resolve(&mut self.conf_changes, index, term, cs)
+                        }
+                        AppliedKind::Empty => {}
                     }
                     drop_through(&mut self.conf_changes, index);
                     self.sm_applied = self.sm_applied.max(index);
                 }
                 self.replica.advance_apply(self.sm_applied);
             }
-            Done::Snapshot {
+            ApplyReport::Snapshot {
                 index,
                 conf_state,
                 data,
@@ -848,7 +850,7 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
         // Reads whose index is handed out are answered by the apply task right after
         // it applies that far, without a round through this task.
         if !queued.is_empty() {
-            let _ = self.jobs.send(Job::AnswerReads(queued));
+            let _ = self.jobs.send(ApplyJob::AnswerReads(queued));
         }
     }
 
@@ -893,13 +895,13 @@ impl<S: LogStore, R: Send + 'static, T: Transport> Driver<S, R, T> {
 
 /// The driver's [`ReadySink`]: sends at once, and queues committed entries for the
 /// apply task with their proposers' answer channels.
-struct Sink<'a, T, R> {
+struct DriverSink<'a, T, R> {
     transport: &'a T,
-    jobs: &'a mpsc::UnboundedSender<Job<R>>,
+    jobs: &'a mpsc::UnboundedSender<ApplyJob<R>>,
     proposals: &'a mut VecDeque<Pending<R>>,
 }
 
-impl<T: Transport, R> ReadySink for Sink<'_, T, R> {
+impl<T: Transport, R> ReadySink for DriverSink<'_, T, R> {
     fn send(&mut self, messages: Vec<Message>) {
         self.transport.send(messages);
     }
@@ -913,7 +915,7 @@ impl<T: Transport, R> ReadySink for Sink<'_, T, R> {
 /// proposal whose entry it is. A pending proposal at an index taken by another entry
 /// (another term's, or a membership change) was dropped, and is told so now.
 fn queue_apply<R>(
-    jobs: &mpsc::UnboundedSender<Job<R>>,
+    jobs: &mpsc::UnboundedSender<ApplyJob<R>>,
     proposals: &mut VecDeque<Pending<R>>,
     committed: Vec<Committed>,
 ) {
@@ -935,7 +937,7 @@ fn queue_apply<R>(
             }
         }
     }
-    let _ = jobs.send(Job::Apply { committed, replies });
+    let _ = jobs.send(ApplyJob::Apply { committed, replies });
 }
 
 /// Answers the proposal at `index` if the applied entry is the one it proposed.

@@ -59,8 +59,8 @@ pub use driver::{start, DriverConfig, NodeHandle, NodeStatus, Role};
 pub use error::{Error, ProposeError};
 pub use read::ReadContexts;
 pub use replica::{
-    Committed, CommittedKind, LogPosition, ReadyOutput, ReadySink, Replica, ReplicaConfig,
-    RoleChange, SnapshotCheck,
+    Committed, CommittedKind, Leadership, LogPosition, ReadyOutput, ReadySink, Replica,
+    ReplicaConfig, SnapshotCheck,
 };
 pub use state_machine::{SnapshotJob, StateMachine};
 pub use storage::{

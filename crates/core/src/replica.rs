@@ -118,10 +118,11 @@ pub struct Committed {
     pub kind: CommittedKind,
 }
 
-/// A change of role, leader or term seen while handling a Ready.
+/// A replica's role, the leader it knows and its term: what [`Replica::role`] says now,
+/// and what [`ReadyOutput::role_change`] reports when any of them changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoleChange {
-    /// The new role.
+pub struct Leadership {
+    /// The role.
     pub role: StateRole,
     /// The leader as this replica knows it (0 when unknown).
     pub leader_id: u64,
@@ -143,7 +144,7 @@ pub struct ReadyOutput {
     /// has applied `index`.
     pub read_states: Vec<ReadState>,
     /// Set when the role, leader or term changed.
-    pub role_change: Option<RoleChange>,
+    pub role_change: Option<Leadership>,
 }
 
 /// Takes what one [`Replica::handle_ready_with`] hands over before the Ready's write is
@@ -208,7 +209,7 @@ pub struct Replica<S: LogStore> {
     commits_withheld: u64,
     /// Messages a removed leader had queued when it stepped down, sent with the Ready.
     held_messages: Vec<Message>,
-    last_role: RoleChange,
+    last_role: Leadership,
 }
 
 /// Checks a snapshot's data: `Err` with the reason when the state machine could not
@@ -241,7 +242,7 @@ impl<S: LogStore> Replica<S> {
         let raft_cfg = cfg.raft_config(applied);
         raft_cfg.validate()?;
         let raw = RawNode::new(&raft_cfg, store, &logger)?;
-        let last_role = RoleChange {
+        let last_role = Leadership {
             role: raw.raft.state,
             leader_id: raw.raft.leader_id,
             term: raw.raft.term,
@@ -280,8 +281,8 @@ impl<S: LogStore> Replica<S> {
     }
 
     /// Current role, leader and term.
-    pub fn role(&self) -> RoleChange {
-        RoleChange {
+    pub fn role(&self) -> Leadership {
+        Leadership {
             role: self.raw.raft.state,
             leader_id: self.raw.raft.leader_id,
             term: self.raw.raft.term,

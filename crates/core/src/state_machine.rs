@@ -78,9 +78,9 @@ pub trait StateMachine: Send + 'static {
 /// assert_eq!(job.run().map(|bytes| bytes.len()), Ok(24));
 /// assert_eq!(SnapshotJob::ready(vec![7]).run(), Ok(vec![7]));
 /// ```
-pub struct SnapshotJob(Job);
+pub struct SnapshotJob(SnapshotWork);
 
-enum Job {
+enum SnapshotWork {
     /// Already serialised.
     Ready(Vec<u8>),
     /// Serialises when run.
@@ -91,25 +91,25 @@ impl SnapshotJob {
     /// A job that runs `serialise` on a blocking thread. It may take as long as it
     /// needs; it must not touch state that later entries change (capture before).
     pub fn new(serialise: impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static) -> Self {
-        Self(Job::Deferred(Box::new(serialise)))
+        Self(SnapshotWork::Deferred(Box::new(serialise)))
     }
 
     /// A snapshot that is already serialised (a small state): saved without a trip to
     /// a blocking thread.
     pub fn ready(data: Vec<u8>) -> Self {
-        Self(Job::Ready(data))
+        Self(SnapshotWork::Ready(data))
     }
 
     /// Whether the bytes are already there ([`SnapshotJob::ready`]).
     pub fn is_ready(&self) -> bool {
-        matches!(self.0, Job::Ready(_))
+        matches!(self.0, SnapshotWork::Ready(_))
     }
 
     /// Serialises, on the calling thread.
     pub fn run(self) -> Result<Vec<u8>, String> {
         match self.0 {
-            Job::Ready(data) => Ok(data),
-            Job::Deferred(serialise) => serialise(),
+            SnapshotWork::Ready(data) => Ok(data),
+            SnapshotWork::Deferred(serialise) => serialise(),
         }
     }
 }
@@ -117,11 +117,11 @@ impl SnapshotJob {
 impl std::fmt::Debug for SnapshotJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
-            Job::Ready(data) => f
+            SnapshotWork::Ready(data) => f
                 .debug_tuple("SnapshotJob::Ready")
                 .field(&data.len())
                 .finish(),
-            Job::Deferred(_) => f.write_str("SnapshotJob::Deferred"),
+            SnapshotWork::Deferred(_) => f.write_str("SnapshotJob::Deferred"),
         }
     }
 }

@@ -55,8 +55,9 @@ pub trait SnapshotStager: Send + Sync + 'static {
 /// One Ready's worth of state to persist, written atomically.
 ///
 /// Parts are applied in this order: `local_snapshot`, `snapshot`, `entries`,
-/// `hard_state`. A received `snapshot` replaces the log, so a `local_snapshot` at or
-/// below it is moot and skipped.
+/// `hard_state`. A received `snapshot` replaces the log and the state, so a
+/// `local_snapshot` in the same write is skipped, whatever its index (raft hands out a
+/// received snapshot only ahead of everything applied here).
 #[derive(Debug, Default, Clone)]
 pub struct LogWrite {
     /// A snapshot of the local state machine, saved in the same batch as the rest, so

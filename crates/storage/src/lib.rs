@@ -21,9 +21,10 @@
 //!   its own ([`FileStager`], handed to the driver by
 //!   [`craft_core::LogStore::snapshot_stager`]); the log's batch only records it, so a
 //!   large state never stalls proposals;
-//! - a write never hangs: one that RocksDB stalls for longer than
-//!   [`StoreOptions::write_stall_timeout`] (a flush that cannot complete on a full disk)
-//!   fails with [`StorageError::WriteStalled`].
+//! - a write that RocksDB stalls for longer than [`StoreOptions::write_stall_timeout`]
+//!   (a flush that cannot complete on a full disk) fails with
+//!   [`StorageError::WriteStalled`]. A device that never answers an `fsync` still hangs
+//!   the write: no user-space code can interrupt one.
 //!
 //! Disk faults under it (EIO, ENOSPC, corrupted reads, latency, through craft-faultfs)
 //! and a genuinely full disk are tested in `tests/disk_faults.rs` and

@@ -213,7 +213,8 @@ impl Tail {
     }
 }
 
-struct State {
+/// The log's shape and its in-memory tail, under the store's lock.
+struct LogState {
     meta: Meta,
     tail: Tail,
     /// Snapshot files below this index go once a synced write has made the record of
@@ -223,11 +224,12 @@ struct State {
     payloads: Payloads,
 }
 
-struct Inner {
+/// What every clone of the store shares.
+struct Shared {
     db: DB,
     path: PathBuf,
     options: StoreOptions,
-    state: RwLock<State>,
+    state: RwLock<LogState>,
     snapshots: FileStager,
     snapshots_dir: PathBuf,
 }
@@ -241,7 +243,7 @@ struct Inner {
 /// memory, so raft's reads of the tail of the log never touch the disk.
 #[derive(Clone)]
 pub struct RocksLogStore {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
 }
 
 impl std::fmt::Debug for RocksLogStore {
@@ -323,8 +325,6 @@ fn get_state<M: raft_prost::Message + Default>(
         .transpose()
 }
 
-/// Reads the log's shape from disk, checking the log's ends agree with the truncation
-/// point.
 /// The record of a snapshot whose data is in a file, if there is one.
 fn snapshot_record(db: &DB) -> Result<Option<StagedSnapshot>, StorageError> {
     let value = db
@@ -340,6 +340,8 @@ fn snapshot_record(db: &DB) -> Result<Option<StagedSnapshot>, StorageError> {
         .transpose()
 }
 
+/// Reads the log's shape from disk, checking the log's ends agree with the truncation
+/// point.
 fn load_meta(db: &DB) -> Result<Meta, StorageError> {
     let hard_state = get_state::<HardState>(db, HARD_STATE_KEY)?.unwrap_or_default();
     let snapshot_meta = get_state::<SnapshotMetadata>(db, SNAPSHOT_META_KEY)?.unwrap_or_default();
@@ -496,11 +498,11 @@ impl RocksLogStore {
         );
         let tail = Tail::empty_at(meta.last_index + 1);
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Shared {
                 db,
                 path: path.to_owned(),
                 options,
-                state: RwLock::new(State {
+                state: RwLock::new(LogState {
                     meta,
                     tail,
                     stale_files_below: None,
@@ -517,7 +519,7 @@ impl RocksLogStore {
         &self.inner.path
     }
 
-    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+    fn read_state(&self) -> RwLockReadGuard<'_, LogState> {
         // The state is changed only after a successful write and by infallible steps,
         // so a panic elsewhere cannot leave it half updated.
         self.inner
@@ -526,7 +528,7 @@ impl RocksLogStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+    fn write_state(&self) -> RwLockWriteGuard<'_, LogState> {
         self.inner
             .state
             .write()
@@ -541,7 +543,7 @@ impl RocksLogStore {
     /// with its data when `with_data` (else a large entry's data is left empty).
     fn read_entry(
         &self,
-        state: &State,
+        state: &LogState,
         index: u64,
         with_data: bool,
     ) -> Result<Entry, StorageError> {
@@ -569,7 +571,7 @@ impl RocksLogStore {
     /// whether the size limit cut the read short.
     fn read_entries(
         &self,
-        state: &State,
+        state: &LogState,
         low: u64,
         high: u64,
         max_size: Option<u64>,
@@ -723,7 +725,7 @@ impl RocksLogStore {
     fn stage_local_snapshot(
         &self,
         batch: &mut WriteBatch,
-        state: &State,
+        state: &LogState,
         next: &mut Meta,
         local: &LocalSnapshot,
     ) -> Result<Option<Option<u64>>, StorageError> {
@@ -889,26 +891,10 @@ impl RocksLogStore {
         Ok(())
     }
 
-    /// [`LogStore::save_snapshot`] with this crate's error type.
-    pub fn save_local_snapshot(
-        &self,
-        snapshot: Snapshot,
-        compact_to: u64,
-    ) -> Result<(), StorageError> {
-        self.write_batch(LogWrite {
-            local_snapshot: Some(LocalSnapshot {
-                snapshot,
-                compact_to,
-                staged: None,
-            }),
-            ..Default::default()
-        })
-    }
-
     /// Entries `[low, high)`, from memory where the tail holds them.
     fn get_entries(
         &self,
-        state: &State,
+        state: &LogState,
         low: u64,
         high: u64,
         max_size: Option<u64>,

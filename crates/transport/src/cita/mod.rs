@@ -28,8 +28,11 @@
 //! - no origin may claim this node's own raft id.
 //!
 //! A hostile peer can therefore claim a raft id no one has spoken for yet (the real node
-//! then takes it back once the hostile origin falls silent or leaves the network), but it
-//! cannot take over or blackhole the traffic of a node that is talking.
+//! then takes it back once the hostile origin falls silent or leaves the network), but
+//! through the network service it cannot take over the raft id of a node that is
+//! talking. The origin is only the network's word: whoever reaches this node's gRPC port
+//! directly can make up origins, so that port must be reachable by the network service
+//! alone (`listen_host`; see docs/security.md).
 //!
 //! # Who must send the checksum trailer
 //!
@@ -176,7 +179,8 @@ pub struct CitaNetworkConfig {
 /// Told the raft id of a peer that has just started (it sent a `probe`).
 pub type PeerStarted = Arc<dyn Fn(u64) + Send + Sync>;
 
-struct Inner {
+/// What every clone of the adapter shares.
+struct Shared {
     cfg: CitaNetworkConfig,
     client: NetworkServiceClient<Channel>,
     origins: RwLock<Origins>,
@@ -198,7 +202,7 @@ struct Inner {
 /// `NetworkMsgHandlerService` for incoming ones. Cheap to clone.
 #[derive(Clone)]
 pub struct CitaNetwork {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
 }
 
 impl std::fmt::Debug for CitaNetwork {
@@ -220,7 +224,7 @@ impl CitaNetwork {
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Shared {
                 client: NetworkServiceClient::new(endpoint.connect_lazy())
                     .max_decoding_message_size(cita_proto::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(cita_proto::MAX_MESSAGE_BYTES),
