@@ -19,13 +19,13 @@
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use crate::etcd;
-use crate::harness::median;
+use crate::harness::{median, Processes};
 
 /// Base port: node i (1-based) listens on `BASE + 10 i` (HTTP) and `BASE + 10 i + 1`
 /// (raft).
@@ -188,39 +188,7 @@ impl Certs {
 }
 
 /// Running craft-kv nodes; dropping it kills them and removes their data.
-struct Cluster {
-    children: Vec<Child>,
-    data_dirs: Vec<PathBuf>,
-    logs: Vec<PathBuf>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for d in &self.data_dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
-impl Cluster {
-    /// Fails if a node has exited (a port in use, a bad flag: see its log).
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        for (i, c) in self.children.iter_mut().enumerate() {
-            if let Some(status) = c.try_wait()? {
-                bail!(
-                    "craft-kv node {} exited ({status}); see {}",
-                    i + 1,
-                    self.logs[i].display()
-                );
-            }
-        }
-        Ok(())
-    }
-}
+type Cluster = Processes;
 
 fn http_port(i: usize) -> u16 {
     BASE + 10 * i as u16
@@ -235,14 +203,9 @@ fn start(bin: &Path, dir: &Path, nodes: usize, certs: Option<&Certs>) -> anyhow:
             .collect::<Vec<_>>()
             .join(",")
     };
-    let mut cluster = Cluster {
-        children: Vec::new(),
-        data_dirs: Vec::new(),
-        logs: Vec::new(),
-    };
+    let mut cluster = Cluster::default();
     for i in 1..=nodes {
         let log_path = dir.join(format!("n{i}.log"));
-        let log = std::fs::File::create(&log_path)?;
         let data = dir.join(format!("n{i}"));
         let mut cmd = Command::new(bin);
         cmd.args(["--id", &i.to_string()])
@@ -253,16 +216,8 @@ fn start(bin: &Path, dir: &Path, nodes: usize, certs: Option<&Certs>) -> anyhow:
         if let Some(c) = certs {
             cmd.args(c.args(i));
         }
-        cmd.arg(&data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log);
-        cluster.children.push(
-            cmd.spawn()
-                .with_context(|| format!("starting {}", bin.display()))?,
-        );
-        cluster.data_dirs.push(data);
-        cluster.logs.push(log_path);
+        cmd.arg(&data).env("RUST_LOG", "warn");
+        cluster.spawn(&mut cmd, data, log_path)?;
     }
     Ok(cluster)
 }
@@ -285,9 +240,9 @@ fn leader_of(i: usize, certs: Option<&Certs>) -> Option<usize> {
 
 fn wait_leader(cluster: &mut Cluster, certs: Option<&Certs>) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let nodes = cluster.children.len();
+    let nodes = cluster.len();
     while Instant::now() < deadline {
-        cluster.check_alive()?;
+        cluster.check_alive("craft-kv node")?;
         let seen: Vec<Option<usize>> = (1..=nodes).map(|i| leader_of(i, certs)).collect();
         if let Some(Some(l)) = seen.first() {
             if seen.iter().all(|s| *s == Some(*l)) {
@@ -575,7 +530,7 @@ impl Running {
     /// nothing.
     fn check_alive(&mut self) -> anyhow::Result<()> {
         match self {
-            Running::CraftKv(c) => c.check_alive(),
+            Running::CraftKv(c) => c.check_alive("craft-kv node"),
             Running::Etcd(c) => c.check_alive(),
         }
     }

@@ -75,8 +75,8 @@ pub struct UpArgs {
     /// Chain name (each node's certificate names `<chain>-nodeN`).
     #[arg(long, default_value = "cita")]
     pub chain_name: String,
-    /// Build ours with the dev profile instead of release (faster to build; its CPU and
-    /// memory figures mean nothing).
+    /// Build ours with the dev profile instead of the optimised one (faster to build;
+    /// its CPU and memory figures mean nothing).
     #[arg(long)]
     pub debug: bool,
     /// Start the chain, wait for its first block and return, leaving it running.
@@ -559,11 +559,8 @@ fn generate(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<State> {
     );
     let consensus_bin = match &consensus {
         Consensus::Ours => {
-            let profile = if up.debug {
-                Profile::Debug
-            } else {
-                Profile::Release
-            };
+            // The optimised build the benchmarks use: one RocksDB build serves both.
+            let profile = Profile::for_figures(up.debug);
             eprintln!("building ours ({profile:?}) ...");
             build_profile(root, profile)?.join("consensus")
         }

@@ -6,10 +6,12 @@
 //! same way the bench reaches `craft-kv`: no `etcdctl` needed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use crate::harness::Processes;
 
 /// etcd's tick (`--heartbeat-interval`), ms: etcd refuses an election timeout under 5
 /// ticks, so 100 ms is the longest tick with a 500 ms election timeout.
@@ -120,23 +122,9 @@ pub fn post(url: &str, body: &str, timeout: Duration) -> anyhow::Result<(u16, St
 
 /// A running etcd cluster; dropping it kills the members and removes their data.
 pub struct Cluster {
-    children: Vec<Child>,
-    data_dirs: Vec<PathBuf>,
-    logs: Vec<PathBuf>,
+    procs: Processes,
     /// `http://127.0.0.1:port` of each member, in member order.
     pub client_urls: Vec<String>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for d in &self.data_dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
 }
 
 impl Cluster {
@@ -151,9 +139,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = Cluster {
-            children: Vec::new(),
-            data_dirs: Vec::new(),
-            logs: Vec::new(),
+            procs: Processes::default(),
             client_urls: Vec::new(),
         };
         for i in 1..=members {
@@ -161,9 +147,8 @@ impl Cluster {
             let peer = format!("http://127.0.0.1:{}", port(i, true));
             let data = dir.join(format!("e{i}"));
             let log_path = dir.join(format!("e{i}.log"));
-            let log = std::fs::File::create(&log_path)?;
-            let child = Command::new(bin)
-                .args(["--name", &format!("e{i}")])
+            let mut cmd = Command::new(bin);
+            cmd.args(["--name", &format!("e{i}")])
                 .arg("--data-dir")
                 .arg(&data)
                 .args(["--listen-client-urls", &client])
@@ -178,14 +163,8 @@ impl Cluster {
                 // Like craft-kv (pre-vote on; check-quorum is always on in etcd).
                 .arg("--pre-vote")
                 .args(["--logger", "zap", "--log-outputs", "stderr"])
-                .args(["--log-level", "warn"])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting {}", bin.display()))?;
-            cluster.children.push(child);
-            cluster.data_dirs.push(data);
-            cluster.logs.push(log_path);
+                .args(["--log-level", "warn"]);
+            cluster.procs.spawn(&mut cmd, data, log_path)?;
             cluster.client_urls.push(client);
         }
         Ok(cluster)
@@ -193,19 +172,7 @@ impl Cluster {
 
     /// Fails if a member has exited (a port in use, a bad flag: see its log).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for (i, c) in self.children.iter_mut().enumerate() {
-            if let Some(status) = c.try_wait()? {
-                let log = std::fs::read_to_string(&self.logs[i]).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                bail!(
-                    "etcd member e{} exited ({status}); {}:\n{}",
-                    i + 1,
-                    self.logs[i].display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        Ok(())
+        self.procs.check_alive("etcd member")
     }
 
     fn healthy(url: &str) -> bool {
@@ -245,7 +212,8 @@ impl Cluster {
         }
         bail!(
             "the etcd cluster agreed on no leader within {within:?} (logs: {})",
-            self.logs
+            self.procs
+                .logs()
                 .iter()
                 .map(|l| l.display().to_string())
                 .collect::<Vec<_>>()

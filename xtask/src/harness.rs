@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -240,4 +240,69 @@ pub fn skipped(what: &str, reason: &str) -> anyhow::Result<()> {
             .with_context(|| format!("recording a skip in {}", log.display()))?;
     }
     Ok(())
+}
+
+/// Processes a verb started and owns: dropping them kills each, waits for it and removes
+/// its data directory (the logs stay, for a failure to be read).
+#[derive(Default)]
+pub struct Processes {
+    children: Vec<Child>,
+    data_dirs: Vec<PathBuf>,
+    logs: Vec<PathBuf>,
+}
+
+impl Processes {
+    /// Starts `cmd` with stderr to `log` (stdout discarded); `data` is removed on drop.
+    pub fn spawn(&mut self, cmd: &mut Command, data: PathBuf, log: PathBuf) -> anyhow::Result<()> {
+        let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        self.children.push(child);
+        self.data_dirs.push(data);
+        self.logs.push(log);
+        Ok(())
+    }
+
+    /// How many were started.
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// The log files, in start order.
+    pub fn logs(&self) -> &[PathBuf] {
+        &self.logs
+    }
+
+    /// Fails if one has exited (a port in use, a bad flag), naming `what` and process
+    /// `i + 1` and showing the end of its log.
+    pub fn check_alive(&mut self, what: &str) -> anyhow::Result<()> {
+        for (i, c) in self.children.iter_mut().enumerate() {
+            if let Some(status) = c.try_wait()? {
+                let log = fs::read_to_string(&self.logs[i]).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!(
+                    "{what} {} exited ({status}); {}:\n{}",
+                    i + 1,
+                    self.logs[i].display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for d in &self.data_dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
 }
