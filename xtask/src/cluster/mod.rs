@@ -201,6 +201,33 @@ impl Spec {
     }
 }
 
+/// A node's `config.toml`: the service's table, as the service reads it.
+#[derive(Debug, Serialize)]
+struct NodeConfig {
+    consensus_raft: ConsensusTable,
+}
+
+/// The `[consensus_raft]` keys a local cluster sets (README lists them all).
+#[derive(Debug, Serialize)]
+struct ConsensusTable {
+    controller_port: u16,
+    grpc_listen_port: u16,
+    network_port: u16,
+    node_addr: String,
+    log_to_stdout: bool,
+    log_level: String,
+    tick_interval_in_millis: u64,
+    heartbeat_tick: usize,
+    election_tick: usize,
+    raft_data_path: String,
+    enable_metrics: bool,
+    metrics_port: u16,
+    listen_host: String,
+    log_retain: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_buckets: Option<Vec<f64>>,
+}
+
 /// One node's ports and processes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -469,23 +496,28 @@ impl Cluster {
             fs::create_dir_all(&nd)?;
             // No trailing newline: the existing service refuses one.
             fs::write(nd.join("node_address"), format!("0x{}", node.address))?;
-            let buckets = spec
-                .buckets
-                .as_ref()
-                .map(|b| format!("metrics_buckets = {b:?}\n"))
-                .unwrap_or_default();
+            let config = NodeConfig {
+                consensus_raft: ConsensusTable {
+                    controller_port: node.controller_port,
+                    grpc_listen_port: node.grpc_port,
+                    network_port: node.network_port,
+                    node_addr: nd.join("node_address").display().to_string(),
+                    log_to_stdout: true,
+                    log_level: "info".into(),
+                    tick_interval_in_millis: spec.tick_ms,
+                    heartbeat_tick: spec.heartbeat_tick,
+                    election_tick: spec.election_tick,
+                    raft_data_path: nd.join("raft-data").display().to_string(),
+                    enable_metrics: true,
+                    metrics_port: node.metrics_port,
+                    listen_host: "127.0.0.1".into(),
+                    log_retain: spec.log_retain,
+                    metrics_buckets: spec.buckets.clone(),
+                },
+            };
             let config = format!(
-                "# Written by `cargo xtask cluster`.\n[consensus_raft]\ncontroller_port = {}\ngrpc_listen_port = {}\nnetwork_port = {}\nnode_addr = {:?}\nlog_to_stdout = true\nlog_level = \"info\"\ntick_interval_in_millis = {}\nheartbeat_tick = {}\nelection_tick = {}\nraft_data_path = {:?}\nenable_metrics = true\nmetrics_port = {}\nlisten_host = \"127.0.0.1\"\nlog_retain = {}\n{buckets}",
-                node.controller_port,
-                node.grpc_port,
-                node.network_port,
-                nd.join("node_address").display().to_string(),
-                spec.tick_ms,
-                spec.heartbeat_tick,
-                spec.election_tick,
-                nd.join("raft-data").display().to_string(),
-                node.metrics_port,
-                spec.log_retain,
+                "# Written by `cargo xtask cluster`.\n{}",
+                toml::to_string(&config).context("writing a node's config.toml")?
             );
             fs::write(nd.join("config.toml"), config)?;
             let peers: Vec<String> = cluster
