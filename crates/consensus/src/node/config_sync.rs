@@ -30,8 +30,11 @@ impl Node {
     }
 
     /// At start: learns the controller's configuration (ping), and if raft recorded
-    /// one block more than the controller has, commits that block again (the node
-    /// stopped between raft commit and controller commit).
+    /// one block more than the controller has, commits that block again. Raft records a
+    /// height (the snapshot after each block) only once `CommitBlock` succeeded, so this
+    /// is a controller that acknowledged a block and lost it (a crash before its own
+    /// write was durable); a node that stopped between raft's commit and the
+    /// controller's is served by raft itself, which applies the entry again.
     pub(super) async fn sync_with_controller(self: Arc<Self>) {
         let controller = self.controller.clone();
         let ping = retry(
