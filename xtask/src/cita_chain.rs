@@ -374,7 +374,7 @@ impl Chain {
     pub fn height(&self, i: usize) -> Option<u64> {
         let out = self
             .cldi(i)
-            .args(["--connect-timeout", "1", "get", "block-number"])
+            .args(["-t", "1", "get", "block-number"])
             .output()
             .ok()?;
         out.status
