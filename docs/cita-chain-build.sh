@@ -76,12 +76,12 @@ build() { # repo bin-in-target copied-name [rustflags]
   cp "$CARGO_TARGET_DIR/release/$bin" "$CITA_DIR/bin/$name"
   cp "$repo/Cargo.lock" "$CITA_DIR/locks/$repo.Cargo.lock" 2>/dev/null
 }
+build cloud-config cloud-config cloud-config
+build cloud-cli cldi cldi
 build consensus_raft consensus consensus_raft
 build controller_hsm controller controller
 build storage_opendal storage storage_opendal
 build network_zenoh network network_zenoh
-build cloud-config cloud-config cloud-config
 build consensus_overlord consensus consensus_overlord
-build cloud-cli cldi cldi
 build executor_evm executor executor_evm '-C link-arg=-Wl,--allow-multiple-definition'
 echo ALL DONE
