@@ -586,8 +586,7 @@ fn generate(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<State> {
     let admin = parse_account_address(&cldi(&[
         "--crypto", "SM", "account", "generate", "--name", "admin",
     ])?)?;
-    // cldi signs transactions with its default account; make it now, not on first use.
-    cldi(&["--crypto", "SM", "account", "generate", "--name", "default"])?;
+    // cldi made its `default` account (the one `send` signs with) on this first use.
     let chain = &up.chain_name;
     run_ok(
         Command::new(services.join("cloud-config"))
