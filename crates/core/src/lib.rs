@@ -64,8 +64,8 @@ pub use replica::{
 };
 pub use state_machine::{SnapshotJob, StateMachine};
 pub use storage::{
-    make_snapshot, voters, LocalSnapshot, LogStore, LogWrite, MemLogStore, SnapshotStager,
-    StagedSnapshot,
+    check_entries_range, make_snapshot, voters, LocalSnapshot, LogStore, LogWrite, MemLogStore,
+    SnapshotStager, StagedSnapshot,
 };
 pub use transport::{SnapshotReporter, Transport};
 

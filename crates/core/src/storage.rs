@@ -52,6 +52,19 @@ pub trait SnapshotStager: Send + Sync + 'static {
     fn stage(&self, index: u64, data: &[u8]) -> raft::Result<StagedSnapshot>;
 }
 
+/// Checks a `raft::Storage::entries` request `[low, high)` against a log holding
+/// `[first, last]`: `Compacted` below `first`, `Unavailable` past `last + 1` or when
+/// `low > high`. Every store answers the same way.
+pub fn check_entries_range(low: u64, high: u64, first: u64, last: u64) -> raft::Result<()> {
+    if low < first {
+        return Err(raft::Error::Store(raft::StorageError::Compacted));
+    }
+    if high > last + 1 || low > high {
+        return Err(raft::Error::Store(raft::StorageError::Unavailable));
+    }
+    Ok(())
+}
+
 /// One Ready's worth of state to persist, written atomically.
 ///
 /// Parts are applied in this order: `local_snapshot`, `snapshot`, `entries`,
@@ -349,12 +362,7 @@ impl raft::Storage for MemLogStore {
     ) -> raft::Result<Vec<Entry>> {
         let state = self.rl();
         let core = &state.live;
-        if low < core.first_index() {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if high > core.last_index() + 1 || low > high {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
+        check_entries_range(low, high, core.first_index(), core.last_index())?;
         let offset = core.first_index();
         let mut ents = core.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
         raft::util::limit_size(&mut ents, max_size.into());

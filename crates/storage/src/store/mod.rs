@@ -655,12 +655,12 @@ impl raft::Storage for RocksLogStore {
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let state = self.read_state();
-        if low < state.meta.first_index() {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if high > state.meta.last_index + 1 || low > high {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
+        craft_core::check_entries_range(
+            low,
+            high,
+            state.meta.first_index(),
+            state.meta.last_index,
+        )?;
         if low == high {
             return Ok(Vec::new());
         }
