@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::cluster::{Cluster, Spec};
 use crate::harness::{build_profile, median, scrape, Profile};
+use crate::procfs::{clock_ticks_per_sec, cpu_ticks, disk_write_bytes, machine_ticks, rss_mb};
 
 /// The last step of [`crate::reference::reference_help`] for `--compare`.
 const LAST_STEP: &str =
@@ -93,6 +94,9 @@ pub struct Args {
     /// members, HTTPS for wrk), writes only; results in target/bench/kv-tls.json.
     #[arg(long, requires = "kv")]
     pub tls: bool,
+    /// The real-chain benchmark.
+    #[command(flatten)]
+    pub cita: crate::cita_chain::bench::CitaArgs,
 }
 
 /// What one cluster case measured.
@@ -171,77 +175,8 @@ struct Sample {
     machine: (u64, u64),
 }
 
-/// `(steal, all)` clock ticks of the machine from the `cpu` line of `/proc/stat`.
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    (fields.get(7).copied().unwrap_or(0), fields.iter().sum())
-}
-
 fn read_json(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// `(utime + stime)` clock ticks of a process.
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the `(comm)`, which may contain spaces.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // state is field 3 of the whole line, utime 14, stime 15: here indices 0, 11, 12.
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    get(11) + get(12)
-}
-
-/// Bytes a process caused to be sent to the storage layer (`write_bytes` of
-/// `/proc/PID/io`), 0 when it cannot be read.
-fn disk_write_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|io| {
-            io.lines()
-                .find_map(|l| l.strip_prefix("write_bytes:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Resident set of a process in MB.
-fn rss_mb(pid: u32) -> f64 {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return 0.0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or(100.0)
 }
 
 fn count_lines(path: &Path) -> f64 {
@@ -625,6 +560,9 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             crate::reference::reference_help(LAST_STEP)
         );
     }
+    if args.cita.cita_chain {
+        return crate::cita_chain::bench::run(root, &args.cita, args.debug, args.rounds);
+    }
     if !args.cluster_only && !args.kv {
         // `--workspace`: the same feature resolution as the binaries built below, so one
         // optimised RocksDB build serves both.
@@ -803,14 +741,5 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(Vec::new()).is_nan());
-    }
-
-    #[test]
-    fn proc_stat_fields_parse() {
-        let me = std::process::id();
-        // Our own process has used some CPU and has a resident set.
-        let _ = (0..200_000u64).fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b));
-        assert!(rss_mb(me) > 0.0);
-        assert!(cpu_ticks(u32::MAX) == 0);
     }
 }

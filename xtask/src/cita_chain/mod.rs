@@ -16,6 +16,9 @@
 //! and per node `<chain>-nodeN/` with `config.toml`, the keys, the services' data, and
 //! `logs/<service>.out`.
 
+pub mod bench;
+pub mod rpc;
+
 use std::fs;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -337,6 +340,16 @@ impl Chain {
             .pids
             .iter()
             .any(|(s, p)| *s == svc && self.ours(*p))
+    }
+
+    /// The process ids of node `i`'s services that run.
+    pub fn node_pids(&self, i: usize) -> Vec<(Service, u32)> {
+        self.state.nodes[i]
+            .pids
+            .iter()
+            .copied()
+            .filter(|(_, p)| self.ours(*p))
+            .collect()
     }
 
     /// Stops every process, controllers first and networks last, each layer waited
@@ -673,7 +686,15 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     }
 }
 
-fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
+/// Generates a new chain in `dir` (stopping one that runs there), starts every service
+/// and returns once every node has block 1; stops what it started if that does not
+/// happen within 180 s or `stop` is set.
+pub fn start(
+    root: &Path,
+    dir: &Path,
+    up: &UpArgs,
+    stop: &AtomicBool,
+) -> anyhow::Result<(Chain, Instant)> {
     if let Ok(old) = Chain::open(dir) {
         let n = old.down();
         if n > 0 {
@@ -704,12 +725,6 @@ fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    if !up.detach {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
-    }
     // The first block on every node, or a clear failure naming the logs.
     let first_deadline = Instant::now() + Duration::from_secs(180);
     loop {
@@ -719,7 +734,7 @@ fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
                 "every node has block 1, {:.1} s after the first service started",
                 started.elapsed().as_secs_f64()
             );
-            break;
+            return Ok((chain, started));
         }
         if stop.load(Ordering::SeqCst) || Instant::now() >= first_deadline {
             let n = chain.down();
@@ -730,6 +745,16 @@ fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+fn up_cmd(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    if !up.detach {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let (chain, started) = start(root, dir, up, &stop)?;
     if up.detach {
         println!("chain running; `cargo xtask cita-chain status` shows it, `cargo xtask cita-chain send 1000` loads it, `cargo xtask cita-chain down` stops it");
         return Ok(());
