@@ -56,7 +56,7 @@ enum Command {
     /// Everything CI runs: fmt, clippy, simulation fuzzing, tests, integration clusters.
     Ci(ci::Args),
     /// Benchmarks: storage and replication benches, and a multi-process cluster bench.
-    Bench(bench::Args),
+    Bench(Box<bench::Args>),
     /// CITA-Cloud's chaos suite (link faults, kills) on a 4-node chain, as a table.
     Chaos(chaos::Args),
     /// The KV example's linearizability test, run longer: crashes, partitions, a checker.
