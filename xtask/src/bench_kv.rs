@@ -188,13 +188,13 @@ impl Certs {
 }
 
 /// Running craft-kv nodes; dropping it kills them and removes their data.
-type Cluster = Processes;
+type KvCluster = Processes;
 
 fn http_port(i: usize) -> u16 {
     BASE + 10 * i as u16
 }
 
-fn start(bin: &Path, dir: &Path, nodes: usize, certs: Option<&Certs>) -> anyhow::Result<Cluster> {
+fn start(bin: &Path, dir: &Path, nodes: usize, certs: Option<&Certs>) -> anyhow::Result<KvCluster> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let list = |raft: bool| {
@@ -203,7 +203,7 @@ fn start(bin: &Path, dir: &Path, nodes: usize, certs: Option<&Certs>) -> anyhow:
             .collect::<Vec<_>>()
             .join(",")
     };
-    let mut cluster = Cluster::default();
+    let mut cluster = KvCluster::default();
     for i in 1..=nodes {
         let log_path = dir.join(format!("n{i}.log"));
         let data = dir.join(format!("n{i}"));
@@ -238,7 +238,7 @@ fn leader_of(i: usize, certs: Option<&Certs>) -> Option<usize> {
     v["leader"].as_u64().map(|l| l as usize)
 }
 
-fn wait_leader(cluster: &mut Cluster, certs: Option<&Certs>) -> anyhow::Result<usize> {
+fn wait_leader(cluster: &mut KvCluster, certs: Option<&Certs>) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let nodes = cluster.len();
     while Instant::now() < deadline {
@@ -521,8 +521,8 @@ struct Bench<'a> {
 
 /// A running cluster of either system.
 enum Running {
-    CraftKv(Cluster),
-    Etcd(etcd::Cluster),
+    CraftKv(KvCluster),
+    Etcd(etcd::EtcdCluster),
 }
 
 impl Running {
@@ -566,7 +566,7 @@ impl Bench<'_> {
             }
             System::Etcd => {
                 let bin = self.etcd.as_deref().context("etcd is not installed")?;
-                let mut cluster = etcd::Cluster::start(bin, &dir, MEMBERS, ETCD_BASE)?;
+                let mut cluster = etcd::EtcdCluster::start(bin, &dir, MEMBERS, ETCD_BASE)?;
                 let url = cluster.wait_leader(Duration::from_secs(30))?;
                 Ok((Running::Etcd(cluster), url))
             }

@@ -121,13 +121,13 @@ pub fn post(url: &str, body: &str, timeout: Duration) -> anyhow::Result<(u16, St
 }
 
 /// A running etcd cluster; dropping it kills the members and removes their data.
-pub struct Cluster {
+pub struct EtcdCluster {
     procs: Processes,
     /// `http://127.0.0.1:port` of each member, in member order.
     pub client_urls: Vec<String>,
 }
 
-impl Cluster {
+impl EtcdCluster {
     /// Starts `members` etcd members in `dir` (data in `dir/eN`, logs in `dir/eN.log`);
     /// member i (1-based) serves clients on `base + 10 i` and peers on `base + 10 i + 1`.
     pub fn start(bin: &Path, dir: &Path, members: usize, base: u16) -> anyhow::Result<Self> {
@@ -138,7 +138,7 @@ impl Cluster {
             .map(|i| format!("e{i}=http://127.0.0.1:{}", port(i, true)))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster {
+        let mut cluster = EtcdCluster {
             procs: Processes::default(),
             client_urls: Vec::new(),
         };
