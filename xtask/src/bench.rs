@@ -71,15 +71,21 @@ pub struct Args {
     #[arg(long)]
     pub soak: Option<u64>,
     /// Instead of the consensus cases: the key-value example (3 `craft-kv` nodes) side by
-    /// side with a 3-member etcd cluster, both driven by `wrk` at the leader: writes, then
-    /// a 90/10 linearizable read/write mix (`--secs` per case; `--rounds` gives medians).
+    /// side with a 3-member etcd cluster, both driven at the leader by closed-loop
+    /// clients, each through its native API (`--kv-driver`): writes, then a 90/10
+    /// linearizable read/write mix (`--secs` per case; `--rounds` gives medians).
     /// Results in target/bench/kv.json.
     #[arg(long)]
     pub kv: bool,
-    /// wrk connections of the `--kv` write cases.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
+    /// How `--kv` drives the systems: `native` (closed-loop clients in this process:
+    /// craft-kv over HTTP/1.1, etcd over its gRPC API) or `wrk` (both over HTTP/1.1, etcd
+    /// through its JSON gateway).
+    #[arg(long, value_enum, default_value_t = crate::bench_kv::Driver::Native)]
+    pub kv_driver: crate::bench_kv::Driver,
+    /// Concurrent clients (wrk connections) of the `--kv` write cases.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64, 256, 1024])]
     pub kv_connections: Vec<usize>,
-    /// wrk connections of the `--kv` read/write mix cases.
+    /// Concurrent clients (wrk connections) of the `--kv` read/write mix cases.
     #[arg(long, value_delimiter = ',', default_values_t = [16usize, 64])]
     pub kv_mix_connections: Vec<usize>,
     /// The etcd binary of `--kv` (default: `etcd` on PATH; apt-get install -y
@@ -582,6 +588,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 kv_bin: &kv_bin,
                 debug: args.debug,
                 secs: args.secs,
+                driver: args.kv_driver,
                 write_connections: &args.kv_connections,
                 mix_connections: &args.kv_mix_connections,
                 etcd: args.etcd.as_deref(),

@@ -26,6 +26,7 @@ use anyhow::{bail, Context};
 
 use crate::etcd;
 use crate::harness::{median, Processes};
+use crate::kv_load;
 
 /// Base port: node i (1-based) listens on `BASE + 10 i` (HTTP) and `BASE + 10 i + 1`
 /// (raft).
@@ -45,8 +46,21 @@ const WARMUP_SECS: u64 = 2;
 /// Members of each cluster.
 const MEMBERS: usize = 3;
 
+/// How the load reaches the systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Driver {
+    /// Closed-loop clients in this process ([`crate::kv_load`]): craft-kv over HTTP/1.1,
+    /// etcd over its gRPC API.
+    Native,
+    /// wrk over HTTP/1.1 for both, etcd through its JSON gateway.
+    Wrk,
+}
+
 /// What `cargo xtask bench --kv` runs.
 pub struct Options<'a> {
+    /// How the load reaches the systems (the TLS comparison always uses wrk).
+    pub driver: Driver,
     /// The craft-kv binary.
     pub kv_bin: &'a Path,
     /// Whether `kv_bin` is a debug build (figures not representative).
@@ -495,7 +509,9 @@ fn median_figures(rounds: &[Figures]) -> Figures {
 
 /// Runs the KV cases and prints the table.
 pub fn run(root: &Path, opts: &Options<'_>) -> anyhow::Result<()> {
-    if Command::new("wrk").arg("--version").output().is_err() {
+    if (opts.tls || opts.driver == Driver::Wrk)
+        && Command::new("wrk").arg("--version").output().is_err()
+    {
         bail!("wrk is not installed: apt-get install -y wrk");
     }
     if Command::new("curl").arg("--version").output().is_err() {
@@ -583,6 +599,27 @@ impl Bench<'_> {
         let (mut running, url) = self.start(system)?;
         if workload == Workload::Mix {
             prefill(system, &url)?;
+        }
+        if self.opts.driver == Driver::Native {
+            let addr: std::net::SocketAddr = url
+                .trim_start_matches("http://")
+                .parse()
+                .with_context(|| format!("the leader's address {url}"))?;
+            let figures = kv_load::run(&kv_load::Load {
+                target: match system {
+                    System::CraftKv => kv_load::Target::CraftKv(addr),
+                    System::Etcd => kv_load::Target::Etcd(addr),
+                },
+                workload,
+                clients: connections,
+                warmup: Duration::from_secs(WARMUP_SECS),
+                measure: Duration::from_secs(self.opts.secs),
+                run: self.next_run(),
+                value: value().into_bytes(),
+                mix_keys: MIX_KEYS,
+            })?;
+            running.check_alive()?;
+            return Ok(figures);
         }
         let script = self.script(system, workload);
         run_wrk(&script, &url, connections, WARMUP_SECS, self.next_run())?;
@@ -720,8 +757,12 @@ fn run_vs_etcd(root: &Path, out: &Path, opts: &Options<'_>) -> anyhow::Result<()
     }
     let rounds = opts.rounds.max(1);
     println!(
-        "\nkv bench: {MEMBERS} members each on loopback, fsync on, wrk over HTTP/1.1 at the leader, \
+        "\nkv bench: {MEMBERS} members each on loopback, fsync on, {} at the leader, \
          {VALUE_BYTES}-byte values, {} s per case after a {WARMUP_SECS} s warm-up, a fresh cluster per case{}",
+        match opts.driver {
+            Driver::Native => "closed-loop clients (conns = clients) in xtask",
+            Driver::Wrk => "wrk over HTTP/1.1",
+        },
         opts.secs,
         if rounds > 1 {
             format!(", median of {rounds} rounds")
@@ -743,11 +784,18 @@ fn run_vs_etcd(root: &Path, out: &Path, opts: &Options<'_>) -> anyhow::Result<()
     if let Some(v) = &etcd_version {
         println!(
             "  etcd {v}: --heartbeat-interval {} --election-timeout {} ({}-{} ms) --pre-vote, \
-             HTTP/JSON gRPC gateway (/v3/kv/put, /v3/kv/range)",
+             {}",
             etcd::HEARTBEAT_MS,
             etcd::ELECTION_MS,
             etcd::ELECTION_MS,
-            2 * etcd::ELECTION_MS
+            2 * etcd::ELECTION_MS,
+            match opts.driver {
+                Driver::Native => format!(
+                    "its gRPC API (KV/Put, KV/Range), one connection per {} clients",
+                    kv_load::ETCD_CLIENTS_PER_CONN
+                ),
+                Driver::Wrk => "HTTP/JSON gRPC gateway (/v3/kv/put, /v3/kv/range)".to_string(),
+            }
         );
     }
     println!(

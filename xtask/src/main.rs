@@ -18,6 +18,7 @@ mod fuzz_sim;
 mod harness;
 mod interop;
 mod jepsen_kv;
+mod kv_load;
 mod procfs;
 mod reference;
 mod test_cluster;
