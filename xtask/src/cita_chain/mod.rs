@@ -17,6 +17,8 @@
 //! `logs/<service>.out`.
 
 pub mod bench;
+pub mod faults;
+pub mod observe;
 pub mod rpc;
 
 use std::fs;
@@ -53,6 +55,10 @@ enum Verb {
     /// Send signed transactions with `cldi bench send` through one node's controller and
     /// report how many reached a block.
     Send(SendArgs),
+    /// Faults on a fresh chain while transactions flow (leader's consensus killed, its
+    /// network service killed, its network cut off): the longest block gap, and whether
+    /// every accepted transaction is in exactly one block on every node.
+    Faults(faults::FaultArgs),
 }
 
 /// Options of `cita-chain up`.
@@ -658,6 +664,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Verb::Faults(f) => faults::run(root, f),
         Verb::Send(send) => {
             let chain = Chain::open(&dir)?;
             let i = send.node.wrapping_sub(1);

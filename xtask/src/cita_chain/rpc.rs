@@ -46,6 +46,20 @@ pub struct BlockHeader {
     /// The block's height.
     #[prost(uint64, tag = "3")]
     pub height: u64,
+    /// The proposer's validator address (20 bytes).
+    #[prost(bytes = "vec", tag = "5")]
+    pub proposer: Vec<u8>,
+}
+
+/// What the benchmark reads of a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// The header's timestamp (ms since the epoch).
+    pub timestamp_ms: u64,
+    /// The proposer's validator address.
+    pub proposer: Vec<u8>,
+    /// The transactions' hashes.
+    pub tx_hashes: Vec<Vec<u8>>,
 }
 
 /// `blockchain.CompactBlockBody`
@@ -116,8 +130,8 @@ impl Controller {
         Ok(n.block_number)
     }
 
-    /// The block at `height`: its header's timestamp (ms) and its transaction hashes.
-    pub async fn block(&mut self, height: u64) -> anyhow::Result<(u64, Vec<Vec<u8>>)> {
+    /// The block at `height`.
+    pub async fn block(&mut self, height: u64) -> anyhow::Result<BlockInfo> {
         let b: CompactBlock = self
             .call(
                 "/controller.RPCService/GetBlockByNumber",
@@ -134,10 +148,11 @@ impl Controller {
             "asked for block {height}, got {}",
             header.height
         );
-        Ok((
-            header.timestamp,
-            b.body.map(|b| b.tx_hashes).unwrap_or_default(),
-        ))
+        Ok(BlockInfo {
+            timestamp_ms: header.timestamp,
+            proposer: header.proposer,
+            tx_hashes: b.body.map(|b| b.tx_hashes).unwrap_or_default(),
+        })
     }
 
     /// The hash of the block at `height`.
@@ -183,6 +198,7 @@ mod tests {
         let b = CompactBlock::decode(buf.as_slice()).unwrap();
         let h = b.header.unwrap();
         assert_eq!((h.timestamp, h.height), (1_700_000_000_123, 42));
+        assert_eq!(h.proposer, vec![0xcc; 20]);
         assert_eq!(
             b.body.unwrap().tx_hashes,
             vec![vec![1u8; 32], vec![2u8; 32]]
