@@ -3,6 +3,8 @@
 # $CITA_DIR/bin under the names `cargo xtask cita-chain --services $CITA_DIR/bin` expects.
 # Run it outside the checkout, as root (it installs its system packages); about an hour
 # on 2 cores. Already built binaries are kept, so it can be run again after a failure.
+# The services a chain with our consensus needs come first, so that one can start
+# before consensus_raft (the longest build) and consensus_overlord are done.
 #
 # env: CITA_DIR  where sources, the shared target directory, binaries and logs go
 #      GIT_BASE  where to clone from: https://github.com (default), or a directory that
@@ -76,12 +78,13 @@ build() { # repo bin-in-target copied-name [rustflags]
   cp "$CARGO_TARGET_DIR/release/$bin" "$CITA_DIR/bin/$name"
   cp "$repo/Cargo.lock" "$CITA_DIR/locks/$repo.Cargo.lock" 2>/dev/null
 }
+# First what a chain with our consensus needs, then the other two consensuses.
 build cloud-config cloud-config cloud-config
 build cloud-cli cldi cldi
-build consensus_raft consensus consensus_raft
 build controller_hsm controller controller
-build storage_opendal storage storage_opendal
 build network_zenoh network network_zenoh
-build consensus_overlord consensus consensus_overlord
+build storage_opendal storage storage_opendal
 build executor_evm executor executor_evm '-C link-arg=-Wl,--allow-multiple-definition'
+build consensus_raft consensus consensus_raft
+build consensus_overlord consensus consensus_overlord
 echo ALL DONE
