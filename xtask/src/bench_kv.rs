@@ -27,6 +27,7 @@ use anyhow::{bail, Context};
 use crate::etcd;
 use crate::harness::{median, Processes};
 use crate::kv_load;
+pub use crate::kv_load::{Figures, Workload};
 
 /// Base port: node i (1-based) listens on `BASE + 10 i` (HTTP) and `BASE + 10 i + 1`
 /// (raft).
@@ -96,38 +97,6 @@ impl System {
             System::Etcd => "etcd",
         }
     }
-}
-
-/// The load of one case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Workload {
-    /// Every request writes one value under a fresh key.
-    Write,
-    /// 90% linearizable reads, 10% writes, over `MIX_KEYS` existing keys.
-    Mix,
-}
-
-impl Workload {
-    fn label(self) -> &'static str {
-        match self {
-            Workload::Write => "write",
-            Workload::Mix => "mix 90/10",
-        }
-    }
-}
-
-/// What wrk measured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct Figures {
-    /// Completed requests per second (writes/s for writes, operations/s for the mix).
-    pub ops_per_sec: f64,
-    /// Median latency, ms.
-    pub p50_ms: f64,
-    /// 99th percentile latency, ms.
-    pub p99_ms: f64,
-    /// Answers that were not 2xx/3xx.
-    pub errors: u64,
 }
 
 /// One measured case of the etcd comparison.

@@ -23,7 +23,38 @@ use hyper_util::rt::TokioIo;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::bench_kv::{Figures, Workload};
+/// The load of one case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Every request writes one value under a fresh key.
+    Write,
+    /// 90% linearizable reads, 10% writes, over keys written before the run.
+    Mix,
+}
+
+impl Workload {
+    /// Its name in tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::Write => "write",
+            Workload::Mix => "mix 90/10",
+        }
+    }
+}
+
+/// What a load measured (this module's clients, or wrk).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Figures {
+    /// Completed requests per second (writes/s for writes, operations/s for the mix).
+    pub ops_per_sec: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Answers that were not 2xx/3xx.
+    pub errors: u64,
+}
 
 /// etcd clients per gRPC connection.
 pub const ETCD_CLIENTS_PER_CONN: usize = 10;
