@@ -87,13 +87,13 @@ pub struct FaultRun {
 }
 
 /// Senders that keep sending rounds until stopped.
-struct Rounds {
+pub(super) struct Rounds {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<anyhow::Result<u64>>,
 }
 
 impl Rounds {
-    fn start(chain: &Chain, round_txs: u64) -> Self {
+    pub(super) fn start(chain: &Chain, round_txs: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let chain = Chain {
@@ -114,7 +114,7 @@ impl Rounds {
         Rounds { stop, thread }
     }
 
-    fn finish(self) -> anyhow::Result<u64> {
+    pub(super) fn finish(self) -> anyhow::Result<u64> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .join()
@@ -136,7 +136,7 @@ pub fn validator_address(node_dir: &Path) -> Option<Vec<u8>> {
 }
 
 /// The node whose validator address `proposer` is (the first 20 bytes compared).
-fn node_of(chain: &Chain, proposer: &[u8]) -> Option<usize> {
+pub(super) fn node_of(chain: &Chain, proposer: &[u8]) -> Option<usize> {
     let p = proposer.get(..20)?;
     chain
         .state
@@ -233,7 +233,7 @@ impl Drop for Partition {
     }
 }
 
-fn pid_of(chain: &Chain, node: usize, svc: Service) -> anyhow::Result<u32> {
+pub(super) fn pid_of(chain: &Chain, node: usize, svc: Service) -> anyhow::Result<u32> {
     chain
         .node_pids(node)
         .into_iter()
@@ -244,7 +244,7 @@ fn pid_of(chain: &Chain, node: usize, svc: Service) -> anyhow::Result<u32> {
 
 /// Sleeps `secs` seconds, sending probes through the nodes in turn meanwhile (and, if
 /// given, running `also` every half second).
-fn probing(
+pub(super) fn probing(
     chain: &Chain,
     probes: &mut Vec<Probe>,
     secs: u64,

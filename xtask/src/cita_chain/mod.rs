@@ -18,6 +18,7 @@
 
 pub mod bench;
 pub mod faults;
+pub mod migrate;
 pub mod observe;
 pub mod rpc;
 
@@ -59,6 +60,10 @@ enum Verb {
     /// network service killed, its network cut off): the longest block gap, and whether
     /// every accepted transaction is in exactly one block on every node.
     Faults(faults::FaultArgs),
+    /// docs/migration.md run on a chain of consensus_raft under load: every node
+    /// replaced by ours, leader last, then rolled back; the longest block gap, and whether
+    /// every accepted transaction is in exactly one block on every node.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Options of `cita-chain up`.
@@ -258,6 +263,10 @@ pub struct NodeState {
     pub dir: PathBuf,
     /// The processes started: service and process id.
     pub pids: Vec<(Service, u32)>,
+    /// The consensus binary of this node when it is not the chain's (a node replaced
+    /// by `cita-chain migrate`); it takes consensus_raft's command line.
+    #[serde(default)]
+    pub consensus_bin: Option<PathBuf>,
 }
 
 /// A chain directory and its state.
@@ -294,15 +303,18 @@ impl Chain {
         fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// The binary of `svc`.
-    pub fn binary(&self, svc: Service) -> PathBuf {
+    /// The binary of node `i`'s `svc`.
+    pub fn binary(&self, i: usize, svc: Service) -> PathBuf {
         let s = &self.state.services;
         match svc {
+            Service::Consensus => self.state.nodes[i]
+                .consensus_bin
+                .clone()
+                .unwrap_or_else(|| self.state.consensus_bin.clone()),
             Service::Network => s.join("network_zenoh"),
             Service::Storage => s.join("storage_opendal"),
             Service::Executor => s.join("executor_evm"),
             Service::Controller => s.join("controller"),
-            Service::Consensus => self.state.consensus_bin.clone(),
         }
     }
 
@@ -311,9 +323,12 @@ impl Chain {
         let node_dir = self.state.nodes[i].dir.clone();
         let logs = node_dir.join("logs");
         fs::create_dir_all(&logs)?;
-        let mut cmd = Command::new(self.binary(svc));
+        let mut cmd = Command::new(self.binary(i, svc));
         cmd.current_dir(&node_dir);
         match svc {
+            Service::Consensus if self.state.nodes[i].consensus_bin.is_some() => {
+                cmd.args(Consensus::Raft.run_args());
+            }
             Service::Consensus => {
                 cmd.args(self.state.consensus.run_args());
             }
@@ -633,6 +648,7 @@ fn generate(root: &Path, dir: &Path, up: &UpArgs) -> anyhow::Result<State> {
         nodes.push(NodeState {
             dir: dir.join(format!("{chain}-node{i}")),
             pids: Vec::new(),
+            consensus_bin: None,
         });
     }
     Ok(State {
@@ -665,6 +681,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             Ok(())
         }
         Verb::Faults(f) => faults::run(root, f),
+        Verb::Migrate(m) => migrate::run(root, m),
         Verb::Send(send) => {
             let chain = Chain::open(&dir)?;
             let i = send.node.wrapping_sub(1);
