@@ -278,9 +278,15 @@ fn run_one(root: &Path, dir: &Path, args: &FaultArgs, fault: Fault) -> anyhow::R
         let rounds = Rounds::start(&chain, args.round_txs);
         let mut probes = Vec::new();
         probing(&chain, &mut probes, args.before, || Ok(()))?;
-        let newest = watchers
-            .newest_common()
-            .context("no block on every node before the fault")?;
+        // The fault hits the proposer of the newest block all nodes have (waited for a
+        // while: a controller busy with a burst answers late).
+        let mut newest = watchers.newest_common();
+        let wait = Instant::now() + Duration::from_secs(60);
+        while newest.is_none() && Instant::now() < wait {
+            probing(&chain, &mut probes, 1, || Ok(()))?;
+            newest = watchers.newest_common();
+        }
+        let newest = newest.context("no block on every node within 60 s before the fault")?;
         let node = node_of(&chain, &newest.proposer).with_context(|| {
             format!(
                 "no node has the validator address of block {}'s proposer",
