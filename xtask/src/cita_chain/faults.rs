@@ -2,7 +2,7 @@
 //! same for every consensus.
 //!
 //! Each fault runs on a fresh chain ([`super::start`]). Senders keep sending (`cldi bench
-//! send` of a few hundred transactions per node, again and again) and probes go out four
+//! send` rounds of `--round-txs` per node, paced to `--rate` transactions per second) and probes go out four
 //! times a second; after `--before` seconds the fault hits the node that proposed the
 //! newest block (the leader, for a raft consensus), lasts `--fault-secs`, and is undone;
 //! the load goes on for `--after` seconds more, then the chain is given time to take
@@ -66,8 +66,11 @@ pub struct FaultArgs {
     #[arg(long, default_value_t = 20)]
     pub after: u64,
     /// Transactions per node per `cldi bench send` round.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 50)]
     pub round_txs: u64,
+    /// Transactions per second sent in all (rounds are paced to it).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
 }
 
 /// What one fault run found.
@@ -93,21 +96,30 @@ pub(super) struct Rounds {
 }
 
 impl Rounds {
-    pub(super) fn start(chain: &Chain, round_txs: u64) -> Self {
+    /// Rounds of `round_txs` transactions per node, paced to `rate` transactions per
+    /// second in all (a chain given more than its controllers finalize grows their pools
+    /// until they stall, which would measure the controllers, not the fault).
+    pub(super) fn start(chain: &Chain, round_txs: u64, rate: f64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let chain = Chain {
             dir: chain.dir.clone(),
             state: chain.state.clone(),
         };
+        let per_round = round_txs * chain.state.nodes.len() as u64;
+        let round_secs = Duration::from_secs_f64(per_round as f64 / rate.max(1.0));
         let thread = std::thread::spawn(move || {
             let mut accepted = 0;
             while !flag.load(Ordering::SeqCst) {
+                let next = Instant::now() + round_secs;
                 let load = Load::start(&chain, round_txs, 50)?;
                 while !load.done() {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 accepted += load.finish()?;
+                while Instant::now() < next && !flag.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             Ok(accepted)
         });
@@ -275,7 +287,7 @@ fn run_one(root: &Path, dir: &Path, args: &FaultArgs, fault: Fault) -> anyhow::R
         settle(&chain, up.block_interval)?;
         let watchers = Watchers::start(&chain)?;
         let started = Instant::now();
-        let rounds = Rounds::start(&chain, args.round_txs);
+        let rounds = Rounds::start(&chain, args.round_txs, args.rate);
         let mut probes = Vec::new();
         probing(&chain, &mut probes, args.before, || Ok(()))?;
         // The fault hits the proposer of the newest block all nodes have (waited for a

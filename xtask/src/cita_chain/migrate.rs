@@ -38,8 +38,11 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub debug: bool,
     /// Transactions per node per `cldi bench send` round.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 50)]
     pub round_txs: u64,
+    /// Transactions per second sent in all (rounds are paced to it).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
     /// Seconds a replaced node may take to catch up.
     #[arg(long, default_value_t = 120)]
     pub catch_up_secs: u64,
@@ -142,7 +145,7 @@ pub fn run(root: &Path, args: &MigrateArgs) -> anyhow::Result<()> {
         super::bench::settle(&chain, args.block_interval)?;
         let watchers = Watchers::start(&chain)?;
         let started = Instant::now();
-        let rounds = Rounds::start(&chain, args.round_txs);
+        let rounds = Rounds::start(&chain, args.round_txs, args.rate);
         let mut probes = Vec::new();
         probing(&chain, &mut probes, 10, || Ok(()))?;
         let mut steps = Vec::new();
