@@ -139,12 +139,10 @@ impl Rounds {
 pub fn validator_address(node_dir: &Path) -> Option<Vec<u8>> {
     let text = std::fs::read_to_string(node_dir.join("validator_address")).ok()?;
     let hex = text.trim().trim_start_matches("0x");
-    if hex.len() < 40 || hex.len() % 2 != 0 {
+    if hex.len() < 40 {
         return None;
     }
-    (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
+    hex::decode(hex).ok()
 }
 
 /// The node whose validator address `proposer` is (the first 20 bytes compared).
