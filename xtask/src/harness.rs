@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -304,5 +304,84 @@ impl Drop for Processes {
         for d in &self.data_dirs {
             let _ = fs::remove_dir_all(d);
         }
+    }
+}
+
+/// `n` loopback ports that are free now and lie outside the kernel's ephemeral range
+/// (`ip_local_port_range`). A port the kernel hands out for outgoing connections could
+/// be taken by one (a metrics scrape, a peer's reconnect) while its node restarts, and
+/// the restarted node could then not bind it. The search starts at a point drawn from
+/// the clock and the process id, so that clusters started side by side rarely meet.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let (eph_lo, eph_hi) = ephemeral_range();
+    // Below the ephemeral range, above the well-known and registered-by-habit ports.
+    let (lo, hi) = if eph_lo > 12_000 {
+        (10_000u32, u32::from(eph_lo))
+    } else {
+        (u32::from(eph_hi) + 1, 65_536)
+    };
+    let span = hi - lo;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let start = seed % span;
+    let mut ports = Vec::with_capacity(n);
+    for k in 0..span {
+        if ports.len() == n {
+            break;
+        }
+        let port = (lo + (start + k) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            ports.push(port);
+        }
+    }
+    anyhow::ensure!(
+        ports.len() == n,
+        "found only {} free loopback ports of {n} in {lo}..{hi}",
+        ports.len()
+    );
+    Ok(ports)
+}
+
+/// The kernel's range of ephemeral ports; Linux's default when it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_not_ephemeral() -> anyhow::Result<()> {
+        let (lo, hi) = ephemeral_range();
+        let ports = free_ports(24)?;
+        assert_eq!(ports.len(), 24);
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 24);
+        for p in &ports {
+            assert!(
+                !(lo..=hi).contains(p),
+                "port {p} is in the ephemeral range {lo}..={hi}"
+            );
+            assert!(*p >= 1024, "port {p} is privileged");
+        }
+        // Free when handed out: every one binds.
+        let held: Vec<TcpListener> = ports
+            .iter()
+            .map(|p| TcpListener::bind(("127.0.0.1", *p)))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(held.len(), 24);
+        Ok(())
     }
 }

@@ -307,6 +307,31 @@ fn follower_catch_up(r: &mut Run<'_>) -> anyhow::Result<()> {
     r.safe()
 }
 
+/// The leader's controller hangs (SIGSTOP): every call to it times out, so the leader
+/// can neither apply the last block nor get the next one. It hands leadership to the
+/// next validator, the others go on, and once its controller runs again the node
+/// catches up. (On a real chain: a controller that fell behind and does not sync.)
+fn leader_controller_hangs(r: &mut Run<'_>) -> anyhow::Result<()> {
+    r.progress(5, "start")?;
+    let old = r.leader()?;
+    r.cluster.pause_controller(old, true)?;
+    r.checks.push(format!("leader {old}'s controller frozen"));
+    r.wait("another node leads", |v| {
+        v.iter()
+            .enumerate()
+            .any(|(i, n)| i + 1 != old && n.alive && n.role == Some(3))
+    })?;
+    if !r.log_contains(old, "transferring leadership") {
+        bail!("node {old} lost leadership without handing it over");
+    }
+    r.checks.push(format!("node {old} handed leadership over"));
+    r.progress(10, "the others commit")?;
+    r.cluster.pause_controller(old, false)?;
+    r.checks.push(format!("leader {old}'s controller thawed"));
+    r.caught_up(old, "node with the thawed controller")?;
+    r.safe()
+}
+
 /// Controller calls of 2 s each (twice the election timeout) slow blocks down but
 /// never stop ticks, heartbeats or votes: the leader and the term stay.
 fn slow_controller_keeps_leader(r: &mut Run<'_>) -> anyhow::Result<()> {
@@ -506,12 +531,31 @@ fn scenarios() -> Vec<(&'static str, Spec, Scenario)> {
             first_election_with_late_peers,
         ),
         ("hostile_input", spec(3), hostile_input),
+        ("leader_controller_hangs", spec(3), leader_controller_hangs),
         ("leader_kill_restart", spec(3), leader_kill_restart),
         ("all_killed_restart", spec(3), all_killed_restart),
         ("partitioned_leader_heal", spec(3), partitioned_leader_heal),
         ("validator_removal_readd", removal, validator_removal_readd),
         ("follower_catch_up", spec(3), follower_catch_up),
     ]
+}
+
+/// Prints the last lines of node `i`'s consensus log, indented.
+fn print_log_tail(path: &Path, i: usize) {
+    const LINES: usize = 25;
+    let Ok(text) = std::fs::read_to_string(path) else {
+        println!("  node {i}: no log at {}", path.display());
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    println!(
+        "  node {i}, last {} lines of {}:",
+        LINES.min(lines.len()),
+        path.display()
+    );
+    for line in &lines[lines.len().saturating_sub(LINES)..] {
+        println!("    {line}");
+    }
 }
 
 /// Runs the scenarios.
@@ -556,6 +600,10 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
             }
             Err(e) => {
                 println!("  FAILED: {e:#}\n  logs kept in {}", dir.display());
+                // CI keeps only what is printed: each node's last log lines.
+                for i in 1..=run.cluster.state.nodes.len() {
+                    print_log_tail(&run.cluster.node_dir(i).join("consensus.log"), i);
+                }
                 failed.push(name);
             }
         }

@@ -152,6 +152,28 @@ impl PreCheckSlot {
     }
 }
 
+/// Since when this node's controller has refused the committed block being applied
+/// (it is behind and has not synced it yet), shared by the state machine with the
+/// block loop, which hands leadership over when it lasts.
+#[derive(Clone, Default)]
+pub struct ApplyStall(Arc<Mutex<Option<Instant>>>);
+
+impl ApplyStall {
+    /// When the controller first refused the block being applied; `None` while no
+    /// block waits on it.
+    pub fn since(&self) -> Option<Instant> {
+        *self.0.locked()
+    }
+
+    fn begin(&self) {
+        self.0.locked().get_or_insert_with(Instant::now);
+    }
+
+    fn end(&self) {
+        *self.0.locked() = None;
+    }
+}
+
 /// Applies committed proposals to the node's controller.
 pub struct BlockStateMachine<C> {
     controller: Arc<C>,
@@ -159,18 +181,21 @@ pub struct BlockStateMachine<C> {
     metrics: Metrics,
     backoff: Backoff,
     prechecks: PreCheckSlot,
+    stall: ApplyStall,
     /// The last block this node committed to its controller, recorded in snapshots.
     last_block: Option<LastBlock>,
 }
 
 impl<C: Controller> BlockStateMachine<C> {
     /// A state machine committing through `controller`, publishing into `config`;
-    /// checks the leader started early are taken from `prechecks`.
+    /// checks the leader started early are taken from `prechecks`; a block the
+    /// controller refuses is reported in `stall` until it applies.
     pub fn new(
         controller: Arc<C>,
         config: Arc<SharedConfig>,
         metrics: Metrics,
         prechecks: PreCheckSlot,
+        stall: ApplyStall,
     ) -> Self {
         Self {
             controller,
@@ -178,6 +203,7 @@ impl<C: Controller> BlockStateMachine<C> {
             metrics,
             backoff: Backoff::default(),
             prechecks,
+            stall,
             last_block: None,
         }
     }
@@ -214,6 +240,13 @@ impl<C: Controller> BlockStateMachine<C> {
         // apply task waits and retries; raft keeps running.
         let mut attempt = 0u32;
         let mut early = early;
+        // Every failed call, also one retried at once, means the block waits on a
+        // controller that does not answer: reported to the block loop.
+        let stall = self.stall.clone();
+        let stalled = move |e: &ControllerError| {
+            stall.begin();
+            e.is_transient()
+        };
         loop {
             let checked = match early.take() {
                 Some(ok) => Ok(ok),
@@ -222,7 +255,7 @@ impl<C: Controller> BlockStateMachine<C> {
                     let checked = retry(
                         "CheckProposal",
                         &self.backoff,
-                        ControllerError::is_transient,
+                        |e: &ControllerError| stalled(e),
                         || controller.check_proposal(proposal.clone()),
                     )
                     .await;
@@ -235,7 +268,7 @@ impl<C: Controller> BlockStateMachine<C> {
                     match retry(
                         "CommitBlock",
                         &self.backoff,
-                        ControllerError::is_transient,
+                        |e: &ControllerError| stalled(e),
                         || controller.commit_block(proposal.clone()),
                     )
                     .await
@@ -263,6 +296,7 @@ impl<C: Controller> BlockStateMachine<C> {
                 Err(e) => format!("CheckProposal failed: {e}"),
             };
             attempt += 1;
+            self.stall.begin();
             if attempt == 1 || attempt.is_power_of_two() {
                 tracing::warn!(
                     index,
@@ -310,7 +344,11 @@ impl<C: Controller> StateMachine for BlockStateMachine<C> {
 
     async fn apply(&mut self, entry: &Committed) -> BlockOutcome {
         match &entry.kind {
-            CommittedKind::Normal { data, .. } => self.apply_block(entry.index, data).await,
+            CommittedKind::Normal { data, .. } => {
+                let outcome = self.apply_block(entry.index, data).await;
+                self.stall.end();
+                outcome
+            }
             CommittedKind::Empty => BlockOutcome::Skipped("leader no-op"),
             CommittedKind::ConfChange { .. } => BlockOutcome::Skipped("membership change"),
         }
@@ -406,6 +444,7 @@ mod tests {
             config,
             Metrics::new(&[0.001, 0.01]).unwrap(),
             PreCheckSlot::default(),
+            ApplyStall::default(),
         )
     }
 

@@ -61,9 +61,12 @@ pub struct ConsensusConfig {
     pub handler_host: String,
     /// Raft log entries kept behind the latest snapshot (craft addition).
     pub log_retain: u64,
-    /// A leader that gets no valid proposal for this many seconds hands leadership to
-    /// another validator (craft addition; 0 disables).
-    pub transfer_leader_after_secs: u64,
+    /// A leader that commits no block for this many seconds, because its controller
+    /// gives no proposal for the next height or has not taken the last committed block,
+    /// hands leadership to the next validator (craft addition; 0 never). Unset: four
+    /// block intervals, at least one election timeout, as the existing service does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_leader_after_secs: Option<u64>,
     /// Bytes of recent raft log entries kept in memory (craft addition).
     pub entry_cache_bytes: usize,
     /// RocksDB block cache in bytes (craft addition).
@@ -101,7 +104,7 @@ impl Default for ConsensusConfig {
             listen_host: "0.0.0.0".into(),
             handler_host: "127.0.0.1".into(),
             log_retain: 200,
-            transfer_leader_after_secs: 60,
+            transfer_leader_after_secs: None,
             entry_cache_bytes: 8 << 20,
             rocksdb_block_cache_bytes: 512 << 10,
             rocksdb_write_buffer_bytes: 1 << 20,
@@ -159,6 +162,24 @@ impl ConsensusConfig {
         let cfg = file.consensus_raft;
         cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// How long a leader may go without committing a block before it hands leadership
+    /// over (`None`: never): `transfer_leader_after_secs`, or when unset four block
+    /// intervals, at least one election timeout.
+    pub fn hand_over_after(&self, block_interval_secs: u32) -> Option<std::time::Duration> {
+        use std::time::Duration;
+        match self.transfer_leader_after_secs {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => {
+                let election = Duration::from_millis(
+                    self.tick_interval_in_millis
+                        .saturating_mul(self.election_tick as u64),
+                );
+                Some((Duration::from_secs(4 * u64::from(block_interval_secs))).max(election))
+            }
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -222,6 +243,20 @@ mod tests {
             assert_eq!(cfg.metrics_port, 60001);
             Ok(())
         });
+    }
+
+    #[test]
+    fn hand_over_delay_follows_the_block_interval_unless_set() {
+        use std::time::Duration;
+        let mut cfg = ConsensusConfig::default();
+        // Unset: four intervals (the existing service's rule), at least one election
+        // timeout (50 ticks of 200 ms).
+        assert_eq!(cfg.hand_over_after(3), Some(Duration::from_secs(12)));
+        assert_eq!(cfg.hand_over_after(0), Some(Duration::from_secs(10)));
+        cfg.transfer_leader_after_secs = Some(0);
+        assert_eq!(cfg.hand_over_after(3), None);
+        cfg.transfer_leader_after_secs = Some(45);
+        assert_eq!(cfg.hand_over_after(3), Some(Duration::from_secs(45)));
     }
 
     #[test]

@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{IsTerminal, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +22,7 @@ use anyhow::{bail, Context};
 
 pub mod zenoh_net;
 
-use crate::harness::{build, pid_alive, scrape, signal, spawn_logged, stop_pids};
+use crate::harness::{build, free_ports, pid_alive, scrape, signal, spawn_logged, stop_pids};
 use serde::{Deserialize, Serialize};
 
 /// `cargo xtask cluster ...`
@@ -325,17 +324,6 @@ impl NodeView {
 pub fn node_address(i: usize) -> String {
     // The first 8 bytes differ too: `network_zenoh` takes a node's origin from them.
     format!("{i:016x}{i:024x}")
-}
-
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .context("finding free loopback ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
 }
 
 /// Whether `path` is a mount point (listed in this process's mountinfo).
@@ -675,6 +663,20 @@ impl Cluster {
         self.save()
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) node `i`'s development controller: frozen,
+    /// it accepts connections and answers nothing, as a hung controller does.
+    pub fn pause_controller(&self, i: usize, frozen: bool) -> anyhow::Result<()> {
+        let pid = self
+            .state
+            .nodes
+            .get(i.wrapping_sub(1))
+            .with_context(|| format!("no node {i}"))?
+            .controller_pid
+            .with_context(|| format!("node {i}'s controller is not running"))?;
+        signal(pid, if frozen { "-STOP" } else { "-CONT" });
+        Ok(())
+    }
+
     /// Starts node `i`'s consensus process (again).
     pub fn start_consensus(&mut self, i: usize, detach: bool) -> anyhow::Result<()> {
         let nd = self.node_dir(i);
@@ -700,14 +702,20 @@ impl Cluster {
         self.save()
     }
 
-    /// SIGKILLs node `i`'s consensus process.
+    /// SIGKILLs node `i`'s consensus process and waits until it has exited (a process
+    /// in the middle of an fsync exits when the call returns); an error if it has not
+    /// after 30 s, as a second process could not open the raft data it still holds.
     pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(pid) = self.node_mut(i)?.consensus_pid.take() {
             signal(pid, "-KILL");
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while pid_alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            anyhow::ensure!(
+                !pid_alive(pid),
+                "node {i}'s consensus (pid {pid}) still runs 30 s after SIGKILL"
+            );
         }
         self.save()
     }

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::chain::{
-    check_snapshot_data, decode_configuration, snapshot_last_block, BlockOutcome,
+    check_snapshot_data, decode_configuration, snapshot_last_block, ApplyStall, BlockOutcome,
     BlockStateMachine, PreCheckSlot, SharedConfig,
 };
 use crate::config::{read_node_address, ConsensusConfig};
@@ -87,6 +87,7 @@ struct Node {
     config: Arc<SharedConfig>,
     metrics: Metrics,
     prechecks: PreCheckSlot,
+    stall: ApplyStall,
     /// The service's shutdown.
     stop: Shutdown,
 }
@@ -257,6 +258,7 @@ async fn run_node(
         config,
         metrics,
         prechecks: PreCheckSlot::default(),
+        stall: ApplyStall::default(),
         stop: stop_rx,
     });
     tokio::spawn(

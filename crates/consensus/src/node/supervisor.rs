@@ -141,6 +141,7 @@ impl Node {
             self.config.clone(),
             self.metrics.clone(),
             self.prechecks.clone(),
+            self.stall.clone(),
         );
         let (stop_tx, stop_rx) = shutdown::channel();
         let (handle, join) = craft_core::start(
