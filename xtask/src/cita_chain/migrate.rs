@@ -97,8 +97,9 @@ fn replace(
     // 3. The other binary, the same command line.
     chain.state.nodes[node].consensus_bin = Some(bin.to_path_buf());
     chain.start(node, Service::Consensus, true)?;
-    // 4. Caught up: its controller within one block of the highest, twice in a row
-    //    after a block was committed since the start.
+    // 4. Caught up: its controller holds a block committed after the restart and is
+    //    within one block of the highest, twice in a row. (Within one block alone
+    //    passed a controller that stopped one block short and never synced.)
     let deadline = Instant::now() + catch_up;
     let nodes = chain.state.nodes.len();
     let h_start = (0..nodes)
@@ -118,7 +119,7 @@ fn replace(
         let heights: Vec<Option<u64>> = (0..nodes).map(|i| chain.height(i)).collect();
         let top = heights.iter().flatten().max().copied().unwrap_or(0);
         good = match heights[node] {
-            Some(h) if top > h_start && h + 1 >= top => good + 1,
+            Some(h) if h > h_start && h + 1 >= top => good + 1,
             _ => 0,
         };
     }
