@@ -117,6 +117,16 @@ impl Run<'_> {
         Ok(target)
     }
 
+    /// Waits until a live node other than `old` leads.
+    fn other_leader(&mut self, old: usize, what: &str) -> anyhow::Result<()> {
+        self.wait(what, |v| {
+            v.iter()
+                .enumerate()
+                .any(|(i, n)| i + 1 != old && n.alive && n.role == Some(3))
+        })?;
+        Ok(())
+    }
+
     fn caught_up(&mut self, node: usize, what: &str) -> anyhow::Result<()> {
         let target = max_height(&self.cluster.views(), true);
         self.wait(
@@ -207,11 +217,7 @@ fn partitioned_leader_heal(r: &mut Run<'_>) -> anyhow::Result<()> {
     let old = r.leader()?;
     r.cluster.partition(Some(old))?;
     r.checks.push(format!("leader {old} cut off"));
-    r.wait("the majority elects a new leader", |v| {
-        v.iter()
-            .enumerate()
-            .any(|(i, n)| i + 1 != old && n.alive && n.role == Some(3))
-    })?;
+    r.other_leader(old, "the majority elects a new leader")?;
     r.progress(10, "majority side commits")?;
     r.cluster.partition(None)?;
     r.checks.push("links healed".into());
@@ -316,11 +322,7 @@ fn leader_controller_hangs(r: &mut Run<'_>) -> anyhow::Result<()> {
     let old = r.leader()?;
     r.cluster.pause_controller(old, true)?;
     r.checks.push(format!("leader {old}'s controller frozen"));
-    r.wait("another node leads", |v| {
-        v.iter()
-            .enumerate()
-            .any(|(i, n)| i + 1 != old && n.alive && n.role == Some(3))
-    })?;
+    r.other_leader(old, "another node leads")?;
     if !r.log_contains(old, "transferring leadership") {
         bail!("node {old} lost leadership without handing it over");
     }
