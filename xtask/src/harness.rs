@@ -137,6 +137,21 @@ pub fn stop_pids(pids: &[u32], grace: Duration) -> usize {
     running.len()
 }
 
+/// SIGKILLs `pid` and waits until it has exited (a process in the middle of an fsync
+/// exits when the call returns); an error naming `what` if it still runs after 30 s.
+pub fn kill_and_wait(pid: u32, what: &str) -> anyhow::Result<()> {
+    signal(pid, "-KILL");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::ensure!(
+        !pid_alive(pid),
+        "{what} (pid {pid}) still runs 30 s after SIGKILL"
+    );
+    Ok(())
+}
+
 /// Starts `cmd` with stdout and stderr appended to `log`, reaped in the background;
 /// `detach` puts it in a process group of its own (a Ctrl-C here does not reach it).
 pub fn spawn_logged(cmd: &mut Command, log: &Path, detach: bool) -> anyhow::Result<u32> {

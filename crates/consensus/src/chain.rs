@@ -252,12 +252,9 @@ impl<C: Controller> BlockStateMachine<C> {
                 Some(ok) => Ok(ok),
                 None => {
                     let timer = self.metrics.check_latency.start_timer();
-                    let checked = retry(
-                        "CheckProposal",
-                        &self.backoff,
-                        |e: &ControllerError| stalled(e),
-                        || controller.check_proposal(proposal.clone()),
-                    )
+                    let checked = retry("CheckProposal", &self.backoff, &stalled, || {
+                        controller.check_proposal(proposal.clone())
+                    })
                     .await;
                     timer.observe_duration();
                     checked
@@ -265,12 +262,9 @@ impl<C: Controller> BlockStateMachine<C> {
             };
             let refused = match checked {
                 Ok(true) => {
-                    match retry(
-                        "CommitBlock",
-                        &self.backoff,
-                        |e: &ControllerError| stalled(e),
-                        || controller.commit_block(proposal.clone()),
-                    )
+                    match retry("CommitBlock", &self.backoff, &stalled, || {
+                        controller.commit_block(proposal.clone())
+                    })
                     .await
                     {
                         Ok(new_config) => {

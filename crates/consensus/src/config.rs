@@ -61,10 +61,11 @@ pub struct ConsensusConfig {
     pub handler_host: String,
     /// Raft log entries kept behind the latest snapshot (craft addition).
     pub log_retain: u64,
-    /// A leader that commits no block for this many seconds, because its controller
-    /// gives no proposal for the next height or has not taken the last committed block,
-    /// hands leadership to the next validator (craft addition; 0 never). Unset: four
-    /// block intervals, at least one election timeout, as the existing service does.
+    /// A leader whose controller has only refused for this many seconds (failed calls,
+    /// no proposal for the next height, the last committed block not taken) hands
+    /// leadership to the next validator; a slow controller that answers does not count
+    /// (craft addition; 0 never). Unset: four block intervals, at least one election
+    /// timeout, as the existing service does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfer_leader_after_secs: Option<u64>,
     /// Bytes of recent raft log entries kept in memory (craft addition).
@@ -164,9 +165,9 @@ impl ConsensusConfig {
         Ok(cfg)
     }
 
-    /// How long a leader may go without committing a block before it hands leadership
-    /// over (`None`: never): `transfer_leader_after_secs`, or when unset four block
-    /// intervals, at least one election timeout.
+    /// How long a leader's controller may only refuse before the leader hands
+    /// leadership over (`None`: never): `transfer_leader_after_secs`, or when unset four
+    /// block intervals, at least one election timeout.
     pub fn hand_over_after(&self, block_interval_secs: u32) -> Option<std::time::Duration> {
         use std::time::Duration;
         match self.transfer_leader_after_secs {

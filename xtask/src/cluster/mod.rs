@@ -22,7 +22,9 @@ use anyhow::{bail, Context};
 
 pub mod zenoh_net;
 
-use crate::harness::{build, free_ports, pid_alive, scrape, signal, spawn_logged, stop_pids};
+use crate::harness::{
+    build, free_ports, kill_and_wait, pid_alive, scrape, signal, spawn_logged, stop_pids,
+};
 use serde::{Deserialize, Serialize};
 
 /// `cargo xtask cluster ...`
@@ -652,14 +654,10 @@ impl Cluster {
             .get(i.wrapping_sub(1))
             .with_context(|| format!("no node {i}"))?
             .controller_pid;
-        if let Some(pid) = pid {
-            signal(pid, "-KILL");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while pid_alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
         self.state.nodes[i - 1].controller_pid = None;
+        if let Some(pid) = pid {
+            kill_and_wait(pid, &format!("node {i}'s controller"))?;
+        }
         self.save()
     }
 
@@ -702,20 +700,11 @@ impl Cluster {
         self.save()
     }
 
-    /// SIGKILLs node `i`'s consensus process and waits until it has exited (a process
-    /// in the middle of an fsync exits when the call returns); an error if it has not
-    /// after 30 s, as a second process could not open the raft data it still holds.
+    /// SIGKILLs node `i`'s consensus process and waits until it has exited: a second
+    /// process could not open the raft data it still holds.
     pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(pid) = self.node_mut(i)?.consensus_pid.take() {
-            signal(pid, "-KILL");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while pid_alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            anyhow::ensure!(
-                !pid_alive(pid),
-                "node {i}'s consensus (pid {pid}) still runs 30 s after SIGKILL"
-            );
+            kill_and_wait(pid, &format!("node {i}'s consensus"))?;
         }
         self.save()
     }
