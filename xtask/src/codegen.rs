@@ -84,6 +84,13 @@ fn generate(root: &Path) -> Result<Vec<GeneratedFile>> {
         .map(|file| (Module::from_protobuf_package_name(file.package()), file))
         .collect();
     let mut config = prost_build::Config::new();
+    // The fields that carry blocks and raft messages, up to megabytes each, decode as
+    // shared slices of the received buffer and are cloned by reference count.
+    config.bytes([
+        ".common.Proposal.data",
+        ".network.NetworkMsg.msg",
+        ".craft.peer.RaftBatch.messages",
+    ]);
     config.service_generator(
         tonic_prost_build::configure()
             .build_client(true)

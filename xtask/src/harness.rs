@@ -52,18 +52,22 @@ pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
 pub fn build_profile(root: &Path, profile: Profile) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    // The whole workspace with all targets: the same feature resolution as
-    // `cargo test --workspace`, so RocksDB (whose build depends on every resolved
-    // feature below it) is compiled once and shared with the tests.
     cmd.current_dir(root)
-        .args(["build", "--quiet", "--workspace", "--all-targets"]);
+        .args(["build", "--quiet", "--workspace"]);
     match profile {
-        Profile::Debug => {}
+        // All targets: the same feature resolution as `cargo test --workspace`, so
+        // RocksDB (whose build depends on every resolved feature below it) is compiled
+        // once for the dev profile and shared with the tests.
+        Profile::Debug => {
+            cmd.arg("--all-targets");
+        }
+        // Only the binaries: the optimised profiles link with fat LTO, which would
+        // otherwise be paid again for every test, bench and example target.
         Profile::Release => {
-            cmd.arg("--release");
+            cmd.args(["--bins", "--release"]);
         }
         Profile::Bench => {
-            cmd.args(["--profile", "bench"]);
+            cmd.args(["--bins", "--profile", "bench"]);
         }
     }
     let status = cmd.status().context("running cargo build")?;

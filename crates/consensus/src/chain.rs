@@ -445,7 +445,7 @@ mod tests {
     fn block(height: u64) -> Vec<u8> {
         Proposal {
             height,
-            data: vec![7; 8],
+            data: vec![7; 8].into(),
         }
         .encode_to_vec()
     }

@@ -163,7 +163,7 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
             },
             r#type: kinds[(i % 5) as usize].into(),
             origin: seed,
-            msg: payload,
+            msg: payload.into(),
         };
         if let Err(status) = client.process_network_msg(msg).await {
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
@@ -185,7 +185,7 @@ async fn single_validator_commits_survives_garbage_and_stops_on_sigterm() {
             module: "consensus".into(),
             r#type: "raft".into(),
             origin: 7,
-            msg: craft_transport::encode_raft_message(&forged),
+            msg: craft_transport::encode_raft_message(&forged).into(),
         };
         let _ = client.process_network_msg(msg).await;
         tokio::time::sleep(Duration::from_millis(100)).await;

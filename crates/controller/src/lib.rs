@@ -70,7 +70,7 @@ pub trait Controller: Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<ConsensusConfiguration, ControllerError>> + Send {
         self.commit_block(Proposal {
             height: PING_HEIGHT,
-            data: Vec::new(),
+            data: Default::default(),
         })
     }
 }

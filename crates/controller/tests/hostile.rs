@@ -133,7 +133,7 @@ fn seed(call: Call, (code, height, interval, validators): OddValues) -> Vec<u8> 
             status: Some(StatusCode { code }),
             proposal: Some(Proposal {
                 height,
-                data: validators.concat(),
+                data: validators.concat().into(),
             }),
         }
         .encode_to_vec(),
@@ -186,7 +186,7 @@ fn expected(call: Call, bytes: &[u8]) -> Expected {
 async fn check(client: &GrpcController, call: Call, bytes: &[u8]) -> Result<bool, String> {
     let proposal = Proposal {
         height: 7,
-        data: b"block".to_vec(),
+        data: b"block".to_vec().into(),
     };
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
         match call {

@@ -24,6 +24,8 @@
 //!   yardstick for any consensus implementation.
 
 use std::collections::BTreeMap;
+
+use prost::bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -189,24 +191,25 @@ impl DevStats {
 const RECENT_BLOCKS: usize = 8;
 
 /// What identifies a committed block, to refuse a different one at its height: its
-/// length, CRC32C and SipHash (96 bits of hash, so two blocks a test makes differ in it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// length, its CRC32C and its first [`FINGERPRINT_HEAD`] bytes. Only sealed blocks are
+/// committed, and a sealed block is its head (height, node, nonce) followed by padding
+/// that its length fixes, so two blocks with the same fingerprint are the same block.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
     len: usize,
     crc32c: u32,
-    sip: u64,
+    head: Box<[u8]>,
 }
+
+/// Bytes of a block kept in its [`Fingerprint`]: more than a development block's head.
+const FINGERPRINT_HEAD: usize = 128;
 
 impl Fingerprint {
     fn of(data: &[u8]) -> Self {
-        use std::hash::Hasher as _;
-        // DefaultHasher::new() has fixed keys: the same bytes, the same hash.
-        let mut sip = std::collections::hash_map::DefaultHasher::new();
-        sip.write(data);
         Self {
             len: data.len(),
             crc32c: crc32c::crc32c(data),
-            sip: sip.finish(),
+            head: data[..data.len().min(FINGERPRINT_HEAD)].into(),
         }
     }
 }
@@ -215,7 +218,7 @@ impl Fingerprint {
 struct ChainState {
     blocks: BTreeMap<u64, Fingerprint>,
     /// The data of the newest [`RECENT_BLOCKS`] blocks.
-    recent: BTreeMap<u64, Vec<u8>>,
+    recent: BTreeMap<u64, Bytes>,
     height: u64,
     log: Option<File>,
     /// Reused for each `chain.log` line.
@@ -223,7 +226,7 @@ struct ChainState {
 }
 
 impl ChainState {
-    fn insert(&mut self, height: u64, data: Vec<u8>) {
+    fn insert(&mut self, height: u64, data: Bytes) {
         self.blocks.insert(height, Fingerprint::of(&data));
         self.recent.insert(height, data);
         while self.recent.len() > RECENT_BLOCKS {
@@ -262,7 +265,8 @@ pub fn make_block(height: u64, node: &str, nonce: u64, bytes: usize) -> Vec<u8> 
     seal(body)
 }
 
-/// Whether `data` is a sealed development block for `height`.
+/// Whether `data` is a sealed development block for `height`. One pass over the
+/// padding and one CRC: blocks may be megabytes, and the controller checks each twice.
 pub fn is_valid_block(height: u64, data: &[u8]) -> bool {
     let Some(split) = data.len().checked_sub(SEAL_LEN) else {
         return false;
@@ -281,18 +285,76 @@ pub fn is_valid_block(height: u64, data: &[u8]) -> bool {
     if !sealed {
         return false;
     }
-    let Ok(text) = std::str::from_utf8(body) else {
-        return false;
-    };
-    let mut parts = text.split('|');
-    parts.next() == Some(BLOCK_PREFIX)
-        && parts.next().and_then(|h| h.parse::<u64>().ok()) == Some(height)
-        && parts.next().is_some()
-        && parts.next().is_some()
-        && parts
+    // PREFIX|HEIGHT|NODE|NONCE, then optionally |xxx...: the fifth field is the rest.
+    fn text(field: &[u8]) -> Option<&str> {
+        std::str::from_utf8(field).ok()
+    }
+    let mut fields = body.splitn(5, |b| *b == b'|');
+    fields.next() == Some(BLOCK_PREFIX.as_bytes())
+        && fields
             .next()
-            .is_none_or(|pad| pad.bytes().all(|b| b == b'x'))
-        && parts.next().is_none()
+            .and_then(text)
+            .and_then(|h| h.parse::<u64>().ok())
+            == Some(height)
+        && fields.next().and_then(text).is_some()
+        && fields.next().and_then(text).is_some()
+        && fields
+            .next()
+            .is_none_or(|pad| pad.iter().all(|b| *b == b'x'))
+}
+
+/// Where a sealed block's padding (`|` and the `x`s) starts, if it has one: after the
+/// fourth `|` of its head.
+fn padding_start(data: &[u8]) -> Option<usize> {
+    let body = &data[..data.len().checked_sub(SEAL_LEN)?];
+    body.iter()
+        .take(FINGERPRINT_HEAD)
+        .enumerate()
+        .filter(|(_, b)| **b == b'|')
+        .nth(3)
+        .map(|(at, _)| at)
+}
+
+/// A sealed block as one `chain.log` line: `HEIGHT HEX`, or `HEIGHT HEX +N` when it is
+/// padded, where `HEX` leaves out the padding, which is `|` and `N` times `x` before the
+/// seal ([`parse_block_line`] puts it back).
+fn encode_block_line(height: u64, data: &[u8], line: &mut Vec<u8>) {
+    line.clear();
+    line.extend_from_slice(format!("{height} ").as_bytes());
+    let (kept, pad) = match padding_start(data) {
+        Some(at) => {
+            let seal = data.len() - SEAL_LEN;
+            (vec![&data[..at], &data[seal..]], Some(seal - at - 1))
+        }
+        None => (vec![data], None),
+    };
+    for part in kept {
+        let start = line.len();
+        line.resize(start + 2 * part.len(), 0);
+        // The buffer is exactly twice the input, so this cannot fail.
+        let _ = hex::encode_to_slice(part, &mut line[start..]);
+    }
+    if let Some(pad) = pad {
+        line.extend_from_slice(format!(" +{pad}").as_bytes());
+    }
+    line.push(b'\n');
+}
+
+/// The block of a `chain.log` line's data (what follows `HEIGHT `), if it is one.
+fn parse_block_line(data: &str) -> Option<Vec<u8>> {
+    let (hex, pad) = match data.split_once(" +") {
+        Some((hex, pad)) => (hex, Some(pad.parse::<usize>().ok()?)),
+        None => (data, None),
+    };
+    let mut block = hex::decode(hex).ok()?;
+    if let Some(pad) = pad {
+        let seal = block.split_off(block.len().checked_sub(SEAL_LEN)?);
+        block.reserve(1 + pad + SEAL_LEN);
+        block.push(b'|');
+        block.resize(block.len() + pad, b'x');
+        block.extend_from_slice(&seal);
+    }
+    Some(block)
 }
 
 /// A chain as stored in `chain.log`.
@@ -316,8 +378,9 @@ impl StoredChain {
     }
 }
 
-/// Reads a chain file: one `HEIGHT HEX` line per block, `HEIGHT sync` for a jump made by
-/// syncing from a peer. A torn last line (a crash in the middle of a write) is ignored.
+/// Reads a chain file: one `HEIGHT HEX` or `HEIGHT HEX +N` line per block (see
+/// [`encode_block_line`]), `HEIGHT sync` for a jump made by syncing from a peer. A torn
+/// last line (a crash in the middle of a write) is ignored.
 pub fn read_chain(path: &Path) -> std::io::Result<StoredChain> {
     let mut chain = StoredChain::default();
     let file = match File::open(path) {
@@ -333,7 +396,7 @@ pub fn read_chain(path: &Path) -> std::io::Result<StoredChain> {
         let Ok(h) = h.parse::<u64>() else { continue };
         if data == "sync" {
             chain.synced = chain.synced.max(h);
-        } else if let Ok(data) = hex::decode(data) {
+        } else if let Some(data) = parse_block_line(data) {
             if is_valid_block(h, &data) {
                 chain.blocks.insert(h, data);
             }
@@ -364,7 +427,7 @@ impl DevChain {
             line: Vec::new(),
         };
         for (h, data) in stored.blocks {
-            state.insert(h, data);
+            state.insert(h, data.into());
         }
         Ok(Self {
             cfg: Arc::new(cfg),
@@ -390,7 +453,7 @@ impl DevChain {
     /// The block at `height`, if it is one of the newest few (older blocks are in
     /// `chain.log`, see [`read_chain`]).
     pub fn block(&self, height: u64) -> Option<Vec<u8>> {
-        self.lock().recent.get(&height).cloned()
+        self.lock().recent.get(&height).map(|b| b.to_vec())
     }
 
     /// Forgets the last block, as a controller whose own storage lost its last write:
@@ -400,7 +463,7 @@ impl DevChain {
     pub fn forget_last_block(&self) -> Option<(u64, Vec<u8>)> {
         let mut st = self.lock();
         let height = st.height;
-        let block = st.recent.remove(&height)?;
+        let block = st.recent.remove(&height)?.to_vec();
         st.blocks.remove(&height);
         st.height = height - 1;
         Some((height, block))
@@ -439,7 +502,10 @@ impl DevChain {
             rand::random::<u64>(),
             self.cfg.block_bytes,
         );
-        Proposal { height, data }
+        Proposal {
+            height,
+            data: data.into(),
+        }
     }
 
     /// `CheckProposal`: 0 when acceptable, else an error code.
@@ -464,7 +530,7 @@ impl DevChain {
         {
             let mut st = self.lock();
             match st.blocks.get(&p.height) {
-                Some(existing) if *existing == Fingerprint::of(&p.data) => {}
+                Some(existing) if existing == &Fingerprint::of(&p.data) => {}
                 Some(_) => {
                     tracing::error!(
                         height = p.height,
@@ -481,16 +547,8 @@ impl DevChain {
                     let sync = !self.cfg.no_fsync;
                     let ChainState { log, line, .. } = &mut *st;
                     if let Some(log) = log.as_mut() {
-                        // `HEIGHT HEX\n`, encoded into a reused buffer: the block may be
-                        // megabytes.
-                        line.clear();
-                        line.extend_from_slice(format!("{} ", p.height).as_bytes());
-                        let start = line.len();
-                        line.resize(start + 2 * p.data.len(), 0);
-                        if hex::encode_to_slice(&p.data, &mut line[start..]).is_err() {
-                            return Err(CODE_STORAGE);
-                        }
-                        line.push(b'\n');
+                        // Encoded into a reused buffer: an unpadded block may be large.
+                        encode_block_line(p.height, &p.data, line);
                         let written = log.write_all(line).and_then(|_| {
                             if sync {
                                 log.sync_data()
@@ -753,7 +811,7 @@ mod tests {
         // Same block again is idempotent; a different one at that height is a fork.
         assert_eq!(c.commit(&p).unwrap().height, 1);
         let mut other = p.clone();
-        other.data = make_block(1, "n2", 1, 0);
+        other.data = make_block(1, "n2", 1, 0).into();
         assert_eq!(c.commit(&other), Err(CODE_CONFLICT));
         assert_eq!(c.check(&p), CODE_WRONG_HEIGHT);
     }
@@ -818,12 +876,12 @@ mod tests {
         // Still known: the same block again is fine, another one at its height a fork.
         assert!(c.commit(&first).is_ok());
         let mut other = first.clone();
-        other.data = make_block(1, "n2", 1, 0);
+        other.data = make_block(1, "n2", 1, 0).into();
         assert_eq!(c.commit(&other), Err(CODE_CONFLICT));
         // And the file holds every block, whole.
         let stored = read_chain(&dir.path().join("chain.log")).unwrap();
         assert_eq!(stored.blocks.len(), 3 * RECENT_BLOCKS);
-        assert_eq!(stored.blocks.get(&1), Some(&first.data));
+        assert_eq!(stored.blocks.get(&1), Some(&first.data.to_vec()));
     }
 
     #[test]
@@ -838,8 +896,49 @@ mod tests {
         assert_eq!(p.data.len(), 1024);
         assert_eq!(c.check(&p), 0);
         let mut bad = p.clone();
-        bad.data[1000] = b'y';
+        bad.data = damaged(&p.data, |d| d[1000] = b'y');
         assert_eq!(c.check(&bad), CODE_MALFORMED);
+    }
+
+    /// `data` changed by `damage`.
+    fn damaged(data: &[u8], damage: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+        let mut copy = data.to_vec();
+        damage(&mut copy);
+        copy.into()
+    }
+
+    #[test]
+    fn padded_blocks_are_logged_without_their_padding_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DevChain::open(DevChainConfig {
+            node_name: "n1".into(),
+            block_bytes: 1 << 20,
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap();
+        let p = c.proposal();
+        c.commit(&p).unwrap();
+        let log = std::fs::read_to_string(dir.path().join("chain.log")).unwrap();
+        assert!(
+            log.len() < 200,
+            "a 1 MiB block took {} bytes of log",
+            log.len()
+        );
+        let stored = read_chain(&dir.path().join("chain.log")).unwrap();
+        assert_eq!(stored.blocks.get(&1), Some(&p.data.to_vec()));
+        // A padding count that does not match the seal is not a block; nor is a
+        // block written whole (the earlier format) read any differently.
+        let wrong = log.replace(" +", " +1");
+        std::fs::write(dir.path().join("chain.log"), &wrong).unwrap();
+        assert!(read_chain(&dir.path().join("chain.log"))
+            .unwrap()
+            .blocks
+            .is_empty());
+        let whole = format!("1 {}\n", hex::encode(&p.data));
+        std::fs::write(dir.path().join("chain.log"), whole).unwrap();
+        let stored = read_chain(&dir.path().join("chain.log")).unwrap();
+        assert_eq!(stored.blocks.get(&1), Some(&p.data.to_vec()));
     }
 
     #[test]
@@ -850,7 +949,7 @@ mod tests {
         for i in 0..p.data.len() {
             for flip in [0x01u8, 0x20, 0x80] {
                 let mut bad = p.clone();
-                bad.data[i] ^= flip;
+                bad.data = damaged(&p.data, |d| d[i] ^= flip);
                 assert_eq!(c.check(&bad), CODE_MALFORMED, "flip {flip:#x} at byte {i}");
                 assert_eq!(c.commit(&bad), Err(CODE_MALFORMED), "flip at byte {i}");
             }
@@ -863,7 +962,9 @@ mod tests {
         let mut swapped = p.clone();
         let other = make_block(1, "n2", 7, 0);
         let at = swapped.data.len() - SEAL_LEN;
-        swapped.data[at..].copy_from_slice(&other[other.len() - SEAL_LEN..]);
+        swapped.data = damaged(&p.data, |d| {
+            d[at..].copy_from_slice(&other[other.len() - SEAL_LEN..])
+        });
         assert_eq!(c.check(&swapped), CODE_MALFORMED);
     }
 
@@ -876,7 +977,7 @@ mod tests {
         // A block proposed elsewhere is counted but not timed.
         let q = Proposal {
             height: 2,
-            data: make_block(2, "n2", 2, 0),
+            data: make_block(2, "n2", 2, 0).into(),
         };
         c.commit(&q).unwrap();
         let json: serde_json::Value = serde_json::from_str(&c.stats.to_json()).unwrap();
@@ -895,18 +996,18 @@ mod tests {
         let c = chain(None);
         let bad = Proposal {
             height: 1,
-            data: b"garbage".to_vec(),
+            data: b"garbage".to_vec().into(),
         };
         assert_eq!(c.check(&bad), CODE_MALFORMED);
         assert_eq!(c.commit(&bad), Err(CODE_MALFORMED));
         let wrong = Proposal {
             height: 2,
-            data: format!("{BLOCK_PREFIX}|1|n|0").into_bytes(),
+            data: format!("{BLOCK_PREFIX}|1|n|0").into_bytes().into(),
         };
         assert_eq!(c.check(&wrong), CODE_MALFORMED);
         let ping = Proposal {
             height: PING_HEIGHT,
-            data: Vec::new(),
+            data: Default::default(),
         };
         assert_eq!(c.commit(&ping).unwrap().height, 0);
         assert_eq!(c.height(), 0);
@@ -943,7 +1044,7 @@ mod tests {
         f.write_all(b"3 6372").unwrap();
         let c = chain(Some(dir.path().to_path_buf()));
         assert_eq!(c.height(), 7);
-        assert_eq!(c.block(1), Some(p1.data));
+        assert_eq!(c.block(1), Some(p1.data.to_vec()));
         assert_eq!(c.proposal().height, 8);
     }
 }

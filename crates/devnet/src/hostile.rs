@@ -23,7 +23,7 @@ fn net(kind: &str, payload: Vec<u8>) -> NetworkMsg {
         module: "consensus".into(),
         r#type: kind.into(),
         origin: 0,
-        msg: payload,
+        msg: payload.into(),
     }
 }
 

@@ -63,13 +63,13 @@ impl Observed {
         let count = self.sent.get(&key).copied().unwrap_or(0);
         match msg.r#type.as_str() {
             "probe" | "probe-resp" => {
-                if let Ok(id) = <[u8; 8]>::try_from(msg.msg.as_slice()) {
+                if let Ok(id) = <[u8; 8]>::try_from(&msg.msg[..]) {
                     insert_bounded(&mut self.probe_ids, u64::from_be_bytes(id));
                 }
             }
             // Decoding costs: the first messages, then one in 256.
             "raft" if count <= 64 || count.is_multiple_of(256) => {
-                if let Ok(m) = craft_transport::decode_raft_message(&msg.msg) {
+                if let Ok(m) = craft_transport::decode_raft_message(&msg.msg[..]) {
                     insert_bounded(&mut self.raft_from, m.from);
                 }
             }
@@ -375,11 +375,13 @@ impl DevNetwork {
             if !copy.msg.is_empty() && rand::random::<f64>() < rule.corrupt {
                 self.fault_counts.corrupted.fetch_add(1, Ordering::Relaxed);
                 // 1 to 3 distinct bytes, each changed.
-                let n = copy.msg.len();
+                let mut damaged = copy.msg.to_vec();
+                let n = damaged.len();
                 let flips = rand::random_range(1..=3usize).min(n);
                 for i in rand::seq::index::sample(&mut rand::rng(), n, flips) {
-                    copy.msg[i] ^= rand::random_range(1..=255u8);
+                    damaged[i] ^= rand::random_range(1..=255u8);
                 }
+                copy.msg = damaged.into();
             }
             let mut wait = rule.delay;
             if !rule.jitter.is_zero() {
@@ -571,7 +573,7 @@ mod tests {
             &self,
             req: Request<NetworkMsg>,
         ) -> Result<Response<StatusCode>, Status> {
-            self.0.lock().unwrap().push(req.into_inner().msg);
+            self.0.lock().unwrap().push(req.into_inner().msg.to_vec());
             Ok(ok())
         }
     }
@@ -614,7 +616,7 @@ mod tests {
             module: "consensus".into(),
             r#type: "raft".into(),
             origin: 2,
-            msg: vec![i; 32],
+            msg: vec![i; 32].into(),
         }
     }
 
@@ -679,7 +681,7 @@ mod tests {
             module: "consensus".into(),
             r#type: ty.into(),
             origin: 0,
-            msg: id.to_be_bytes().to_vec(),
+            msg: id.to_be_bytes().to_vec().into(),
         };
         port.broadcast(Request::new(probe("probe", 77)))
             .await
@@ -699,7 +701,7 @@ mod tests {
             module: "consensus".into(),
             r#type: "raft".into(),
             origin: 2,
-            msg: craft_transport::encode_raft_message(&raft),
+            msg: craft_transport::encode_raft_message(&raft).into(),
         }))
         .await
         .unwrap();

@@ -77,7 +77,7 @@ fn network_msg() -> Result<(), DecodeError> {
     assert_eq!(msg.module, "consensus");
     assert_eq!(msg.r#type, "raft");
     assert_eq!(msg.origin, 7);
-    assert_eq!(msg.msg, [0x01, 0x02, 0x03]);
+    assert_eq!(msg.msg[..], [0x01, 0x02, 0x03]);
     assert_wire(&wire, &msg)
 }
 
@@ -96,7 +96,7 @@ fn network_msg_probe_with_big_endian_raft_id() -> Result<(), DecodeError> {
         module: "consensus".to_owned(),
         r#type: "probe".to_owned(),
         origin: 0,
-        msg: raft_id.to_be_bytes().to_vec(),
+        msg: raft_id.to_be_bytes().to_vec().into(),
     };
     assert_wire(&wire, &expected)
 }
@@ -110,7 +110,7 @@ fn proposal() -> Result<(), DecodeError> {
     ]);
     let expected = Proposal {
         height: 5,
-        data: b"block".to_vec(),
+        data: b"block".to_vec().into(),
     };
     assert_wire(&wire, &expected)
 }
@@ -127,7 +127,7 @@ fn proposal_with_proof() -> Result<(), DecodeError> {
     let expected = ProposalWithProof {
         proposal: Some(Proposal {
             height: 5,
-            data: b"block".to_vec(),
+            data: b"block".to_vec().into(),
         }),
         proof: vec![0xde, 0xad],
     };
@@ -144,7 +144,7 @@ fn commit_block_ping_has_max_height_and_empty_data_and_proof() -> Result<(), Dec
     let expected = ProposalWithProof {
         proposal: Some(Proposal {
             height: u64::MAX,
-            data: Vec::new(),
+            data: Default::default(),
         }),
         proof: Vec::new(),
     };

@@ -14,6 +14,7 @@
 //! (the existing service never does, and is never required to), the peer transport
 //! requires it always (all its members are ours).
 
+use bytes::Bytes;
 use raft::eraftpb::Message;
 
 /// Field number of the trailer. raft's `Message` has fields 1 to 17.
@@ -64,17 +65,21 @@ pub fn encode_checked(msg: &Message) -> Vec<u8> {
 /// false (a sender that sends no trailer may end a message with bytes that look like
 /// one); when `required` is true a missing trailer is [`IntegrityError::Missing`] and a
 /// mismatch [`IntegrityError::Mismatch`].
+///
+/// The message is decoded from slices of `bytes`, which are not copied.
 pub fn decode_checked(
-    bytes: &[u8],
+    bytes: Bytes,
     required: bool,
 ) -> Result<(Message, Integrity), IntegrityError> {
     let split = bytes.len().checked_sub(TRAILER_LEN);
     if let Some(at) = split.filter(|&at| bytes[at..at + TRAILER_HEAD.len()] == TRAILER_HEAD) {
-        let (body, trailer) = bytes.split_at(at);
         let mut crc = [0u8; 4];
-        crc.copy_from_slice(&trailer[TRAILER_HEAD.len()..]);
-        if crc32c::crc32c(body) == u32::from_le_bytes(crc) {
-            return Ok((crate::decode_raft_message(body)?, Integrity::Verified));
+        crc.copy_from_slice(&bytes[at + TRAILER_HEAD.len()..]);
+        if crc32c::crc32c(&bytes[..at]) == u32::from_le_bytes(crc) {
+            // Decoded from the shared buffer, the entries' data are its only copies
+            // (prost's limits as in `decode_raft_message`).
+            let body = bytes.slice(..at);
+            return Ok((raft_prost::Message::decode(body)?, Integrity::Verified));
         }
         if required {
             return Err(IntegrityError::Mismatch);
@@ -82,7 +87,7 @@ pub fn decode_checked(
     } else if required {
         return Err(IntegrityError::Missing);
     }
-    Ok((crate::decode_raft_message(bytes)?, Integrity::Unverified))
+    Ok((crate::decode_raft_message(&bytes)?, Integrity::Unverified))
 }
 
 #[cfg(test)]
@@ -95,7 +100,7 @@ mod tests {
     fn checked_messages_round_trip_and_plain_decoders_skip_the_trailer() {
         let bytes = encode_checked(&append());
         assert_eq!(
-            decode_checked(&bytes, true).unwrap(),
+            decode_checked(bytes.clone().into(), true).unwrap(),
             (append(), Integrity::Verified)
         );
         // What the existing service (any prost or rust-protobuf decoder) sees: the same
@@ -104,11 +109,11 @@ mod tests {
         // A message without one, from a sender that never adds it.
         let plain = crate::encode_raft_message(&append());
         assert_eq!(
-            decode_checked(&plain, false).unwrap(),
+            decode_checked(plain.clone().into(), false).unwrap(),
             (append(), Integrity::Unverified)
         );
         assert_eq!(
-            decode_checked(&plain, true).unwrap_err(),
+            decode_checked(plain.clone().into(), true).unwrap_err(),
             IntegrityError::Missing
         );
     }
@@ -123,7 +128,7 @@ mod tests {
                 // Either refused, or (a flip that turned the trailer into something
                 // else) refused as missing: never a different message accepted.
                 assert!(
-                    decode_checked(&damaged, true).is_err(),
+                    decode_checked(damaged.clone().into(), true).is_err(),
                     "flip of bit {bit} in byte {i} accepted"
                 );
             }

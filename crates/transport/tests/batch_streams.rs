@@ -103,7 +103,7 @@ async fn a_refused_batch_ends_its_stream_and_the_next_batch_opens_another() {
         .unwrap();
     let batch = |m: &Message| RaftBatch {
         from: 1,
-        messages: vec![encode_checked(m)],
+        messages: vec![encode_checked(m).into()],
     };
     let mut bad = encode_checked(&append(2));
     let last = bad.len() - 1;
@@ -112,7 +112,7 @@ async fn a_refused_batch_ends_its_stream_and_the_next_batch_opens_another() {
         batch(&append(1)),
         RaftBatch {
             from: 1,
-            messages: vec![bad],
+            messages: vec![bad.into()],
         },
         batch(&append(3)),
     ];

@@ -129,7 +129,7 @@ impl Node {
             module: MODULE.into(),
             r#type: kind.into(),
             origin,
-            msg,
+            msg: msg.into(),
         })
     }
 
@@ -137,7 +137,7 @@ impl Node {
     async fn its_probe(&self) -> Vec<u8> {
         self.net.probe();
         until("a probe", || !self.wire.broadcast(TYPE_PROBE).is_empty()).await;
-        self.wire.broadcast(TYPE_PROBE)[0].msg.clone()
+        self.wire.broadcast(TYPE_PROBE)[0].msg.to_vec()
     }
 
     fn delivered(&self) -> usize {
@@ -218,8 +218,12 @@ async fn pair() -> (Node, Node) {
     })
     .await;
     let answer = me.wire.sent(TYPE_PROBE_RESP)[0].clone();
-    assert_eq!((answer.origin, &answer.msg), (PEER_ORIGIN, &plain_id(ME)));
-    peer.hear(TYPE_PROBE_RESP, MY_ORIGIN, answer.msg).unwrap();
+    assert_eq!(
+        (answer.origin, &answer.msg.to_vec()),
+        (PEER_ORIGIN, &plain_id(ME))
+    );
+    peer.hear(TYPE_PROBE_RESP, MY_ORIGIN, answer.msg.to_vec())
+        .unwrap();
     (me, peer)
 }
 
@@ -231,7 +235,7 @@ async fn on_the_wire(node: &Node, m: Message) -> Vec<u8> {
         node.wire.sent(TYPE_RAFT).len() > before
     })
     .await;
-    node.wire.sent(TYPE_RAFT)[before].msg.clone()
+    node.wire.sent(TYPE_RAFT)[before].msg.to_vec()
 }
 
 /// `me` has heard one intact raft message from the peer, so requires the trailer from
@@ -311,7 +315,10 @@ async fn a_node_of_the_existing_service_is_heard_and_answered_in_its_format() {
     })
     .await;
     let answer = me.wire.sent(TYPE_PROBE_RESP)[0].clone();
-    assert_eq!((answer.origin, answer.msg), (existing, plain_id(ME)));
+    assert_eq!(
+        (answer.origin, answer.msg.to_vec()),
+        (existing, plain_id(ME))
+    );
     assert_eq!(me.its_probe().await, plain_id(ME));
     for _ in 0..10 {
         me.hear(TYPE_RAFT, existing, encode_raft_message(&append(3, ME)))

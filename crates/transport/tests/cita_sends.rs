@@ -78,7 +78,7 @@ impl NetworkService for Network {
             tokio::time::sleep(Duration::from_millis(call * 7 % 5)).await;
         }
         if msg.r#type == TYPE_RAFT {
-            let (m, _) = decode_checked(&msg.msg, true).expect("a raft message of ours");
+            let (m, _) = decode_checked(msg.msg.clone(), true).expect("a raft message of ours");
             assert_eq!(msg.origin, PEER_ORIGIN);
             if m.get_msg_type() == MessageType::MsgAppend {
                 self.appends_arrived.fetch_add(1, Ordering::SeqCst);
@@ -154,7 +154,7 @@ fn hear(net: &CitaNetwork, kind: &str, msg: Vec<u8>) {
         module: MODULE.into(),
         r#type: kind.into(),
         origin: PEER_ORIGIN,
-        msg,
+        msg: msg.into(),
     })
     .unwrap();
 }

@@ -190,7 +190,7 @@ fn feed(node: &Node, kind: &str, payload: Vec<u8>) -> Result<(), TestCaseError> 
         module: "consensus".into(),
         r#type: kind.into(),
         origin: origin_for(kind, &payload),
-        msg: payload,
+        msg: payload.into(),
     });
     drain(node)
 }
@@ -393,6 +393,7 @@ fn mutated_peer_batches_never_panic_or_stop_the_replica() {
                     craft_transport::integrity::encode_checked(
                         &changes.iter().fold(seeds[*seed].clone(), change),
                     )
+                    .into()
                 })
                 .collect();
             let wire = RaftBatch { from, messages }.encode_to_vec();
@@ -431,7 +432,7 @@ fn hand_made_extremes_are_refused() {
                 module: "consensus".into(),
                 r#type: kind.into(),
                 origin: 3,
-                msg: payload.clone(),
+                msg: payload.clone().into(),
             });
             // Probes carry exactly 8 bytes: all of these are errors. A raft payload may
             // also "decode" (an empty message is all defaults) into a message for raft
@@ -465,7 +466,7 @@ fn hand_made_extremes_are_refused_by_the_peer_service() {
     for payload in [deep.clone(), huge.clone(), Vec::new()] {
         let batch = RaftBatch {
             from: 2,
-            messages: vec![payload],
+            messages: vec![payload.into()],
         };
         let status = rt
             .block_on(service.send(tonic::Request::new(batch)))

@@ -70,7 +70,10 @@ pub fn check_block(port: u16, height: u64, data: Vec<u8>) -> anyhow::Result<u32>
         let mut client = ConsensusServiceClient::new(channel(port).await?);
         let status = client
             .check_block(ProposalWithProof {
-                proposal: Some(Proposal { height, data }),
+                proposal: Some(Proposal {
+                    height,
+                    data: data.into(),
+                }),
                 proof: Vec::new(),
             })
             .await

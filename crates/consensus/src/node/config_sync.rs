@@ -139,7 +139,7 @@ mod tests {
             term: 2,
             data: Proposal {
                 height,
-                data: data.to_vec(),
+                data: data.to_vec().into(),
             }
             .encode_to_vec(),
             ..Default::default()
@@ -162,7 +162,7 @@ mod tests {
             block(13, 8, b"eight-a"),
             block(14, 8, b"eight-b"),
         ];
-        let data = |p: Option<Proposal>| p.map(|p| p.data);
+        let data = |p: Option<Proposal>| p.map(|p| p.data.to_vec());
         assert_eq!(
             data(committed_proposal_at(&log, 13, 7)),
             Some(b"seven-a".to_vec())

@@ -6,8 +6,8 @@ pub struct Empty {}
 pub struct Proposal {
     #[prost(uint64, tag = "1")]
     pub height: u64,
-    #[prost(bytes = "vec", tag = "2")]
-    pub data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub data: ::prost::bytes::Bytes,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ProposalWithProof {

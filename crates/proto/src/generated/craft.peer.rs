@@ -6,8 +6,8 @@ pub struct RaftBatch {
     #[prost(uint64, tag = "1")]
     pub from: u64,
     /// Each item is one protobuf-encoded `eraftpb.Message`.
-    #[prost(bytes = "vec", repeated, tag = "2")]
-    pub messages: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub messages: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
 /// One piece of a raft snapshot message. A `MsgSnapshot` carries the whole state
 /// machine, which may be far larger than one gRPC message, so it travels as a stream of

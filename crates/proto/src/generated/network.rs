@@ -9,8 +9,8 @@ pub struct NetworkMsg {
     /// The network's session id of the peer (sender on receipt, target on SendMsg).
     #[prost(uint64, tag = "3")]
     pub origin: u64,
-    #[prost(bytes = "vec", tag = "4")]
-    pub msg: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub msg: ::prost::bytes::Bytes,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RegisterInfo {

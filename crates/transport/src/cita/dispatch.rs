@@ -59,7 +59,7 @@ impl CitaNetwork {
                     .read_locked()
                     .trailer_required
                     .contains_key(&msg.origin);
-                let (raft_msg, integrity) = match decode_checked(&msg.msg, required) {
+                let (raft_msg, integrity) = match decode_checked(msg.msg.clone(), required) {
                     Ok(decoded) => decoded,
                     Err(IntegrityError::Decode(e)) => {
                         return Err(InboundError::BadRaftMessage(e.to_string()))

@@ -356,7 +356,7 @@ impl CitaNetwork {
             module: MODULE.to_string(),
             r#type: kind.to_string(),
             origin,
-            msg: payload,
+            msg: payload.into(),
         };
         let len = msg.msg.len();
         let mut links = self.inner.links.locked();

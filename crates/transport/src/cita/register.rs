@@ -83,7 +83,7 @@ impl CitaNetwork {
             module: MODULE.to_string(),
             r#type: TYPE_PROBE.to_string(),
             origin: 0,
-            msg: id_payload(self.inner.cfg.raft_id),
+            msg: id_payload(self.inner.cfg.raft_id).into(),
         };
         let mut client = self.inner.client.clone();
         match tokio::time::timeout(wait, client.broadcast(msg)).await {
@@ -106,7 +106,7 @@ impl CitaNetwork {
             module: MODULE.to_string(),
             r#type: TYPE_PROBE.to_string(),
             origin: 0,
-            msg: id_payload(self.inner.cfg.raft_id),
+            msg: id_payload(self.inner.cfg.raft_id).into(),
         };
         let mut client = self.inner.client.clone();
         let lost = self.inner.network_lost.clone();

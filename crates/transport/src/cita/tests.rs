@@ -40,7 +40,7 @@ fn nm(kind: &str, origin: u64, msg: Vec<u8>) -> NetworkMsg {
         module: MODULE.into(),
         r#type: kind.into(),
         origin,
-        msg,
+        msg: msg.into(),
     }
 }
 
@@ -576,7 +576,7 @@ async fn a_vote_request_to_a_peer_not_heard_from_yet_goes_once_a_probe_names_it(
     let sent = rec.sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!((sent[0].origin, sent[0].r#type.as_str()), (42, TYPE_RAFT));
-    let (m, _) = decode_checked(&sent[0].msg, true).unwrap();
+    let (m, _) = decode_checked(sent[0].msg.clone(), true).unwrap();
     assert_eq!(
         (m.get_msg_type(), m.to, m.term),
         (MessageType::MsgRequestVote, 2, 9)
@@ -621,6 +621,6 @@ async fn a_node_says_who_it_is_once_its_handler_is_registered() {
     let broadcast = rec.broadcast.lock().unwrap().clone();
     for probe in &broadcast {
         assert_eq!(probe.r#type, TYPE_PROBE);
-        assert_eq!(probe.msg, 7u64.to_be_bytes());
+        assert_eq!(probe.msg[..], 7u64.to_be_bytes());
     }
 }

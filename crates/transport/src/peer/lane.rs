@@ -290,7 +290,7 @@ impl Lane {
             size += framed;
             q.bytes -= next.len();
             if let Some(m) = q.messages.pop_front() {
-                messages.push(m);
+                messages.push(m.into());
             }
         }
         if messages.is_empty() {

@@ -107,7 +107,7 @@ impl PeerService {
         let mut msgs = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
             // Every member of this transport adds the checksum trailer.
-            let (m, _) = decode_checked(bytes, true)
+            let (m, _) = decode_checked(bytes.clone(), true)
                 .map_err(|e| Status::invalid_argument(format!("raft message refused: {e}")))?;
             if m.from != batch.from {
                 return Err(Status::invalid_argument(format!(
@@ -197,7 +197,7 @@ impl RaftPeer for PeerService {
         let (from, bytes) = reassemble(&mut stream, self.max_snapshot_bytes).await?;
         let len = bytes.len();
         // Checksumming and decoding tens of MiB is work for a blocking thread.
-        let decoded = tokio::task::spawn_blocking(move || decode_checked(&bytes, true))
+        let decoded = tokio::task::spawn_blocking(move || decode_checked(bytes.into(), true))
             .await
             .map_err(|e| Status::internal(format!("decoding the snapshot: {e}")))?;
         let (m, _) = decoded

@@ -39,7 +39,7 @@ fn a_batch_is_no_larger_than_its_framed_messages_say() {
     for len in [0usize, 1, 127, 128, 16_383, 16_384, 1 << 20, 5 << 20] {
         let batch = RaftBatch {
             from: u64::MAX,
-            messages: vec![vec![0; len]],
+            messages: vec![vec![0; len].into()],
         };
         // The `from` field takes at most 11 bytes; the headroom covers it.
         assert!(batch.encoded_len() <= framed_len(len) + 11, "{len}");
