@@ -298,9 +298,19 @@ pub fn is_valid_block(height: u64, data: &[u8]) -> bool {
             == Some(height)
         && fields.next().and_then(text).is_some()
         && fields.next().and_then(text).is_some()
-        && fields
-            .next()
-            .is_none_or(|pad| pad.iter().all(|b| *b == b'x'))
+        && fields.next().is_none_or(all_x)
+}
+
+/// Whether `pad` is only `x`s, eight bytes at a time (a block's padding is megabytes).
+fn all_x(pad: &[u8]) -> bool {
+    const XS: u64 = u64::from_ne_bytes([b'x'; 8]);
+    let words = pad.chunks_exact(8);
+    let rest = words.remainder();
+    words
+        .map(|w| <[u8; 8]>::try_from(w).map_or(0, u64::from_ne_bytes))
+        .fold(0, |diff, w| diff | (w ^ XS))
+        == 0
+        && rest.iter().all(|b| *b == b'x')
 }
 
 /// Where a sealed block's padding (`|` and the `x`s) starts, if it has one: after the
@@ -882,6 +892,19 @@ mod tests {
         let stored = read_chain(&dir.path().join("chain.log")).unwrap();
         assert_eq!(stored.blocks.len(), 3 * RECENT_BLOCKS);
         assert_eq!(stored.blocks.get(&1), Some(&first.data.to_vec()));
+    }
+
+    #[test]
+    fn padding_is_checked_to_its_last_byte() {
+        for len in [0, 1, 7, 8, 9, 63, 64, 65] {
+            let pad = vec![b'x'; len];
+            assert!(all_x(&pad), "{len} x's");
+            for at in 0..len {
+                let mut bad = pad.clone();
+                bad[at] = b'y';
+                assert!(!all_x(&bad), "a y at {at} of {len}");
+            }
+        }
     }
 
     #[test]
