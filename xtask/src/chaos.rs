@@ -512,8 +512,8 @@ enum Source {
     SyncedFrom(usize),
 }
 
-/// A short form of a block for messages: its first bytes as text where they are
-/// (`craft-dev-block|HEIGHT|NODE|NONCE...`), and its length.
+/// A short form of a block (its `chain.log` line) for messages: its first bytes as text
+/// where they are (`craft-dev-block|HEIGHT|NODE|NONCE...`), and its length.
 fn show(hex: &str) -> String {
     let bytes: Vec<u8> = hex
         .as_bytes()
@@ -524,7 +524,7 @@ fn show(hex: &str) -> String {
     format!(
         "{:?}.. ({} bytes)",
         String::from_utf8_lossy(&bytes),
-        hex.len() / 2
+        craft_devnet::controller::parse_block_line(hex).map_or(hex.len() / 2, |b| b.len())
     )
 }
 

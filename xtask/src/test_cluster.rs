@@ -377,14 +377,16 @@ fn blocks_of_size(r: &mut Run<'_>) -> anyhow::Result<()> {
     )?;
     let chains = r.cluster.chains();
     for (i, c) in chains.iter().enumerate() {
-        let hex = c
+        let line = c
             .get(&3)
             .with_context(|| format!("node {} has no block 3", i + 1))?;
+        let block = craft_devnet::controller::parse_block_line(line)
+            .with_context(|| format!("node {}: block 3 is not a block: {line:.80}", i + 1))?;
         anyhow::ensure!(
-            hex.len() == 2 * bytes,
+            block.len() == bytes,
             "node {}: block 3 has {} bytes, expected {bytes}",
             i + 1,
-            hex.len() / 2
+            block.len()
         );
     }
     r.checks

@@ -24,8 +24,6 @@
 //!   yardstick for any consensus implementation.
 
 use std::collections::BTreeMap;
-
-use prost::bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -39,6 +37,7 @@ use cita_proto::common::{
 };
 use cita_proto::consensus::consensus_service_client::ConsensusServiceClient;
 use cita_proto::controller::consensus2_controller_service_server::Consensus2ControllerService;
+use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use craft_controller::PING_HEIGHT;
@@ -350,8 +349,9 @@ fn encode_block_line(height: u64, data: &[u8], line: &mut Vec<u8>) {
     line.push(b'\n');
 }
 
-/// The block of a `chain.log` line's data (what follows `HEIGHT `), if it is one.
-fn parse_block_line(data: &str) -> Option<Vec<u8>> {
+/// The block of a `chain.log` line's data (what follows `HEIGHT `), if it is one. The
+/// block is not checked: see [`is_valid_block`].
+pub fn parse_block_line(data: &str) -> Option<Vec<u8>> {
     let (hex, pad) = match data.split_once(" +") {
         Some((hex, pad)) => (hex, Some(pad.parse::<usize>().ok()?)),
         None => (data, None),

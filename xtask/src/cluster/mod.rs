@@ -343,7 +343,9 @@ fn is_mounted(path: &Path) -> bool {
         .any(|m| m.replace("\\040", " ") == want)
 }
 
-/// A node's chain: height → block data (hex). Heights synced from peers are absent.
+/// A node's chain: height → the block as its `chain.log` line holds it (hex; a padded
+/// block without its padding, see [`craft_devnet::controller::parse_block_line`]), the
+/// same text for the same block on every node. Heights synced from peers are absent.
 pub fn read_chain(path: &Path) -> BTreeMap<u64, String> {
     let mut out = BTreeMap::new();
     if let Ok(text) = fs::read_to_string(path) {

@@ -434,14 +434,12 @@ fn main_group(g: &mut Group<'_>) -> anyhow::Result<()> {
         let chains = g.cluster.chains();
         let mut codes = Vec::new();
         for n in &nodes {
-            let (h, hex) = chains[n.index - 1]
+            let (h, line) = chains[n.index - 1]
                 .iter()
                 .next_back()
                 .context("no block yet")?;
-            let data: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .filter_map(|k| u8::from_str_radix(&hex[k..k + 2], 16).ok())
-                .collect();
+            let data = craft_devnet::controller::parse_block_line(line)
+                .with_context(|| format!("block {h} of node {} is not a block", n.index))?;
             codes.push(grpc::check_block(n.grpc_port, *h, data)?);
         }
         anyhow::ensure!(
