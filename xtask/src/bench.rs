@@ -519,12 +519,20 @@ fn soak(root: &Path, bin_dir: &Path, args: &Args, secs: u64) -> anyhow::Result<(
             label(&args.consensus_bins)
         );
         println!(
-            "{:>7} {:>10} {:>9} {:>9} {:>10}",
-            "minute", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b"
+            "{:>7} {:>10} {:>9} {:>9} {:>10} {:>12}",
+            "minute", "blocks/s", "p50 ms", "p99 ms", "cpu ms/b", "max RSS MB"
         );
+        // The largest consensus process's resident memory: a leak shows as growth.
+        let max_rss = || {
+            consensus_pids(&cluster)
+                .into_iter()
+                .map(rss_mb)
+                .fold(0.0, f64::max)
+        };
         let start = Instant::now();
         let mut prev = sample(&cluster);
         let mut rates = Vec::new();
+        let mut rss = Vec::new();
         let mut minute = 0;
         while start.elapsed() < Duration::from_secs(secs) {
             let left = Duration::from_secs(secs).saturating_sub(start.elapsed());
@@ -538,17 +546,23 @@ fn soak(root: &Path, bin_dir: &Path, args: &Args, secs: u64) -> anyhow::Result<(
             minute += 1;
             let rate = blocks / elapsed;
             rates.push(rate);
+            rss.push(max_rss());
             println!(
-                "{minute:>7} {rate:>10.1} {:>9.2} {:>9.2} {:>10.2}",
+                "{minute:>7} {rate:>10.1} {:>9.2} {:>9.2} {:>10.2} {:>12.1}",
                 quantile(&prev.latency, &now.latency, 0.5),
                 quantile(&prev.latency, &now.latency, 0.99),
                 (now.cpu_ticks - prev.cpu_ticks) as f64 / clock_ticks_per_sec() * 1000.0
                     / blocks.max(1.0),
+                rss.last().copied().unwrap_or(0.0),
             );
             prev = now;
         }
         if let (Some(first), Some(last)) = (rates.first(), rates.last()) {
-            println!("last minute / first minute: {:.3}", last / first);
+            println!("blocks/s, last minute / first minute: {:.3}", last / first);
+        }
+        if let (Some(first), Some(last)) = (rss.first(), rss.last()) {
+            let peak = rss.iter().copied().fold(0.0, f64::max);
+            println!("max RSS: first minute {first:.1} MB, last {last:.1} MB, peak {peak:.1} MB");
         }
         Ok(())
     })();
