@@ -8,9 +8,10 @@
 //! - `CheckProposal` and `CommitBlock` reject heights at or below the chain's and data
 //!   that is malformed or whose seal does not match: a block damaged on its way is
 //!   never committed.
-//! - `CommitBlock` appends the block to `chain.log` (fsynced) and answers the new
-//!   configuration; the `u64::MAX` ping commits nothing. Committing a different block
-//!   at a height the chain already has is refused (that would be a fork).
+//! - `CommitBlock` appends the block to `chain.log` (fsynced; a padded block as its head,
+//!   seal and padding length, so the log stays small with megabyte blocks) and answers
+//!   the new configuration; the `u64::MAX` ping commits nothing. Committing a different
+//!   block at a height the chain already has is refused (that would be a fork).
 //! - A real controller syncs blocks it missed from peers; this one records a block above
 //!   a gap as is, leaving the skipped heights unknown. When it jumps ahead to a peer's
 //!   height ([`DevChain::follow_peers`]) it writes `HEIGHT sync` to `chain.log` and, to
