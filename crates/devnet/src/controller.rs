@@ -354,7 +354,16 @@ fn encode_block_line(height: u64, data: &[u8], line: &mut Vec<u8>) {
 /// block is not checked: see [`is_valid_block`].
 pub fn parse_block_line(data: &str) -> Option<Vec<u8>> {
     let (hex, pad) = match data.split_once(" +") {
-        Some((hex, pad)) => (hex, Some(pad.parse::<usize>().ok()?)),
+        // No block is larger than a gRPC message may be: a damaged count is refused, not
+        // allocated.
+        Some((hex, pad)) => (
+            hex,
+            Some(
+                pad.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= cita_proto::MAX_MESSAGE_BYTES)?,
+            ),
+        ),
         None => (data, None),
     };
     let mut block = hex::decode(hex).ok()?;
@@ -953,6 +962,12 @@ mod tests {
         assert_eq!(stored.blocks.get(&1), Some(&p.data.to_vec()));
         // A padding count that does not match the seal is not a block; nor is a
         // block written whole (the earlier format) read any differently.
+        let huge = format!("1 {} +{}\n", "00".repeat(SEAL_LEN), usize::MAX);
+        std::fs::write(dir.path().join("chain.log"), huge).unwrap();
+        assert!(read_chain(&dir.path().join("chain.log"))
+            .unwrap()
+            .blocks
+            .is_empty());
         let wrong = log.replace(" +", " +1");
         std::fs::write(dir.path().join("chain.log"), &wrong).unwrap();
         assert!(read_chain(&dir.path().join("chain.log"))
